@@ -1,0 +1,73 @@
+"""kling_async: an asyncio-native client for the Kling video API, built around video extension.
+
+>>> from kling_async import KlingClient
+>>> async with KlingClient.from_env() as client:  # doctest: +SKIP
+...     task = await client.extend_video("vid_1", prompt="the camera rises")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .auth import BearerAuth, JWTAuth
+from .batch import Batch, BatchEvent, BatchEventKind, BatchOutcome
+from .client import KlingClient
+from .errors import (
+    AmbiguousSubmissionError,
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    ContentPolicyError,
+    InsufficientBalanceError,
+    InvalidArgumentError,
+    InvalidRequestError,
+    KlingError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TaskFailedError,
+    TransportError,
+    WatchTimeoutError,
+)
+from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
+from .policies import PollPolicy, RetryPolicy
+from .watcher import TaskWatcher
+
+try:
+    __version__ = version("kling-async")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "APIError",
+    "AmbiguousSubmissionError",
+    "AuthenticationError",
+    "Batch",
+    "BatchEvent",
+    "BatchEventKind",
+    "BatchOutcome",
+    "BearerAuth",
+    "ConfigurationError",
+    "ContentPolicyError",
+    "InsufficientBalanceError",
+    "InvalidArgumentError",
+    "InvalidRequestError",
+    "JWTAuth",
+    "KlingClient",
+    "KlingError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "Task",
+    "TaskFailedError",
+    "TaskKind",
+    "TaskStatus",
+    "TaskWatcher",
+    "TransportError",
+    "Video",
+    "VideoExtendRequest",
+    "WatchTimeoutError",
+    "__version__",
+]

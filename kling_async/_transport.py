@@ -1,0 +1,228 @@
+"""The one place that sends a request: timeouts, retries, Retry-After and error mapping.
+
+A request is retried only when its failure is retryable (see `errors`) and, for a paid
+create, only when the server surely made nothing: the connection was never opened, or the
+server answered in its own error format. Anything else (a timeout or a disconnect after
+sending, a proxy's 502 page, an unreadable 200) is raised for the caller to resolve, because
+sending the create again could pay for the same extension twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import attrs
+
+from ._clock import Clock
+from ._ratelimit import RateLimiter
+from ._wire import decode_json
+from .auth import Auth
+from .errors import (
+    TOKEN_REFRESH_CODES,
+    APIError,
+    RateLimitError,
+    TransportError,
+    error_from_answer,
+)
+from .policies import RetryPolicy
+
+__all__ = ["Transport", "surely_not_created"]
+
+log = logging.getLogger("kling_async")
+
+#: aiohttp failures by whether the request may have reached the server. The first match wins,
+#: so the specific "never connected" cases come before their broader parents.
+_MAY_HAVE_BEEN_SENT: tuple[tuple[type[BaseException], bool], ...] = (
+    (aiohttp.ConnectionTimeoutError, False),
+    (aiohttp.ClientConnectorError, False),
+    (aiohttp.ClientError, True),
+    (TimeoutError, True),
+    (OSError, True),
+)
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+
+
+def surely_not_created(exc: BaseException) -> bool:
+    """True when a failed create request certainly made no task, so re-sending is safe."""
+    if isinstance(exc, TransportError):
+        return not exc.may_have_been_sent
+    return isinstance(exc, APIError) and exc.definitive
+
+
+@attrs.define
+class Transport:
+    """Sends requests on one aiohttp session and returns the `data` of successful envelopes.
+
+    The session is the caller's when given (and then never closed here), else made on first
+    use and closed by `close`.
+    """
+
+    base_url: str
+    auth: Auth
+    clock: Clock
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    timeout: float = 30.0
+    limiter: RateLimiter | None = None
+    rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
+    _owns_session: bool = attrs.field(default=False, init=False)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session requests go through (made on first use when not given)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(raise_for_status=False)
+            self._owns_session = True
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if this transport made it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._owns_session = False
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        resend_safe: bool = True,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[Exception], object] | None = None,
+    ) -> Any:
+        """Send until success or a final failure; return the envelope's `data`.
+
+        `resend_safe=False` marks a request that must not be repeated once it may have reached
+        the server (a create): then only failures for which `surely_not_created` holds are
+        retried, and any other failure is raised as it is. `on_retry(error)` hears of each
+        retry before its wait.
+        """
+        policy = retry or self.retry
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._exchange(method, path, body, params)
+            except (APIError, TransportError) as exc:
+                if _needs_new_token(exc) and not refreshed:
+                    self.auth.invalidate()
+                    refreshed = True
+                    attempt -= 1
+                    continue
+                wait = self._wait_before_retry(exc, attempt, policy, resend_safe)
+                log.info(
+                    "%s %s failed (%s); retry %d of %d in %.2f s",
+                    method,
+                    path,
+                    exc,
+                    attempt,
+                    policy.max_attempts - 1,
+                    wait,
+                )
+                if on_retry is not None:
+                    on_retry(exc)
+            await self.clock.sleep(wait)
+
+    def _wait_before_retry(
+        self, exc: APIError | TransportError, attempt: int, policy: RetryPolicy, resend_safe: bool
+    ) -> float:
+        """The wait before the next attempt; re-raises `exc` when there must be none."""
+        if attempt >= policy.max_attempts or not exc.retryable:
+            raise exc
+        if not resend_safe and not surely_not_created(exc):
+            raise exc
+        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+        wait = policy.delay(
+            attempt,
+            self.rng.random(),
+            retry_after=retry_after,
+            rate_limited=isinstance(exc, RateLimitError),
+        )
+        if wait is None:
+            raise exc
+        return wait
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
+    ) -> Any:
+        """One attempt: send, read the whole answer, and interpret it."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
+        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout)
+        try:
+            async with self.session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+            ) as response:
+                raw = await response.read()
+                return self._interpret(response.status, response.headers, raw)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(method, path, exc) from None
+
+    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+        body = decode_json(raw)
+        code = body.get("code") if isinstance(body, Mapping) else None
+        if 200 <= status < 300 and code in (0, "0"):
+            return body.get("data")
+        if 200 <= status < 300 and code is None:
+            raise TransportError(
+                f"The server answered HTTP {status} with a body that is not a Kling envelope: "
+                f"{self._redact(raw.decode('utf-8', 'replace'))[:120]!r}.",
+                may_have_been_sent=True,
+            )
+        retry_after = parse_retry_after(headers.get("Retry-After"), self.clock.time())
+        text = self._redact(raw.decode("utf-8", "replace"))
+        raise error_from_answer(status, body, text, retry_after=retry_after)
+
+    def _transport_error(self, method: str, path: str, exc: BaseException) -> TransportError:
+        sent = next(maybe for kind, maybe in _MAY_HAVE_BEEN_SENT if isinstance(exc, kind))
+        what = type(exc).__name__
+        detail = self._redact(str(exc)) or "no detail"
+        when = "after it may have reached the server" if sent else "before it was sent"
+        return TransportError(
+            f"{method} {path} failed {when}: {what} ({detail}).", may_have_been_sent=sent
+        )
+
+    def _redact(self, text: str) -> str:
+        for secret in self.auth.secrets():
+            text = text.replace(secret, "<hidden>")
+        return _BEARER.sub(r"\1<hidden>", text)
+
+
+def _needs_new_token(exc: APIError | TransportError) -> bool:
+    return isinstance(exc, APIError) and exc.code in TOKEN_REFRESH_CODES
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,133 @@
+"""The wire format: one cattrs converter between JSON envelopes and the models.
+
+Liberal in what it reads (millisecond timestamps, durations as decimal strings, both
+spellings of success, unknown statuses and fields), strict in what it writes (only the
+fields the API knows, never None, never the caller's private `key`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import cattrs
+
+from .errors import TransportError
+from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
+
+__all__ = ["converter", "decode_json", "request_body", "structure_task", "structure_tasks"]
+
+_STATUS_ALIASES = {"succeeded": TaskStatus.SUCCEED, "success": TaskStatus.SUCCEED}
+_LOCAL_FIELDS = frozenset({"key"})
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+
+
+def _timestamp(value: Any, _: type) -> datetime:
+    """Unix milliseconds (int, float or digit string) to an aware UTC datetime."""
+    return datetime.fromtimestamp(float(value) / 1000.0, tz=UTC)
+
+
+def _decimal(value: Any, _: type) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+
+
+def _status(value: Any, _: type) -> TaskStatus:
+    text = str(value).strip().lower()
+    if text in _STATUS_ALIASES:
+        return _STATUS_ALIASES[text]
+    try:
+        return TaskStatus(text)
+    except ValueError:
+        return TaskStatus.UNKNOWN
+
+
+converter.register_structure_hook(datetime, _timestamp)
+converter.register_structure_hook(Decimal, _decimal)
+converter.register_structure_hook(TaskStatus, _status)
+
+
+def _optional_text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _optional_time(value: Any) -> datetime | None:
+    return None if value in (None, "", 0) else converter.structure(value, datetime)
+
+
+def _videos(result: Any) -> tuple[Video, ...]:
+    if not isinstance(result, Mapping):
+        return ()
+    return converter.structure(result.get("videos") or [], tuple[Video, ...])
+
+
+def _external_id(data: Mapping[str, Any]) -> str | None:
+    info = data.get("task_info")
+    return _optional_text(info.get("external_task_id")) if isinstance(info, Mapping) else None
+
+
+def structure_task(data: Any, kind: TaskKind) -> Task:
+    """The `Task` for one task object; the object itself is kept as `Task.raw`.
+
+    Raises `TransportError` when the object lacks a task id or holds values of the wrong
+    shape: a body the client cannot trust is a failed exchange, not a task.
+    """
+    if not isinstance(data, Mapping) or not data.get("task_id"):
+        raise _malformed(f"expected a task object with a task_id, got {type(data).__name__}")
+    try:
+        return Task(
+            id=str(data["task_id"]),
+            kind=kind,
+            status=converter.structure(data.get("task_status", ""), TaskStatus),
+            status_message=_optional_text(data.get("task_status_msg")),
+            created_at=_optional_time(data.get("created_at")),
+            updated_at=_optional_time(data.get("updated_at")),
+            videos=_videos(data.get("task_result")),
+            raw=dict(data),
+            external_task_id=_external_id(data),
+        )
+    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as exc:
+        raise _malformed(f"task {data['task_id']}: {_first_cause(exc)}") from exc
+
+
+def structure_tasks(data: Any, kind: TaskKind) -> list[Task]:
+    """The tasks of a list answer (`data` is an array of task objects)."""
+    if not isinstance(data, list):
+        raise _malformed(f"expected a list of tasks, got {type(data).__name__}")
+    return [structure_task(item, kind) for item in data]
+
+
+def request_body(request: VideoExtendRequest) -> dict[str, Any]:
+    """The JSON body of a create request: the API's fields that are set, nothing else."""
+    fields = converter.unstructure(request)
+    return {
+        name: value
+        for name, value in fields.items()
+        if value is not None and name not in _LOCAL_FIELDS
+    }
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON value of a body, or None when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _first_cause(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        return _first_cause(exc.exceptions[0])
+    return str(exc) or type(exc).__name__
+
+
+def _malformed(detail: str) -> TransportError:
+    return TransportError(
+        f"The server's answer could not be read: {detail}.", may_have_been_sent=True
+    )

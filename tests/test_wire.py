@@ -1,0 +1,107 @@
+"""The wire format: envelopes and task objects in, request bodies out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from kling_async import TaskKind, TaskStatus, TransportError, Video, VideoExtendRequest
+from kling_async._wire import request_body, structure_task, structure_tasks
+
+SUCCEEDED: dict[str, Any] = {
+    "task_id": "860500716839079996",
+    "task_status": "succeed",
+    "task_status_msg": "",
+    "task_info": {"external_task_id": "mine-1", "parent_video": {"id": "p", "url": "u"}},
+    "task_result": {
+        "videos": [{"id": "v-1", "url": "https://cdn.example/v-1.mp4", "duration": "9.8"}]
+    },
+    "final_unit_deduction": "1",
+    "created_at": 1722769557708,
+    "updated_at": 1722769616324,
+    "brand_new_field": {"nested": True},
+}
+
+
+def test_task_object_becomes_a_task() -> None:
+    """Every modelled field is read, with exact decimals and aware UTC datetimes."""
+    task = structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND)
+    assert task.id == "860500716839079996"
+    assert task.status is TaskStatus.SUCCEED and task.is_terminal
+    assert task.status_message is None
+    assert task.videos == (Video("v-1", "https://cdn.example/v-1.mp4", Decimal("9.8")),)
+    assert task.created_at == datetime(2024, 8, 4, 11, 5, 57, 708000, tzinfo=UTC)
+    assert task.updated_at is not None and task.updated_at.tzinfo is UTC
+    assert task.external_task_id == "mine-1"
+
+
+def test_unknown_fields_are_kept_on_raw() -> None:
+    """Fields the client does not model are ignored but kept in Task.raw."""
+    task = structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND)
+    assert task.raw["brand_new_field"] == {"nested": True}
+    assert task.raw["final_unit_deduction"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("submitted", TaskStatus.SUBMITTED),
+        ("processing", TaskStatus.PROCESSING),
+        ("succeed", TaskStatus.SUCCEED),
+        ("succeeded", TaskStatus.SUCCEED),
+        ("SUCCEED", TaskStatus.SUCCEED),
+        ("failed", TaskStatus.FAILED),
+    ],
+)
+def test_known_statuses(text: str, status: TaskStatus) -> None:
+    """Both spellings of success, any case, read as SUCCEED."""
+    task = structure_task({"task_id": "t", "task_status": text}, TaskKind.VIDEO_EXTEND)
+    assert task.status is status
+
+
+def test_unknown_status_is_kept_not_fatal() -> None:
+    """A status the client does not know is UNKNOWN, not terminal, with its text kept."""
+    task = structure_task({"task_id": "t", "task_status": "queueing"}, TaskKind.VIDEO_EXTEND)
+    assert task.status is TaskStatus.UNKNOWN
+    assert not task.is_terminal
+    assert task.status_text == "queueing"
+
+
+def test_failed_task_keeps_its_message() -> None:
+    """task_status_msg becomes status_message."""
+    data = {"task_id": "t", "task_status": "failed", "task_status_msg": "content policy"}
+    assert structure_task(data, TaskKind.VIDEO_EXTEND).status_message == "content policy"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        {"task_status": "succeed"},
+        {"task_id": "t", "created_at": "yesterday"},
+        {"task_id": "t", "task_result": {"videos": [{"id": "v", "url": "u", "duration": "x"}]}},
+        {"task_id": "t", "task_result": {"videos": [{"url": "u"}]}},
+    ],
+)
+def test_malformed_task_object_is_a_transport_error(data: Any) -> None:
+    """A task object the client cannot trust raises TransportError naming the problem."""
+    with pytest.raises(TransportError, match="could not be read"):
+        structure_task(data, TaskKind.VIDEO_EXTEND)
+
+
+def test_list_answer() -> None:
+    """A list answer is an array of task objects."""
+    tasks = structure_tasks([SUCCEEDED, {"task_id": "2"}], TaskKind.VIDEO_EXTEND)
+    assert [t.id for t in tasks] == ["860500716839079996", "2"]
+    with pytest.raises(TransportError):
+        structure_tasks({"not": "a list"}, TaskKind.VIDEO_EXTEND)
+
+
+def test_request_body_sends_only_what_is_set() -> None:
+    """None fields and the local key are never sent."""
+    request = VideoExtendRequest("v1", prompt="go on", cfg_scale=0.0, key="row-7")
+    assert request_body(request) == {"video_id": "v1", "prompt": "go on", "cfg_scale": 0.0}
