@@ -1,0 +1,191 @@
+"""The Kling task API of the fake: create, query one, list; all state lives here."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._answers import Answer, gateway_error, kling_error, kling_ok
+from ._record import ServerRecord
+from ._tasks import (
+    DEFAULT_PARENT_DURATION,
+    EXTEND_KIND,
+    FakeTask,
+    KnownVideo,
+    TaskFactory,
+    created_wire,
+    task_wire,
+)
+from ._validate import Problem, create_problem, page_param
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """The server's knobs that shape API behaviour."""
+
+    gateway: bool
+    speed: float
+    max_concurrent: int | None
+    require_known_videos: bool
+    wall_clock: Callable[[], float]
+
+
+class KlingBackend:
+    """Tasks, known videos and the concurrency ledger, driven by the request handlers."""
+
+    def __init__(
+        self, config: BackendConfig, factory: TaskFactory, record: ServerRecord, seed: int
+    ) -> None:
+        """Start with no tasks; ``seed`` also drives the request ids."""
+        self.config = config
+        self.base_url = ""
+        self._factory = factory
+        self._record = record
+        self._request_rng = random.Random(f"{seed}:requests")
+        self._tasks: dict[str, FakeTask] = {}
+        self._by_external: dict[str, str] = {}
+        self._videos: dict[str, KnownVideo] = {}
+        self._produced: dict[str, FakeTask] = {}
+        self._seeded_task_ids: set[str] = set()
+        # End instants of tasks that may still run; creation instants only grow, so popping
+        # ends <= now leaves exactly the running tasks.
+        self._ends: list[float] = []
+
+    def request_id(self) -> str:
+        """A fresh, seeded, uuid-shaped request id."""
+        return str(uuid.UUID(int=self._request_rng.getrandbits(128), version=4))
+
+    def error(self, problem: Problem) -> Answer:
+        """The envelope answering ``problem``."""
+        return kling_error(problem.http, problem.code, problem.message, self.request_id())
+
+    def add_video(self, video_id: str, task_id: str | None, duration: float) -> None:
+        """Make ``video_id`` a known source video (and ``task_id`` a known parent task)."""
+        self._videos[video_id] = KnownVideo(video_id, duration, task_id)
+        if task_id is not None:
+            self._seeded_task_ids.add(task_id)
+
+    def video(self, video_id: str, now: float) -> KnownVideo | None:
+        """The known video ``video_id`` at ``now`` (produced ones once their task succeeded)."""
+        task = self._produced.get(video_id)
+        if task is not None and task.status(now) == "succeed":
+            return KnownVideo(video_id, task.outcome.video_duration, task.id)
+        return self._videos.get(video_id)
+
+    def task(self, task_id: str) -> FakeTask:
+        """The task ``task_id``; KeyError when there is none."""
+        return self._tasks[task_id]
+
+    def running(self, now: float) -> int:
+        """Tasks created and not yet terminal at monotonic ``now``."""
+        while self._ends and self._ends[0] <= now:
+            heapq.heappop(self._ends)
+        return len(self._ends)
+
+    def create(self, body: Any, now: float) -> Answer:
+        """Handle a video-extend create at monotonic ``now``."""
+        refusal = self._refusal(body, now)
+        if refusal is not None:
+            return refusal
+        task = self._new_task(body, now)
+        return kling_ok(created_wire(task), self.request_id()).with_task(task.id)
+
+    def get(self, kind: str, ref: str, now: float, status: str | None) -> Answer:
+        """Handle a single-task query; ``status`` overrides the reported status."""
+        task = self._tasks.get(ref)
+        if task is None and not self.config.gateway and ref in self._by_external:
+            task = self._tasks[self._by_external[ref]]
+        if task is None or task.kind != kind:
+            return self.error(Problem(404, 1203, f"task {ref} does not exist")).with_task(ref)
+        self._record._note_poll(task.id)
+        return kling_ok(task_wire(task, now, self.base_url, status), self.request_id()).with_task(
+            task.id
+        )
+
+    def list(self, kind: str, query: Mapping[str, str], now: float) -> Answer:
+        """Handle a list query (official dialect): newest first, paged."""
+        page = page_param(query, "pageNum", 1, 1000)
+        if isinstance(page, Problem):
+            return self.error(page)
+        size = page_param(query, "pageSize", 30, 500)
+        if isinstance(size, Problem):
+            return self.error(size)
+        newest = [t for t in reversed(self._tasks.values()) if t.kind == kind]
+        chosen = newest[(page - 1) * size : page * size]
+        data = [task_wire(t, now, self.base_url) for t in chosen]
+        return kling_ok(data, self.request_id())
+
+    def _refusal(self, body: Any, now: float) -> Answer | None:
+        problem = create_problem(body, gateway=self.config.gateway)
+        if problem is None and not self.config.gateway:
+            problem = self._duplicate_problem(body.get("external_task_id"))
+        if problem is not None:
+            return self.error(problem)
+        unknown = self._unknown_source(body, now)
+        if unknown is not None:
+            return unknown
+        limit = self.config.max_concurrent
+        if limit is not None and self.running(now) >= limit:
+            message = f"parallel task over resource pack limit ({limit} running)"
+            return self.error(Problem(429, 1303, message))
+        return None
+
+    def _duplicate_problem(self, external: str | None) -> Problem | None:
+        if external is None or external not in self._by_external:
+            return None
+        owner = self._by_external[external]
+        return Problem(400, 1201, f"external_task_id {external} is already used by task {owner}")
+
+    def _unknown_source(self, body: dict[str, Any], now: float) -> Answer | None:
+        if not self.config.require_known_videos:
+            return None
+        video_id: str = body["video_id"]
+        if self.config.gateway:
+            return self._unknown_gateway_source(body["task_id"], video_id, now)
+        if self.video(video_id, now) is None:
+            return self.error(Problem(404, 1203, f"video {video_id} does not exist"))
+        return None
+
+    def _unknown_gateway_source(self, task_id: str, video_id: str, now: float) -> Answer | None:
+        parent = self._tasks.get(task_id)
+        known_task = task_id in self._seeded_task_ids or (
+            parent is not None and parent.status(now) == "succeed"
+        )
+        if not known_task:
+            return gateway_error(400, "task_not_exist", f"task {task_id} not exist")
+        if self.video(video_id, now) is None:
+            return gateway_error(400, "video_not_exist", f"video {video_id} not exist")
+        return None
+
+    def _new_task(self, body: dict[str, Any], now: float) -> FakeTask:
+        video_id: str = body["video_id"]
+        parent = self.video(video_id, now) or KnownVideo(
+            video_id, DEFAULT_PARENT_DURATION, body.get("task_id")
+        )
+        # A parent the server accepted is one it can serve, so its URL in task_info works.
+        self._videos.setdefault(video_id, parent)
+        durations = self._factory.durations_for(EXTEND_KIND)
+        task = FakeTask(
+            kind=EXTEND_KIND,
+            outcome=self._factory.outcome(durations, parent.duration),
+            durations=durations,
+            external_task_id=body.get("external_task_id"),
+            parent=parent,
+            created_mono=now,
+            created_ms=int(self.config.wall_clock() * 1000),
+            speed=self.config.speed,
+        )
+        self._store(task, now)
+        return task
+
+    def _store(self, task: FakeTask, now: float) -> None:
+        self._tasks[task.id] = task
+        self._produced[task.outcome.video_id] = task
+        if task.external_task_id is not None and not self.config.gateway:
+            self._by_external[task.external_task_id] = task.id
+        heapq.heappush(self._ends, task.end_mono)
+        self._record._note_created(task.id, task.parent.id, self.running(now))

@@ -1,0 +1,302 @@
+"""`FakeKlingServer`: an in-process aiohttp.web server speaking both Kling dialects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from ._answers import (
+    Answer,
+    drop_connection,
+    fault_answer,
+    kling_error,
+    not_found_page,
+    openai_error,
+    read_json,
+)
+from ._api import BackendConfig, KlingBackend
+from ._auth import OfficialCredentials, check_gateway, check_official
+from ._faults import ANSWER_FAULTS, Fault, FaultPlan
+from ._files import serve_video, video_bytes
+from ._record import RequestRecord, ServerRecord
+from ._tasks import KINDS, Durations, TaskFactory
+
+DEFAULT_FAILURE_MESSAGES = (
+    "Failure to pass the risk control system",
+    "The content may violate the platform's content safety policy",
+    "Video generation failed due to an internal error, please try again",
+    "The source video has expired and can no longer be extended",
+)
+# In-flight handlers (e.g. sleeping in a delay fault) get this long before close cancels them.
+_SHUTDOWN_GRACE = 0.25
+_FILES = "/files/"
+
+
+@dataclass(slots=True)
+class _Note:
+    """What the record will say about the request being handled."""
+
+    status: int | None = None
+    task_id: str | None = None
+    fault: str | None = None
+
+
+def _check_arguments(dialect: str, speed: float, fail_rate: float, messages: Sequence[str]) -> None:
+    if dialect not in ("official", "gateway"):
+        raise ValueError(f"dialect must be 'official' or 'gateway', not {dialect!r}")
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    if not 0.0 <= fail_rate <= 1.0:
+        raise ValueError("fail_rate must be within [0, 1]")
+    if not messages:
+        raise ValueError("failure_messages cannot be empty")
+
+
+class FakeKlingServer:
+    """A deterministic fake of the Kling API (official or gateway dialect) on a local port.
+
+    Tasks progress on a clock scaled by ``speed`` (service seconds per wall second), computed
+    lazily at each request. ``faults`` injects misbehaviour; ``record`` holds what was seen.
+
+    Auth: a gateway with ``api_key=None`` accepts any key; an official server with neither
+    ``api_key`` nor ``access_key`` accepts anything. An official server with both accepts the
+    static key and JWTs. Result videos are served unauthenticated under ``{url}/files/``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dialect: str = "gateway",
+        api_key: str | None = "test-api-key",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        speed: float = 1000.0,
+        seed: int = 0,
+        durations: Durations | Mapping[str, Durations] | None = None,
+        fail_rate: float = 0.0,
+        failure_messages: Sequence[str] = DEFAULT_FAILURE_MESSAGES,
+        max_concurrent: int | None = None,
+        require_known_videos: bool = False,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        video_size: int = 262144,
+    ) -> None:
+        """Configure the server; nothing listens until `start` (or ``async with``).
+
+        ``wall_clock`` (Unix seconds) dates tasks and checks JWT times; ``monotonic`` drives
+        task progress and `RequestRecord.at` (a test may pass a hand-moved clock, but it must
+        never move backwards).
+        """
+        _check_arguments(dialect, speed, fail_rate, failure_messages)
+        if (access_key is None) != (secret_key is None):
+            raise ValueError("access_key and secret_key go together")
+        self.dialect = dialect
+        self.faults = FaultPlan(seed)
+        self.record = ServerRecord()
+        self._credentials = OfficialCredentials(api_key, access_key, secret_key)
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._bind = (host, port)
+        self._video_size = video_size
+        config = BackendConfig(
+            dialect == "gateway", speed, max_concurrent, require_known_videos, wall_clock
+        )
+        factory = TaskFactory(seed, durations, fail_rate, failure_messages)
+        self._backend = KlingBackend(config, factory, self.record, seed)
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client, e.g. ``http://127.0.0.1:PORT`` (no ``/kling``)."""
+        if self._url is None:
+            raise RuntimeError("the server is not started")
+        return self._url
+
+    async def __aenter__(self) -> Self:
+        """Start the server."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen on the configured host and port (port 0 picks a free one)."""
+        if self._runner is not None:
+            raise RuntimeError("the server is already started")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, *self._bind).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self._backend.base_url = self._url
+
+    async def close(self) -> None:
+        """Stop listening, close connections and end in-flight handlers; safe to call twice."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self._end_orphans()
+
+    async def _end_orphans(self) -> None:
+        # aiohttp forgets a handler whose client hung up (e.g. timed out during a delay fault)
+        # and lets it run on; it must not outlive the server.
+        pending = [task for task in self._handlers if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    def add_video(
+        self, video_id: str, task_id: str | None = None, *, duration: float = 5.0
+    ) -> None:
+        """Seed a known source video (``task_id``: the task that made it, for gateways)."""
+        self._backend.add_video(video_id, task_id, duration)
+
+    def task_status(self, task_id: str) -> str:
+        """The real current status of ``task_id`` (KeyError if no such task)."""
+        return self._backend.task(task_id).status(self._monotonic())
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        arrived = self._monotonic()
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+        body: Any = None
+        note = _Note()
+        try:
+            body = await read_json(request)
+            return await self._handle(request, body, note)
+        finally:
+            self._handlers.discard(handler)
+            self.record._note_request(
+                RequestRecord(
+                    method=request.method,
+                    path=request.path,
+                    query=dict(request.query),
+                    headers=dict(request.headers),
+                    body=body,
+                    status=note.status,
+                    at=arrived,
+                    task_id=note.task_id,
+                    fault=note.fault,
+                )
+            )
+
+    async def _handle(self, request: web.Request, body: Any, note: _Note) -> web.StreamResponse:
+        is_file = request.path.startswith(_FILES)
+        fault = self.faults.take(request.method, request.path, is_file=is_file)
+        note.fault = None if fault is None else fault.name
+        if fault is not None and fault.name == "drop":
+            return drop_connection(request)
+        if fault is not None and fault.name == "delay":
+            await asyncio.sleep(fault.seconds)
+        if fault is not None and fault.name in ANSWER_FAULTS:
+            return self._send(fault_answer(fault, self._backend.request_id()), note)
+        if is_file:
+            return await self._file(request, fault, note)
+        return self._finish(request, self._api(request, body, fault), fault, note)
+
+    def _finish(
+        self, request: web.Request, answer: Answer, fault: Fault | None, note: _Note
+    ) -> web.StreamResponse:
+        note.task_id = answer.task_id
+        if fault is not None and fault.name == "drop_after_create":
+            return drop_connection(request)
+        if fault is not None and fault.name == "malformed":
+            answer = answer.truncated()
+        return self._send(answer, note)
+
+    @staticmethod
+    def _send(answer: Answer, note: _Note) -> web.StreamResponse:
+        note.status = answer.status
+        note.task_id = answer.task_id or note.task_id
+        return answer.to_response()
+
+    def _api(self, request: web.Request, body: Any, fault: Fault | None) -> Answer:
+        gateway = self._backend.config.gateway
+        prefix = "/kling/v1/" if gateway else "/v1/"
+        if not request.path.startswith(prefix):
+            return not_found_page()
+        refusal = self._auth(request.headers.get("Authorization"))
+        if refusal is not None:
+            return refusal
+        rest = request.path[len(prefix) :]
+        if rest in KINDS:
+            return self._collection(request, rest, body)
+        kind, _, ref = rest.rpartition("/")
+        if kind not in KINDS or not ref:
+            return not_found_page()
+        if request.method != "GET":
+            return self._wrong_method(request.method)
+        status = fault.text if fault is not None and fault.name == "status" else None
+        return self._backend.get(kind, ref, self._monotonic(), status)
+
+    def _collection(self, request: web.Request, kind: str, body: Any) -> Answer:
+        backend = self._backend
+        if request.method == "GET":
+            if backend.config.gateway:
+                return not_found_page()
+            return backend.list(kind, request.query, self._monotonic())
+        if request.method != "POST":
+            return self._wrong_method(request.method)
+        if kind != "videos/video-extend":
+            return kling_error(
+                404, 1203, f"{kind} tasks cannot be created here", backend.request_id()
+            )
+        return backend.create(body, self._monotonic())
+
+    def _wrong_method(self, method: str) -> Answer:
+        message = f"method {method} is not supported on this path"
+        return kling_error(404, 1202, message, self._backend.request_id())
+
+    def _auth(self, header: str | None) -> Answer | None:
+        if self._backend.config.gateway:
+            if check_gateway(header, self._credentials.api_key):
+                return None
+            return openai_error(401, "Invalid API key provided", "invalid_request_error")
+        failure = check_official(header, self._credentials, self._wall_clock())
+        if failure is None:
+            return None
+        return kling_error(401, failure.code, failure.message, None)
+
+    async def _file(
+        self, request: web.Request, fault: Fault | None, note: _Note
+    ) -> web.StreamResponse:
+        name = request.path[len(_FILES) :]
+        video_id = name.removesuffix(".mp4")
+        known = name.endswith(".mp4") and self._backend.video(video_id, self._monotonic())
+        if not known or request.method not in ("GET", "HEAD"):
+            return self._send(not_found_page(), note)
+        drop_after = (
+            fault.after_bytes if fault is not None and fault.name == "drop_mid_stream" else None
+        )
+        data = video_bytes(video_id, self._video_size)
+        response, status = await serve_video(request, data, drop_after)
+        note.status = None if drop_after is not None else status
+        return response
