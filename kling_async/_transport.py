@@ -183,15 +183,16 @@ class Transport:
         code = body.get("code") if isinstance(body, Mapping) else None
         if 200 <= status < 300 and code in (0, "0"):
             return body.get("data")
+        # Past here the answer is quoted to a person: scrub credentials before reading it.
+        text = self._redact(raw.decode("utf-8", "replace"))
         if 200 <= status < 300 and code is None:
             raise TransportError(
                 f"The server answered HTTP {status} with a body that is not a Kling envelope: "
-                f"{self._redact(raw.decode('utf-8', 'replace'))[:120]!r}.",
+                f"{text[:120]!r}.",
                 may_have_been_sent=True,
             )
         retry_after = parse_retry_after(headers.get("Retry-After"), self.clock.time())
-        text = self._redact(raw.decode("utf-8", "replace"))
-        raise error_from_answer(status, body, text, retry_after=retry_after)
+        raise error_from_answer(status, decode_json(text.encode()), text, retry_after=retry_after)
 
     def _transport_error(self, method: str, path: str, exc: BaseException) -> TransportError:
         sent = next(maybe for kind, maybe in _MAY_HAVE_BEEN_SENT if isinstance(exc, kind))

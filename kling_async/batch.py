@@ -1,0 +1,325 @@
+"""`extend_many`'s engine: many extensions under a cap on tasks in flight.
+
+A slot of the cap is held from the create request until the task is terminal, because the
+API limits parallel tasks, not requests. A 1303 answer (over the account's parallel-task
+limit) halves the window and the request waits and tries again; each success widens the
+window again by about one slot per window's worth of tasks (additive increase,
+multiplicative decrease). Outcomes come out in completion order through a memory stream,
+so the iterator the user holds never has a task group open across a ``yield``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._clock import Clock
+from .errors import KlingError, RateLimitError, TaskFailedError
+from .models import Task, TaskStatus, VideoExtendRequest
+from .policies import RetryPolicy
+from .watcher import TaskWatcher
+
+__all__ = ["Batch", "BatchEvent", "BatchEventKind", "BatchOutcome", "ConcurrencyWindow"]
+
+log = logging.getLogger("kling_async")
+
+RetryHook = Callable[[Exception], object]
+
+
+@attrs.frozen
+class BatchOutcome:
+    """What became of one request: the succeeded task, or the request with its error.
+
+    For a task that ran and failed, `task` is the failed task and `error` its
+    `TaskFailedError`; when the request never became a task, `task` is None.
+    """
+
+    request: VideoExtendRequest
+    task: Task | None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the extension succeeded."""
+        return self.task is not None and self.task.status is TaskStatus.SUCCEED
+
+
+class BatchEventKind(enum.Enum):
+    """What happened to a request of a batch."""
+
+    SUBMITTED = "submitted"
+    STATUS = "status"
+    RETRIED = "retried"
+    FINISHED = "finished"
+
+
+@attrs.frozen
+class BatchEvent:
+    """A progress event of a batch, for a CLI, a chat bot or a dashboard."""
+
+    kind: BatchEventKind
+    request: VideoExtendRequest
+    task: Task | None = None
+    error: Exception | None = None
+    outcome: BatchOutcome | None = None
+
+
+class Extender(Protocol):
+    """What a batch needs from the client."""
+
+    async def submit(
+        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
+    ) -> Task: ...
+
+    def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
+
+
+@attrs.define
+class _Slot:
+    epoch: int
+    held: bool = True
+
+
+class ConcurrencyWindow:
+    """A cap on tasks in flight that halves on 1303 and creeps back up on success (AIMD)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"concurrency must be at least 1, not {limit}")
+        self.limit = limit
+        self.size = float(limit)
+        self.in_use = 0
+        self.peak = 0
+        self._epoch = 0
+        self._changed = anyio.Event()
+
+    async def acquire(self, slot: _Slot | None = None) -> _Slot:
+        """Wait for a free slot and take it (into `slot`, when re-taking a released one)."""
+        while self.in_use >= max(1, int(self.size)):
+            await self._changed.wait()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+        if slot is None:
+            return _Slot(self._epoch)
+        slot.epoch, slot.held = self._epoch, True
+        return slot
+
+    def release(self, slot: _Slot) -> None:
+        """Give the slot back (idempotent)."""
+        if slot.held:
+            slot.held = False
+            self.in_use -= 1
+            self._notify()
+
+    def shrink(self, slot: _Slot) -> None:
+        """Halve the window, once per window: 1303s of requests sent before are the same news."""
+        if slot.epoch == self._epoch:
+            self.size = max(1.0, self.size / 2)
+            self._epoch += 1
+            log.info("over the parallel-task limit: concurrency lowered to %d", int(self.size))
+
+    def grow(self) -> None:
+        """Widen the window by about one slot per window of successes."""
+        if self.size < self.limit:
+            self.size = min(float(self.limit), self.size + 1.0 / self.size)
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+@attrs.define
+class _Run:
+    """One batch's work: take requests, run each to its end, send outcomes."""
+
+    extender: Extender
+    window: ConcurrencyWindow
+    send: MemoryObjectSendStream[BatchOutcome]
+    clock: Clock
+    retry: RetryPolicy
+    fail_fast: bool = False
+    on_event: Callable[[BatchEvent], object] | None = None
+    rng: random.Random = attrs.field(factory=random.Random)
+    stopping: bool = False
+
+    async def run(
+        self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
+    ) -> None:
+        async with self.send, anyio.create_task_group() as group:
+            async for request in _as_async(requests):
+                if self.stopping:
+                    break
+                slot = await self.window.acquire()
+                group.start_soon(self._one, request, slot)
+
+    async def _one(self, request: VideoExtendRequest, slot: _Slot) -> None:
+        task: Task | None = None
+        error: Exception | None = None
+        try:
+            task = await self._submit(request, slot)
+            self._emit(BatchEventKind.SUBMITTED, request, task=task)
+            watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
+            async for task in watcher:
+                self._emit(BatchEventKind.STATUS, request, task=task)
+            task = watcher.last
+            if task is not None and task.status is TaskStatus.FAILED:
+                error = TaskFailedError(task)
+        except Exception as exc:  # every failure becomes this request's outcome
+            error = exc
+        finally:
+            self.window.release(slot)
+        outcome = BatchOutcome(request, task, error)
+        self._emit(BatchEventKind.FINISHED, request, task=task, error=error, outcome=outcome)
+        if self.fail_fast and not outcome.ok:
+            self.stopping = True
+        await self.send.send(outcome)
+
+    async def _submit(self, request: VideoExtendRequest, slot: _Slot) -> Task:
+        """Create the task; on 1303 lower the window, give the slot back, wait, try again."""
+        waits = 0
+        while True:
+            try:
+                task = await self.extender.submit(request, on_retry=self._retry_hook(request, slot))
+            except RateLimitError as exc:
+                if not exc.is_concurrency_limit:
+                    raise
+                self.window.shrink(slot)
+                self.window.release(slot)
+                waits += 1
+                await self.clock.sleep(self._backoff(waits, exc))
+                await self.window.acquire(slot)
+                continue
+            self.window.grow()
+            return task
+
+    def _backoff(self, waits: int, exc: RateLimitError) -> float:
+        if exc.retry_after is not None:
+            return exc.retry_after
+        delay = self.retry.delay(waits, self.rng.random(), retry_after=None, rate_limited=True)
+        return delay if delay is not None else self.retry.max_delay
+
+    def _retry_hook(self, request: VideoExtendRequest, slot: _Slot | None = None) -> RetryHook:
+        def retried(exc: Exception) -> None:
+            if slot is not None and isinstance(exc, RateLimitError) and exc.is_concurrency_limit:
+                self.window.shrink(slot)
+            self._emit(BatchEventKind.RETRIED, request, error=exc)
+
+        return retried
+
+    def _emit(self, kind: BatchEventKind, request: VideoExtendRequest, **fields: object) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(BatchEvent(kind, request, **fields))  # type: ignore[arg-type]
+        except Exception:
+            log.exception("the batch's on_event callback failed; the batch goes on")
+
+
+class Batch:
+    """The outcomes of `KlingClient.extend_many`, in completion order.
+
+    Iterate it with ``async for``; use it as ``async with`` to be sure that leaving early
+    stops everything at once (otherwise that happens when the iterator is closed or the
+    client is). Work starts at the first ``__anext__`` or ``__aenter__``.
+
+    >>> async with client.extend_many(requests, concurrency=20) as outcomes:  # doctest: +SKIP
+    ...     async for outcome in outcomes:
+    ...         print(outcome.request.video_id, outcome.ok)
+    """
+
+    def __init__(
+        self,
+        run: _Run,
+        requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
+        receive: MemoryObjectReceiveStream[BatchOutcome],
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
+    ) -> None:
+        self._run = run
+        self._requests = requests
+        self._receive = receive
+        self._spawn = spawn
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._failure: BaseException | None = None
+        self._started = False
+
+    @property
+    def window(self) -> ConcurrencyWindow:
+        """The live concurrency window (its `size`, `in_use` and `peak`)."""
+        return self._run.window
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._spawn(self._guarded_run)
+
+    async def _guarded_run(self) -> None:
+        try:
+            with self._scope:
+                await self._run.run(self._requests)
+        except anyio.get_cancelled_exc_class():
+            self._receive.close()  # the client is closing: nobody will read the rest
+            raise
+        except Exception as exc:  # handed to the iterating task, raised there
+            self._failure = exc
+        finally:
+            self._done.set()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> BatchOutcome:
+        self._start()
+        try:
+            return await self._receive.receive()
+        except anyio.ClosedResourceError:
+            raise KlingError(
+                "This batch was stopped before all its outcomes were read: it was closed, "
+                "or its client was. Tasks it had created may still be running."
+            ) from None
+        except anyio.EndOfStream:
+            self._receive.close()
+            await self._done.wait()
+            if self._failure is not None:
+                raise self._failure from None
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the batch: cancel what runs and wait until it has stopped."""
+        self._scope.cancel()
+        with anyio.CancelScope(shield=True):
+            if self._started:
+                await self._done.wait()
+            await self._receive.aclose()
+
+
+async def _as_async(
+    requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
+) -> AsyncIterator[VideoExtendRequest]:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            yield request
+    else:
+        for request in requests:
+            yield request

@@ -1,0 +1,494 @@
+"""`KlingClient`: the facade users hold. Endpoints, dialects, validation, and ownership.
+
+The client checks every argument before anything is sent, speaks either dialect from one
+table, and owns the pieces it wires together (transport, rate limiter, session), so one
+``async with`` closes everything it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._clock import Clock, SystemClock
+from ._ratelimit import RateLimiter
+from ._transport import Transport, surely_not_created
+from ._wire import request_body, structure_task, structure_tasks
+from .auth import Auth, BearerAuth, JWTAuth
+from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
+from .errors import (
+    AmbiguousSubmissionError,
+    APIError,
+    ConfigurationError,
+    InvalidArgumentError,
+    NotFoundError,
+    TransportError,
+)
+from .models import Task, TaskKind, VideoExtendRequest
+from .policies import CompletionTimes, PollPolicy, RetryPolicy
+from .watcher import TaskWatcher
+
+__all__ = ["DEFAULT_BASE_URL", "KlingClient"]
+
+log = logging.getLogger("kling_async")
+
+DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
+MAX_PROMPT_LENGTH = 2500
+_OFFICIAL_HOST_SUFFIX = "klingai.com"
+
+
+@attrs.frozen
+class _Dialect:
+    """What differs between the official API and a reselling gateway."""
+
+    prefix: str
+    needs_parent_task: bool
+    can_list: bool
+    finds_by_external_id: bool
+    allows_jwt: bool
+
+
+_DIALECTS: Mapping[str, _Dialect] = {
+    "official": _Dialect(
+        prefix="",
+        needs_parent_task=False,
+        can_list=True,
+        finds_by_external_id=True,
+        allows_jwt=True,
+    ),
+    "gateway": _Dialect(
+        prefix="/kling",
+        needs_parent_task=True,
+        can_list=False,
+        finds_by_external_id=False,
+        allows_jwt=False,
+    ),
+}
+
+
+class KlingClient:
+    """An asyncio client for the Kling video API, official endpoint or gateway.
+
+    One client per process is the norm: it holds one HTTP session and one account-wide rate
+    limiter shared by every call. Use it as an async context manager (or call `aclose`).
+
+    >>> async with KlingClient(api_key="...", base_url="https://api.example-gateway.com") as c:
+    ...     task = await c.extend_video("vid_1", task_id="task_1", prompt="keep walking")
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        base_url: str | None = None,
+        dialect: str | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        requests_per_second: float | None = None,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self.base_url = _normalise_base_url(base_url or DEFAULT_BASE_URL)
+        self.dialect = _choose_dialect(dialect, self.base_url)
+        self._dialect = _DIALECTS[self.dialect]
+        self.poll = poll or PollPolicy()
+        self.retry = retry or RetryPolicy()
+        self._completion: dict[TaskKind, CompletionTimes] = {}
+        self._rng = random.Random()
+        self._tasks: TaskGroup | None = None
+        if timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
+        limiter = (
+            RateLimiter(requests_per_second, clock=self._clock)
+            if requests_per_second is not None
+            else None
+        )
+        self._transport = Transport(
+            base_url=self.base_url + self._dialect.prefix,
+            auth=self._make_auth(api_key, access_key, secret_key),
+            clock=self._clock,
+            retry=self.retry,
+            timeout=timeout,
+            limiter=limiter,
+            session=session,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """A client configured from ``KLING_*`` variables; keyword arguments win over them.
+
+        Reads ``KLING_API_KEY`` (or ``KLING_ACCESS_KEY`` and ``KLING_SECRET_KEY``),
+        ``KLING_BASE_URL`` and ``KLING_DIALECT``.
+
+        >>> client = KlingClient.from_env()  # doctest: +SKIP
+        """
+        env = os.environ if environ is None else environ
+        settings: dict[str, Any] = {
+            "base_url": env.get("KLING_BASE_URL") or None,
+            "dialect": env.get("KLING_DIALECT") or None,
+        }
+        if env.get("KLING_API_KEY"):
+            settings["api_key"] = env["KLING_API_KEY"]
+        else:
+            settings["access_key"] = env.get("KLING_ACCESS_KEY") or None
+            settings["secret_key"] = env.get("KLING_SECRET_KEY") or None
+        settings.update(overrides)
+        return cls(**settings)
+
+    def _make_auth(self, api_key: str | None, access_key: str | None, secret: str | None) -> Auth:
+        if api_key and (access_key or secret):
+            raise ConfigurationError("Give either api_key or access_key and secret_key, not both.")
+        if api_key:
+            return BearerAuth(api_key)
+        if access_key and secret:
+            if not self._dialect.allows_jwt:
+                raise ConfigurationError(
+                    f"The {self.dialect} dialect takes an api_key; access and secret keys "
+                    "are for the official API."
+                )
+            return JWTAuth(access_key, secret, clock=self._clock)
+        if access_key or secret:
+            missing = "secret_key (KLING_SECRET_KEY)" if access_key else "access_key"
+            raise ConfigurationError(f"An access key pair needs both keys; {missing} is missing.")
+        raise ConfigurationError(
+            "No credentials: pass api_key= (or set KLING_API_KEY), or access_key= and "
+            "secret_key= (KLING_ACCESS_KEY and KLING_SECRET_KEY) for the official API."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"KlingClient(dialect={self.dialect!r}, base_url={self.base_url!r}, "
+            f"auth={self._transport.auth!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        if self._tasks is not None:
+            raise RuntimeError("this KlingClient is already open; use one `async with` per client")
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tasks, self._tasks = self._tasks, None
+        try:
+            if tasks is not None:
+                tasks.cancel_scope.cancel()
+                await tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if the client made it (a session you passed stays open).
+
+        Background work (batches) stops when the ``async with`` block of the client ends.
+        """
+        await self._transport.close()
+
+    async def extend_video(
+        self,
+        video_id: str,
+        *,
+        task_id: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        cfg_scale: float | None = None,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task:
+        """Submit the extension of `video_id`; return the new task (status `submitted`).
+
+        On a gateway, `task_id` (the task that produced the video) is required. On the
+        official API an `external_task_id` is made up when none is given, so a create whose
+        answer was lost can be found again instead of being paid twice.
+
+        Raises `InvalidArgumentError` before sending anything when an argument is wrong, and
+        `AmbiguousSubmissionError` when the server may have made the task but the client
+        cannot tell (it is never re-sent blindly).
+
+        >>> task = await client.extend_video("vid_1", prompt="the sun sets")  # doctest: +SKIP
+        """
+        request = VideoExtendRequest(
+            video_id,
+            task_id=task_id,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            cfg_scale=cfg_scale,
+            callback_url=callback_url,
+            external_task_id=external_task_id,
+        )
+        return await self.submit(request)
+
+    async def submit(
+        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
+    ) -> Task:
+        """Submit one `VideoExtendRequest` (what `extend_video` does with its arguments).
+
+        `on_retry(error)` hears of each retry of the create request.
+        """
+        request = self.prepare(request)
+        try:
+            data = await self._transport.request(
+                "POST",
+                self._path(TaskKind.VIDEO_EXTEND),
+                body=request_body(request),
+                resend_safe=False,
+                on_retry=on_retry,
+            )
+            return structure_task(data, TaskKind.VIDEO_EXTEND)
+        except (APIError, TransportError) as exc:
+            if surely_not_created(exc):
+                raise
+            return await self._recover(request, exc)
+
+    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+        """`request` checked against this dialect, with an external id added where useful.
+
+        Raises `InvalidArgumentError` naming every problem; nothing is sent.
+        """
+        problems = extend_problems(request, needs_parent_task=self._dialect.needs_parent_task)
+        if problems:
+            raise InvalidArgumentError(
+                f"Cannot extend video {request.video_id!r}: {'; '.join(problems)}. "
+                "Nothing was sent."
+            )
+        if self._dialect.finds_by_external_id and request.external_task_id is None:
+            return attrs.evolve(request, external_task_id=f"ka-{uuid.uuid4().hex}")
+        return request
+
+    async def _recover(self, request: VideoExtendRequest, exc: Exception) -> Task:
+        """After an ambiguous create: find the task by its external id, or give up loudly."""
+        if not (self._dialect.finds_by_external_id and request.external_task_id):
+            raise AmbiguousSubmissionError(request, str(exc)) from exc
+        try:
+            task = await self.get_task(request.external_task_id)
+        except NotFoundError:
+            reason = f"{exc} No task with external id {request.external_task_id} exists yet"
+            raise AmbiguousSubmissionError(request, reason) from exc
+        except (APIError, TransportError) as lookup_error:
+            reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
+            raise AmbiguousSubmissionError(request, reason) from exc
+        log.warning("recovered task %s of video %s by its external id", task.id, request.video_id)
+        return task
+
+    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+        """The task's current state. On the official API `task_id` may be its external id.
+
+        >>> task = await client.get_task("8742...")  # doctest: +SKIP
+        """
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
+        path = f"{self._path(kind)}/{quote(task_id.strip(), safe='')}"
+        return structure_task(await self._transport.request("GET", path), kind)
+
+    async def list_tasks(
+        self, kind: TaskKind = TaskKind.VIDEO_EXTEND, *, page_size: int = 30
+    ) -> AsyncIterator[Task]:
+        """Recent tasks of `kind`, newest first, page by page (official API only).
+
+        >>> async for task in client.list_tasks():  # doctest: +SKIP
+        ...     print(task.id, task.status)
+        """
+        if not self._dialect.can_list:
+            raise ConfigurationError(
+                f"The {self.dialect} dialect has no list endpoint; read tasks one by one "
+                "with get_task."
+            )
+        if not 1 <= page_size <= 500:
+            raise InvalidArgumentError(f"page_size must be between 1 and 500, not {page_size}.")
+        for page in range(1, 1001):
+            params = {"pageNum": page, "pageSize": page_size}
+            data = await self._transport.request("GET", self._path(kind), params=params)
+            tasks = structure_tasks(data, kind)
+            for task in tasks:
+                yield task
+            if len(tasks) < page_size:
+                return
+
+    def watch(
+        self,
+        task_or_id: Task | str,
+        *,
+        poll: PollPolicy | None = None,
+        timeout: float | None = None,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        on_poll_error: Callable[[Exception], object] | None = None,
+    ) -> TaskWatcher:
+        """A `TaskWatcher` for a task (or a task id): await it, or iterate its changes.
+
+        `poll` replaces the client's `PollPolicy`, `timeout` just its deadline. Watchers of a
+        client share what it learned of how long tasks take, and its rate limiter.
+
+        >>> task = await client.watch(task)  # doctest: +SKIP
+        """
+        policy = poll or self.poll
+        if timeout is not None:
+            policy = attrs.evolve(policy, timeout=timeout)
+        if isinstance(task_or_id, Task):
+            kind = task_or_id.kind
+        return TaskWatcher(
+            self,
+            task_or_id,
+            kind=kind,
+            policy=policy,
+            clock=self._clock,
+            learned=self._completion.setdefault(kind, CompletionTimes()),
+            rng=self._rng,
+            on_poll_error=on_poll_error,
+        )
+
+    async def extend_and_wait(
+        self,
+        video_id: str,
+        *,
+        poll: PollPolicy | None = None,
+        timeout: float | None = None,
+        **arguments: Any,
+    ) -> Task:
+        """Extend `video_id` and wait for the result: the succeeded task.
+
+        Takes `extend_video`'s arguments; raises `TaskFailedError` if the task fails and
+        `WatchTimeoutError` if it outlives the deadline (the task id is in the error).
+
+        >>> task = await client.extend_and_wait("vid_1", prompt="dolly in")  # doctest: +SKIP
+        >>> task.videos[0].url  # doctest: +SKIP
+        """
+        task = await self.extend_video(video_id, **arguments)
+        return await self.watch(task, poll=poll, timeout=timeout)
+
+    def extend_many(
+        self,
+        requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
+        *,
+        concurrency: int = 8,
+        fail_fast: bool = False,
+        on_event: Callable[[BatchEvent], object] | None = None,
+        poll: PollPolicy | None = None,
+    ) -> Batch:
+        """Extend many videos, at most `concurrency` tasks in flight; outcomes as they end.
+
+        Returns a `Batch`: ``async for outcome in client.extend_many(requests)`` yields one
+        `BatchOutcome` per request in completion order. A failure does not stop the others
+        unless `fail_fast` (then no further request is taken; tasks already created are
+        still watched to their end and reported). `on_event` receives `BatchEvent`s (submitted,
+        status, retried, finished) for progress displays. Needs the client's ``async with``.
+
+        >>> async with client.extend_many(requests, concurrency=20) as batch:  # doctest: +SKIP
+        ...     async for outcome in batch:
+        ...         print(outcome.ok)
+        """
+        if self._tasks is None:
+            raise ConfigurationError(
+                "extend_many runs inside the client's context: "
+                "`async with KlingClient(...) as client:`."
+            )
+        send, receive = anyio.create_memory_object_stream[BatchOutcome](concurrency)
+        run = _Run(
+            extender=_BatchExtender(self, poll),
+            window=ConcurrencyWindow(concurrency),
+            send=send,
+            clock=self._clock,
+            retry=self.retry,
+            fail_fast=fail_fast,
+            on_event=on_event,
+        )
+        return Batch(run, requests, receive, self._tasks.start_soon)
+
+    def _path(self, kind: TaskKind) -> str:
+        return f"/v1/{kind.value}"
+
+
+def extend_problems(request: VideoExtendRequest, *, needs_parent_task: bool) -> list[str]:
+    """Everything wrong with `request`, in words; empty when it may be sent."""
+    problems: list[str] = []
+    if not _is_text(request.video_id):
+        problems.append("video_id must be a non-empty string")
+    if needs_parent_task and not _is_text(request.task_id):
+        problems.append("a gateway needs task_id, the task that produced the video")
+    elif request.task_id is not None and not _is_text(request.task_id):
+        problems.append("task_id must be a non-empty string when given")
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_PROMPT_LENGTH):
+            problems.append(f"{name} must be a string of at most {MAX_PROMPT_LENGTH} characters")
+    if request.cfg_scale is not None and not _is_unit_number(request.cfg_scale):
+        problems.append(f"cfg_scale must be a number from 0 to 1, not {request.cfg_scale!r}")
+    if request.callback_url is not None and not _is_http_url(request.callback_url):
+        problems.append("callback_url must be an absolute http:// or https:// URL")
+    if request.external_task_id is not None and not _is_text(request.external_task_id):
+        problems.append("external_task_id must be a non-empty string when given")
+    return problems
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_unit_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _normalise_base_url(base_url: str) -> str:
+    if not _is_http_url(base_url):
+        raise ConfigurationError(f"base_url must be an absolute http(s) URL, not {base_url!r}.")
+    url = base_url.rstrip("/")
+    return url.removesuffix("/kling")
+
+
+def _choose_dialect(dialect: str | None, base_url: str) -> str:
+    if dialect is None:
+        host = urlsplit(base_url).hostname or ""
+        official = host == _OFFICIAL_HOST_SUFFIX or host.endswith("." + _OFFICIAL_HOST_SUFFIX)
+        return "official" if official else "gateway"
+    name = dialect.strip().lower()
+    if name not in _DIALECTS:
+        raise ConfigurationError(
+            f"dialect must be one of {', '.join(sorted(_DIALECTS))}, not {dialect!r}."
+        )
+    return name
+
+
+@attrs.frozen
+class _BatchExtender:
+    """The client as a batch sees it: submit, and watch with the batch's poll policy."""
+
+    client: KlingClient
+    poll: PollPolicy | None
+
+    async def submit(
+        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
+    ) -> Task:
+        return await self.client.submit(request, on_retry=on_retry)
+
+    def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
+        return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)

@@ -1,0 +1,167 @@
+"""`TaskWatcher`: follow one task until it succeeds or fails.
+
+The watcher reads its task through a `TaskSource` (the client satisfies it), sleeps on the
+client's clock between polls as its `PollPolicy` says, and reports each change of status.
+It owns no background task: all its work happens inside the coroutine that awaits or
+iterates it, so cancelling that coroutine stops the polling at once and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Protocol
+
+import anyio
+
+from ._clock import Clock
+from .errors import APIError, TaskFailedError, TransportError, WatchTimeoutError
+from .models import Task, TaskKind, TaskStatus
+from .policies import CompletionTimes, PollPolicy
+
+__all__ = ["TaskSource", "TaskWatcher"]
+
+log = logging.getLogger("kling_async")
+
+
+class TaskSource(Protocol):
+    """Where a watcher reads its task from (`KlingClient.get_task` fits)."""
+
+    async def get_task(self, task_id: str, kind: TaskKind = ...) -> Task:
+        """The task's current state."""
+        ...
+
+
+class TaskWatcher:
+    """Awaitable and async-iterable view of one task's progress.
+
+    ``await watcher`` returns the succeeded `Task`, or raises `TaskFailedError` (the task
+    failed), `WatchTimeoutError` (the deadline passed) or the `APIError` that made further
+    watching pointless (the task does not exist, the credentials were refused). Transient
+    failures of a poll (timeouts, 5xx, 429, dropped connections) never end the watch.
+
+    ``async for task in watcher`` yields a snapshot each time the status changes and ends after
+    the terminal one (a failed task is yielded, not raised). Each use continues from the latest
+    snapshot, so a finished watcher answers at once without another request.
+
+    >>> watcher = client.watch(task)                     # doctest: +SKIP
+    >>> async for snapshot in watcher:                   # doctest: +SKIP
+    ...     print(snapshot.status)
+    >>> finished = await client.watch(task.id)           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: TaskSource,
+        task: Task | str,
+        *,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        policy: PollPolicy,
+        clock: Clock,
+        learned: CompletionTimes | None = None,
+        rng: random.Random | None = None,
+        on_poll_error: Callable[[Exception], object] | None = None,
+    ) -> None:
+        self.task_id = task.id if isinstance(task, Task) else task
+        self.kind = task.kind if isinstance(task, Task) else kind
+        self.policy = policy
+        self.last: Task | None = task if isinstance(task, Task) else None
+        self.polls = 0
+        self._source = source
+        self._clock = clock
+        self._learned = learned
+        self._rng = rng or random.Random()
+        self._on_poll_error = on_poll_error
+        self._started = clock.monotonic()
+
+    def __repr__(self) -> str:
+        status = self.last.status.value if self.last else "not read yet"
+        return f"<TaskWatcher {self.task_id} {status}, {self.polls} polls>"
+
+    def __await__(self) -> Generator[None, None, Task]:
+        return self.result().__await__()
+
+    async def result(self) -> Task:
+        """Watch to the end; the succeeded task (what ``await watcher`` does)."""
+        async for _ in self:
+            pass
+        final = self.last
+        if final is None:  # pragma: no cover - the iteration ends on a terminal snapshot only
+            raise RuntimeError(f"watch of task {self.task_id} ended without a status")
+        if final.status is TaskStatus.FAILED:
+            raise TaskFailedError(final)
+        return final
+
+    def __aiter__(self) -> AsyncIterator[Task]:
+        return self._changes()
+
+    async def _changes(self) -> AsyncIterator[Task]:
+        deadline = self._deadline()
+        while self.last is None or not self.last.is_terminal:
+            await self._sleep_before_poll(deadline)
+            task = await self._poll(deadline)
+            if task is None:
+                continue
+            changed = self.last is None or task.status_text != self.last.status_text
+            self.last = task
+            if task.is_terminal:
+                self._learn(task)
+            if changed:
+                yield task
+
+    def _deadline(self) -> float | None:
+        timeout = self.policy.timeout
+        return None if timeout is None else self._started + timeout
+
+    async def _sleep_before_poll(self, deadline: float | None) -> None:
+        """Wait for the next poll, or raise `WatchTimeoutError` if the deadline comes first."""
+        delay = self._next_delay()
+        now = self._clock.monotonic()
+        if deadline is not None and now + delay >= deadline:
+            await self._clock.sleep(max(0.0, deadline - now))
+            raise self._timeout()
+        await self._clock.sleep(delay)
+
+    def _next_delay(self) -> float:
+        if self.last is None and self.polls == 0:
+            return 0.0  # nothing is known of the task yet: look first
+        delay = self.policy.next_delay(
+            age=self._age(), polls_done=self.polls, learned=self._learned
+        )
+        return self.policy.spread(delay, self._rng.random())
+
+    def _age(self) -> float:
+        """Seconds since the task was created: by its own timestamp when known."""
+        created = self.last.created_at if self.last is not None else None
+        if created is None:
+            return self._clock.monotonic() - self._started
+        return max(0.0, self._clock.time() - created.timestamp())
+
+    async def _poll(self, deadline: float | None) -> Task | None:
+        """One read of the task; None when it failed transiently (try again later)."""
+        self.polls += 1
+        budget = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
+        try:
+            with anyio.fail_after(budget):
+                return await self._source.get_task(self.task_id, self.kind)
+        except TimeoutError:
+            raise self._timeout() from None
+        except (APIError, TransportError) as exc:
+            if not exc.retryable:
+                raise
+            log.info("poll of task %s failed, will try again: %s", self.task_id, exc)
+            if self._on_poll_error is not None:
+                self._on_poll_error(exc)
+            return None
+
+    def _timeout(self) -> WatchTimeoutError:
+        status = self.last.status if self.last else None
+        return WatchTimeoutError(self.task_id, status, self.policy.timeout)
+
+    def _learn(self, task: Task) -> None:
+        """Feed the task's duration to the shared record (server timestamps when present)."""
+        if self._learned is None:
+            return
+        if task.created_at is not None and task.updated_at is not None:
+            self._learned.observe((task.updated_at - task.created_at).total_seconds())

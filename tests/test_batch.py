@@ -1,0 +1,261 @@
+"""extend_many against the fake server: the cap, 1303 storms, faults, failures, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from kling_async import (
+    AmbiguousSubmissionError,
+    BatchEvent,
+    BatchEventKind,
+    BatchOutcome,
+    ConfigurationError,
+    InvalidArgumentError,
+    KlingClient,
+    PollPolicy,
+    RetryPolicy,
+    TaskFailedError,
+    TaskStatus,
+    VideoExtendRequest,
+    WatchTimeoutError,
+)
+from kling_async.testing import Durations, FakeKlingServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test-api-key"
+FAST_TASKS = Durations(submitted_for=5.0, median=60.0, sigma=0.3)  # ~60 ms at speed 1000
+QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.04, timeout=30)
+PATIENT = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05, rate_limit_floor=0.01)
+
+
+def requests(n: int) -> list[VideoExtendRequest]:
+    return [VideoExtendRequest(f"vid-{i}", task_id=f"parent-{i}", key=str(i)) for i in range(n)]
+
+
+def client_for(server: FakeKlingServer, **kwargs: Any) -> KlingClient:
+    kwargs.setdefault("poll", QUICK)
+    kwargs.setdefault("retry", PATIENT)
+    return KlingClient(api_key=KEY, base_url=server.url, dialect="gateway", **kwargs)
+
+
+async def run_batch(
+    server: FakeKlingServer, items: list[VideoExtendRequest], **kwargs: Any
+) -> list[BatchOutcome]:
+    async with client_for(server) as client:
+        return [outcome async for outcome in client.extend_many(items, **kwargs)]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeKlingServer]:
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, seed=7) as fake:
+        yield fake
+
+
+def client_tasks() -> set[asyncio.Task[Any]]:
+    """Running asyncio tasks, less the fake server's connection handlers (same loop)."""
+    return {t for t in asyncio.all_tasks() if "RequestHandler" not in repr(t.get_coro())}
+
+
+def assert_one_outcome_each(items: list[VideoExtendRequest], outcomes: list[BatchOutcome]) -> None:
+    assert Counter(o.request.key for o in outcomes) == Counter(r.key for r in items)
+
+
+async def test_500_extensions_at_concurrency_20(server: FakeKlingServer) -> None:
+    """All 500 finish, with exactly 500 creates and never more than 20 tasks running."""
+    items = requests(500)
+    outcomes = await run_batch(server, items, concurrency=20)
+    assert_one_outcome_each(items, outcomes)
+    assert all(o.ok for o in outcomes)
+    assert server.record.create_count == 500
+    assert 1 < server.record.peak_concurrent <= 20
+
+
+async def test_1303_storm_is_survived() -> None:
+    """Over the account's parallel limit: the window shrinks, every task still finishes once."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, max_concurrent=4) as server:
+        events: list[BatchEvent] = []
+        items = requests(60)
+        outcomes = await run_batch(server, items, concurrency=20, on_event=events.append)
+        rejected = [r for r in server.record.requests if r.status == 429]
+    assert_one_outcome_each(items, outcomes)
+    assert all(o.ok for o in outcomes)
+    assert rejected
+    assert server.record.create_count == 60
+    assert server.record.peak_concurrent <= 4
+    assert any(e.kind is BatchEventKind.RETRIED for e in events)
+
+
+async def test_faults_lose_nothing(server: FakeKlingServer) -> None:
+    """20 % of polls 5xx, some 429 with Retry-After, dropped connections: all finish."""
+    server.faults.rate(Fault.http_error(500, 5000, "flaky"), 0.2, method="GET")
+    server.faults.rate(Fault.rate_limited(retry_after=0.02), 0.05)
+    server.faults.rate(Fault.drop(), 0.05, method="GET")
+    server.faults.rate(Fault.html(503), 0.05, method="GET")
+    items = requests(120)
+    outcomes = await run_batch(server, items, concurrency=15)
+    assert_one_outcome_each(items, outcomes)
+    assert [o.error for o in outcomes if not o.ok] == []
+    assert server.record.create_count == 120
+    faults = Counter(r.fault for r in server.record.requests)
+    assert faults["http_error"] > 10
+    assert faults["rate_limited"] > 0
+    assert faults["drop"] > 0
+
+
+async def test_dropped_create_is_reported_not_resent(server: FakeKlingServer) -> None:
+    """A create whose answer is lost becomes that request's AmbiguousSubmissionError."""
+    server.faults.push(Fault.drop_after_create(), method="POST")
+    items = requests(10)
+    outcomes = await run_batch(server, items, concurrency=3)
+    assert_one_outcome_each(items, outcomes)
+    ambiguous = [o for o in outcomes if isinstance(o.error, AmbiguousSubmissionError)]
+    assert len(ambiguous) == 1
+    assert ambiguous[0].task is None
+    assert server.record.create_count == 10
+
+
+async def test_failed_tasks_are_reported_with_their_message() -> None:
+    """A failed task is an outcome with the task and a TaskFailedError naming the reason."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=0.3) as server:
+        items = requests(40)
+        outcomes = await run_batch(server, items, concurrency=10)
+    failed = [o for o in outcomes if not o.ok]
+    assert failed
+    for outcome in failed:
+        assert outcome.task is not None
+        assert outcome.task.status is TaskStatus.FAILED
+        assert isinstance(outcome.error, TaskFailedError)
+        assert outcome.task.status_message
+        assert outcome.task.status_message in str(outcome.error)
+    assert len(outcomes) == 40
+
+
+async def test_one_failure_does_not_stop_the_rest() -> None:
+    """Without fail_fast, successes and failures are all reported."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=0.5) as server:
+        outcomes = await run_batch(server, requests(30), concurrency=5)
+    assert len(outcomes) == 30
+    assert {o.ok for o in outcomes} == {True, False}
+
+
+async def test_fail_fast_stops_taking_requests() -> None:
+    """With fail_fast, the first failure stops new submissions; started tasks are reported."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=1.0) as server:
+        outcomes = await run_batch(server, requests(50), concurrency=3, fail_fast=True)
+        created = server.record.create_count
+    assert created < 50
+    assert len(outcomes) == created
+    assert not any(o.ok for o in outcomes)
+
+
+async def test_deadline_ends_each_watch() -> None:
+    """Tasks outliving the watch deadline are reported with WatchTimeoutError."""
+    slow = Durations(submitted_for=5.0, median=3000.0, sigma=0.0)  # 3 s of wall time
+    async with FakeKlingServer(api_key=KEY, durations=slow) as server:
+        poll = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.02, timeout=0.2)
+        outcomes = await run_batch(server, requests(4), concurrency=4, poll=poll)
+    assert len(outcomes) == 4
+    for outcome in outcomes:
+        assert isinstance(outcome.error, WatchTimeoutError)
+        assert outcome.task is not None
+        assert outcome.error.task_id == outcome.task.id
+
+
+async def test_unknown_status_is_tolerated(server: FakeKlingServer) -> None:
+    """An unknown status from the server is reported, then the watch goes on to the end."""
+    server.faults.rate(Fault.status("queueing"), 0.3, method="GET")
+    events: list[BatchEvent] = []
+    outcomes = await run_batch(server, requests(20), concurrency=5, on_event=events.append)
+    assert all(o.ok for o in outcomes)
+    statuses = {e.task.status for e in events if e.kind is BatchEventKind.STATUS and e.task}
+    assert TaskStatus.UNKNOWN in statuses
+
+
+async def test_progress_events(server: FakeKlingServer) -> None:
+    """Each request is submitted once and finished once; statuses change in between."""
+    events: list[BatchEvent] = []
+    await run_batch(server, requests(12), concurrency=4, on_event=events.append)
+    kinds = Counter(e.kind for e in events)
+    assert kinds[BatchEventKind.SUBMITTED] == 12
+    assert kinds[BatchEventKind.FINISHED] == 12
+    assert kinds[BatchEventKind.STATUS] >= 12
+    finished = [e for e in events if e.kind is BatchEventKind.FINISHED]
+    assert all(e.outcome is not None and e.outcome.ok for e in finished)
+
+
+async def test_a_failing_progress_callback_does_not_stop_the_batch(
+    server: FakeKlingServer,
+) -> None:
+    """A bug in on_event is logged; the batch goes on."""
+
+    def broken(event: BatchEvent) -> None:
+        raise RuntimeError("display crashed")
+
+    outcomes = await run_batch(server, requests(5), concurrency=5, on_event=broken)
+    assert all(o.ok for o in outcomes)
+
+
+async def test_invalid_request_is_an_outcome_and_sends_nothing(server: FakeKlingServer) -> None:
+    """A bad request among good ones is reported with its error; nothing is sent for it."""
+    items = [*requests(3), VideoExtendRequest("", task_id="p", key="bad")]
+    outcomes = await run_batch(server, items, concurrency=2)
+    bad = next(o for o in outcomes if o.request.key == "bad")
+    assert isinstance(bad.error, InvalidArgumentError)
+    assert server.record.create_count == 3
+
+
+async def test_async_iterable_of_requests(server: FakeKlingServer) -> None:
+    """Requests may come from an async generator (a queue, a database cursor)."""
+
+    async def produce() -> AsyncIterator[VideoExtendRequest]:
+        for request in requests(6):
+            yield request
+
+    async with client_for(server) as client:
+        outcomes = [o async for o in client.extend_many(produce(), concurrency=2)]
+    assert len(outcomes) == 6
+
+
+async def test_leaving_early_cancels_everything_cleanly() -> None:
+    """Leaving the batch early leaves no running task and no open connection."""
+    slow = Durations(submitted_for=5.0, median=500.0, sigma=0.5)
+    async with FakeKlingServer(api_key=KEY, durations=slow) as server:
+        connector = aiohttp.TCPConnector()
+        async with aiohttp.ClientSession(connector=connector) as session:
+            before = client_tasks()
+            async with client_for(server, session=session) as client:
+                async with client.extend_many(requests(100), concurrency=10) as batch:
+                    first = await batch.__anext__()
+                assert first.request.key is not None
+                assert batch.window.in_use == 0
+                await anyio.wait_all_tasks_blocked()
+                assert client_tasks() == before
+                assert len(connector._acquired) == 0
+            assert server.record.create_count < 100
+
+
+async def test_client_exit_stops_an_abandoned_batch() -> None:
+    """A batch left unfinished without closing it stops when the client closes."""
+    slow = Durations(submitted_for=5.0, median=500.0, sigma=0.5)
+    async with FakeKlingServer(api_key=KEY, durations=slow) as server:
+        before = client_tasks()
+        async with client_for(server) as client:
+            batch = client.extend_many(requests(50), concurrency=5)
+            await batch.__anext__()
+        assert client_tasks() == before
+
+
+async def test_extend_many_needs_the_client_context(server: FakeKlingServer) -> None:
+    """Without `async with`, extend_many explains what to do."""
+    client = client_for(server)
+    with pytest.raises(ConfigurationError, match="async with"):
+        client.extend_many(requests(1))
+    await client.aclose()

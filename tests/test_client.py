@@ -1,0 +1,449 @@
+"""KlingClient against the fake server: both dialects, retries, ambiguity, validation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from kling_async import (
+    AmbiguousSubmissionError,
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientBalanceError,
+    InvalidArgumentError,
+    KlingClient,
+    NotFoundError,
+    PollPolicy,
+    RateLimitError,
+    RetryPolicy,
+    ServerError,
+    TaskStatus,
+    TransportError,
+)
+from kling_async._clock import FakeClock
+from kling_async.testing import FakeKlingServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test-api-key"
+ACCESS = "ak-test-access"
+SECRET = "sk-test-secret-0123456789abcdefghijkl"
+QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, timeout=20)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeKlingServer]:
+    async with FakeKlingServer(dialect="gateway", api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def official() -> AsyncIterator[FakeKlingServer]:
+    async with FakeKlingServer(
+        dialect="official", api_key=None, access_key=ACCESS, secret_key=SECRET
+    ) as server:
+        yield server
+
+
+def gateway_client(server: FakeKlingServer, **kwargs: Any) -> KlingClient:
+    return KlingClient(api_key=KEY, base_url=server.url, dialect="gateway", poll=QUICK, **kwargs)
+
+
+def official_client(server: FakeKlingServer, **kwargs: Any) -> KlingClient:
+    return KlingClient(
+        access_key=ACCESS,
+        secret_key=SECRET,
+        base_url=server.url,
+        dialect="official",
+        poll=QUICK,
+        **kwargs,
+    )
+
+
+async def test_gateway_end_to_end(gateway: FakeKlingServer) -> None:
+    """On a gateway: bearer key, /kling paths, parent task id; the result has a video."""
+    async with gateway_client(gateway) as client:
+        task = await client.extend_and_wait("vid-1", task_id="parent-1", prompt="keep going")
+    assert task.status is TaskStatus.SUCCEED
+    assert task.videos
+    assert task.videos[0].url.startswith(gateway.url)
+    assert task.videos[0].duration is not None
+    create = gateway.record.requests[0]
+    assert create.path == "/kling/v1/videos/video-extend"
+    assert create.headers["Authorization"] == f"Bearer {KEY}"
+    assert create.body == {"video_id": "vid-1", "task_id": "parent-1", "prompt": "keep going"}
+
+
+async def test_official_end_to_end_with_jwt(official: FakeKlingServer) -> None:
+    """On the official API: /v1 paths, a signed token, and an external id for recovery."""
+    async with official_client(official) as client:
+        task = await client.extend_and_wait("vid-1", cfg_scale=0.3)
+    assert task.status is TaskStatus.SUCCEED
+    create = official.record.requests[0]
+    assert create.path == "/v1/videos/video-extend"
+    assert create.headers["Authorization"].startswith("Bearer ey")
+    assert create.body is not None
+    assert str(create.body["external_task_id"]).startswith("ka-")
+    assert task.external_task_id == create.body["external_task_id"]
+
+
+async def test_official_with_static_key() -> None:
+    """The official API also takes a static API key."""
+    async with (
+        FakeKlingServer(dialect="official", api_key=KEY) as server,
+        KlingClient(api_key=KEY, base_url=server.url, dialect="official") as client,
+    ):
+        task = await client.extend_video("vid-1")
+    assert task.status is TaskStatus.SUBMITTED
+
+
+async def test_expired_token_is_renewed_once(official: FakeKlingServer) -> None:
+    """A 1004 answer makes the client sign a new token and try once more."""
+
+    class Ticking(FakeClock):
+        def time(self) -> float:
+            self.advance(1.0)
+            return super().time()
+
+    official.faults.push(Fault.http_error(401, 1004, "token expired"), method="GET")
+    async with official_client(official, clock=Ticking(datetime.now(UTC).timestamp())) as c:
+        created = await c.extend_video("vid-1")
+        task = await c.get_task(created.id)
+    assert task.id == created.id
+    gets = [r for r in official.record.requests if r.method == "GET"]
+    assert [r.status for r in gets] == [401, 200]
+    assert gets[0].headers["Authorization"] != gets[1].headers["Authorization"]
+
+
+async def test_token_refused_twice_is_an_authentication_error(official: FakeKlingServer) -> None:
+    """A second 1004 in a row is not retried again."""
+    fault = Fault.http_error(401, 1004, "token expired")
+    official.faults.push(fault, method="GET", times=2)
+    async with official_client(official) as client:
+        with pytest.raises(AuthenticationError, match="1004"):
+            await client.get_task("123")
+    assert len(official.record.requests) == 2
+
+
+async def test_wrong_secret_is_refused_clearly(official: FakeKlingServer) -> None:
+    """A bad signature is a 1002 AuthenticationError that names no secret."""
+    client = KlingClient(
+        access_key=ACCESS, secret_key="x" * 40, base_url=official.url, dialect="official"
+    )
+    async with client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get_task("123")
+    assert caught.value.code == 1002
+    assert "x" * 40 not in str(caught.value)
+
+
+async def test_gateway_bad_key_error_object(gateway: FakeKlingServer) -> None:
+    """The gateway's own {"error": ...} answer becomes an AuthenticationError."""
+    async with KlingClient(api_key="wrong", base_url=gateway.url, dialect="gateway") as client:
+        with pytest.raises(AuthenticationError, match="Invalid API key"):
+            await client.get_task("123")
+
+
+SPEC_ROWS = [
+    (401, 1000, AuthenticationError),
+    (429, 1101, InsufficientBalanceError),
+    (429, 1102, InsufficientBalanceError),
+    (404, 1203, NotFoundError),
+    (400, 1301, Exception),
+]
+
+
+@pytest.mark.parametrize(("http", "code", "cls"), SPEC_ROWS)
+async def test_permanent_errors_are_raised_without_retry(
+    gateway: FakeKlingServer, http: int, code: int, cls: type[Exception]
+) -> None:
+    """Permanent business codes end the call at once, whatever the HTTP status."""
+    gateway.faults.push(Fault.http_error(http, code, "nope"), method="GET")
+    async with gateway_client(gateway) as client:
+        with pytest.raises(cls) as caught:
+            await client.get_task("123")
+    assert getattr(caught.value, "code", None) == code
+    assert len(gateway.record.requests) == 1
+
+
+async def test_429_retry_after_is_waited_out(gateway: FakeKlingServer) -> None:
+    """A 429 with Retry-After: 2 is waited (on the fake clock) and then succeeds."""
+    clock = FakeClock()
+    gateway.faults.push(Fault.rate_limited(retry_after=2, code=1302), method="POST")
+    async with gateway_client(gateway, clock=clock) as client:
+        task = await client.extend_video("vid-1", task_id="p-1")
+    assert clock.sleeps == [2.0]
+    assert gateway.record.create_count == 1
+    assert task.status is TaskStatus.SUBMITTED
+
+
+async def test_retry_after_as_http_date(gateway: FakeKlingServer) -> None:
+    """Retry-After may be an HTTP date; the wait is the time until then."""
+    clock = FakeClock()
+    when = datetime.fromtimestamp(clock.time() + 7, tz=UTC)
+    gateway.faults.push(Fault.rate_limited(retry_after=format_datetime(when, usegmt=True)))
+    async with gateway_client(gateway, clock=clock) as client:
+        await client.extend_video("vid-1", task_id="p-1")
+    assert clock.sleeps == [pytest.approx(7.0, abs=1.0)]
+
+
+async def test_too_long_retry_after_is_raised(gateway: FakeKlingServer) -> None:
+    """A Retry-After beyond the policy's patience raises RateLimitError carrying it."""
+    gateway.faults.push(Fault.rate_limited(retry_after=3600), method="GET")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(RateLimitError) as caught:
+            await client.get_task("123")
+    assert caught.value.retry_after == 3600
+
+
+async def test_500_then_200_on_get_succeeds(gateway: FakeKlingServer) -> None:
+    """A server error on a GET is retried."""
+    clock = FakeClock()
+    async with gateway_client(gateway, clock=clock) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.push(Fault.http_error(500, 5000, "boom"), method="GET")
+        task = await client.get_task(created.id)
+    assert task.id == created.id
+    assert [r.status for r in gateway.record.requests if r.method == "GET"] == [500, 200]
+    assert len(clock.sleeps) == 1
+
+
+@pytest.mark.parametrize("fault", [Fault.malformed(), Fault.html(502), Fault.drop()])
+async def test_get_survives_bad_answers(gateway: FakeKlingServer, fault: Fault) -> None:
+    """A malformed body, a proxy page or a dropped connection on a GET is retried."""
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.push(fault, method="GET", times=2)
+        assert (await client.get_task(created.id)).id == created.id
+
+
+async def test_server_errors_exhaust_the_retry_policy(gateway: FakeKlingServer) -> None:
+    """Persistent 5xx ends with ServerError after max_attempts tries."""
+    gateway.faults.push(Fault.http_error(503, 5001, "down"), method="GET", times=10)
+    retry = RetryPolicy(max_attempts=3)
+    async with gateway_client(gateway, clock=FakeClock(), retry=retry) as client:
+        with pytest.raises(ServerError, match="5001"):
+            await client.get_task("123")
+    assert len(gateway.record.requests) == 3
+
+
+async def test_create_dropped_after_creation_is_ambiguous_on_gateway(
+    gateway: FakeKlingServer,
+) -> None:
+    """A create whose answer was lost is not re-sent; the error holds the request."""
+    gateway.faults.push(Fault.drop_after_create(), method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(AmbiguousSubmissionError) as caught:
+            await client.extend_video("vid-1", task_id="p-1", prompt="more")
+    assert gateway.record.create_count == 1
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+    assert caught.value.request.video_id == "vid-1"
+    assert caught.value.request.prompt == "more"
+
+
+async def test_create_dropped_after_creation_is_recovered_on_official(
+    official: FakeKlingServer,
+) -> None:
+    """On the official API the lost task is found by its external id, not paid twice."""
+    official.faults.push(Fault.drop_after_create(), method="POST")
+    async with official_client(official, clock=FakeClock(time.time())) as client:
+        task = await client.extend_video("vid-1")
+    assert official.record.create_count == 1
+    assert task.id == official.record.created[0]
+
+
+async def test_create_dropped_before_creation_is_still_ambiguous(
+    official: FakeKlingServer,
+) -> None:
+    """When the lookup finds nothing, the client still refuses to guess and re-send."""
+    official.faults.push(Fault.drop(), method="POST")
+    async with official_client(official, clock=FakeClock(time.time())) as client:
+        with pytest.raises(AmbiguousSubmissionError, match="external id"):
+            await client.extend_video("vid-1")
+    assert official.record.create_count == 0
+    assert len([r for r in official.record.requests if r.method == "POST"]) == 1
+
+
+@pytest.mark.parametrize("fault", [Fault.html(502), Fault.malformed()])
+async def test_unclear_create_answers_are_never_resent(
+    gateway: FakeKlingServer, fault: Fault
+) -> None:
+    """A proxy page or an unreadable 200 after sending: one POST, no more."""
+    gateway.faults.push(fault, method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(AmbiguousSubmissionError):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+
+
+async def test_create_timing_out_after_sending_is_not_resent(gateway: FakeKlingServer) -> None:
+    """A create that times out may still make its task (here it does): it is not re-sent."""
+    gateway.faults.push(Fault.delay(0.3), method="POST")
+    async with gateway_client(gateway, clock=FakeClock(), timeout=0.1) as client:
+        with pytest.raises(AmbiguousSubmissionError, match="TimeoutError"):
+            await client.extend_video("vid-1", task_id="p-1")
+    await anyio.sleep(0.4)  # let the slow server finish the create it was sent
+    assert gateway.record.create_count == 1
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.rate_limited(retry_after=1, code=1303),
+        Fault.http_error(500, 5000, "try again"),
+        Fault.gateway_error(503, "upstream_busy", "busy"),
+    ],
+)
+async def test_explicit_create_errors_are_resent(gateway: FakeKlingServer, fault: Fault) -> None:
+    """An explicit retryable error means nothing was created: re-sending is safe."""
+    gateway.faults.push(fault, method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        await client.extend_video("vid-1", task_id="p-1")
+    assert gateway.record.create_count == 1
+
+
+async def test_refused_connection_is_retried_then_reported() -> None:
+    """Nothing listening: retried (nothing was sent), then a TransportError saying so."""
+    async with FakeKlingServer() as server:
+        url = server.url
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=3)
+    async with KlingClient(api_key=KEY, base_url=url, clock=clock, retry=retry) as client:
+        with pytest.raises(TransportError, match="before it was sent") as caught:
+            await client.extend_video("vid-1", task_id="p-1")
+    assert not caught.value.may_have_been_sent
+    assert len(clock.sleeps) == 2
+
+
+BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
+    ({"video_id": ""}, "video_id"),
+    ({"video_id": "   "}, "video_id"),
+    ({"video_id": "v", "prompt": "x" * 2501}, "prompt"),
+    ({"video_id": "v", "negative_prompt": "x" * 2501}, "negative_prompt"),
+    ({"video_id": "v", "cfg_scale": 1.5}, "cfg_scale"),
+    ({"video_id": "v", "cfg_scale": -0.1}, "cfg_scale"),
+    ({"video_id": "v", "cfg_scale": float("nan")}, "cfg_scale"),
+    ({"video_id": "v", "callback_url": "/relative/path"}, "callback_url"),
+    ({"video_id": "v", "callback_url": "ftp://example.com/x"}, "callback_url"),
+    ({"video_id": "v", "task_id": None}, "task_id"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "named"), BAD_ARGUMENTS)
+async def test_bad_arguments_send_nothing(
+    gateway: FakeKlingServer, arguments: dict[str, Any], named: str
+) -> None:
+    """Each invalid argument is named in a ValueError and no request is made."""
+    arguments = {"task_id": "p-1", **arguments}
+    async with gateway_client(gateway) as client:
+        with pytest.raises(InvalidArgumentError, match=named) as caught:
+            await client.extend_video(**arguments)
+    assert isinstance(caught.value, ValueError)
+    assert "Nothing was sent" in str(caught.value)
+    assert gateway.record.requests == []
+
+
+async def test_empty_task_id_sends_nothing(gateway: FakeKlingServer) -> None:
+    """get_task('') is rejected before sending."""
+    async with gateway_client(gateway) as client:
+        with pytest.raises(InvalidArgumentError):
+            await client.get_task("")
+    assert gateway.record.requests == []
+
+
+async def test_list_tasks_walks_pages(official: FakeKlingServer) -> None:
+    """list_tasks yields every task, newest first, across pages."""
+    async with official_client(official) as client:
+        made = [(await client.extend_video(f"vid-{n}")).id for n in range(5)]
+        listed = [task.id async for task in client.list_tasks(page_size=2)]
+    assert listed == list(reversed(made))
+    pages = [r.query.get("pageNum") for r in official.record.requests if r.method == "GET"]
+    assert pages == ["1", "2", "3"]
+
+
+async def test_list_tasks_is_refused_on_a_gateway(gateway: FakeKlingServer) -> None:
+    """Gateways have no list endpoint: a clear error, nothing sent."""
+    async with gateway_client(gateway) as client:
+        with pytest.raises(ConfigurationError, match="no list endpoint"):
+            async for _ in client.list_tasks():
+                pass
+    assert gateway.record.requests == []
+
+
+async def test_get_task_by_external_id(official: FakeKlingServer) -> None:
+    """On the official API a task can be read by the caller's own id."""
+    async with official_client(official) as client:
+        created = await client.extend_video("vid-1", external_task_id="order-42")
+        found = await client.get_task("order-42")
+    assert found.id == created.id
+
+
+async def test_client_closes_its_own_session(gateway: FakeKlingServer) -> None:
+    """A session the client made is closed when the client closes."""
+    async with gateway_client(gateway) as client:
+        await client.extend_video("vid-1", task_id="p-1")
+        session = client._transport.session
+    assert session.closed
+
+
+async def test_client_leaves_a_given_session_open(gateway: FakeKlingServer) -> None:
+    """A session passed in stays the caller's: not closed by the client."""
+    async with aiohttp.ClientSession() as session:
+        async with gateway_client(gateway, session=session) as client:
+            await client.extend_video("vid-1", task_id="p-1")
+        assert not session.closed
+
+
+@pytest.mark.parametrize(
+    ("environ", "dialect", "auth"),
+    [
+        ({"KLING_API_KEY": "k", "KLING_BASE_URL": "https://api.elkapi.com"}, "gateway", "Bearer"),
+        ({"KLING_API_KEY": "k"}, "official", "Bearer"),
+        (
+            {"KLING_ACCESS_KEY": "a", "KLING_SECRET_KEY": "s" * 32},
+            "official",
+            "JWT",
+        ),
+        (
+            {"KLING_API_KEY": "k", "KLING_BASE_URL": "https://x.test", "KLING_DIALECT": "official"},
+            "official",
+            "Bearer",
+        ),
+    ],
+)
+def test_from_env(environ: dict[str, str], dialect: str, auth: str) -> None:
+    """from_env reads keys, base URL and dialect; the dialect follows the host."""
+    client = KlingClient.from_env(environ)
+    assert client.dialect == dialect
+    assert auth in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({}, "No credentials"),
+        ({"access_key": "a"}, "secret_key"),
+        ({"api_key": "k", "access_key": "a", "secret_key": "s"}, "not both"),
+        ({"access_key": "a", "secret_key": "s", "base_url": "https://gw.test"}, "api_key"),
+        ({"api_key": "k", "dialect": "martian"}, "dialect"),
+        ({"api_key": "k", "base_url": "ftp://x"}, "base_url"),
+    ],
+)
+def test_bad_configuration_is_explained(kwargs: dict[str, str], says: str) -> None:
+    """Inconsistent settings raise ConfigurationError saying what to fix."""
+    with pytest.raises(ConfigurationError, match=says):
+        KlingClient(**kwargs)  # type: ignore[arg-type]
+
+
+def test_gateway_base_url_with_prefix_is_not_doubled() -> None:
+    """A gateway URL given with /kling already on it works the same."""
+    client = KlingClient(api_key="k", base_url="https://gw.test/kling/")
+    assert client._transport.base_url == "https://gw.test/kling"

@@ -1,0 +1,130 @@
+"""The package's shape: public names, import direction, typing marker."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kling_async
+
+PACKAGE = Path(kling_async.__file__).parent
+
+# The layout of the design, top to bottom: a module imports only modules above it.
+ORDER = [
+    "models",
+    "errors",
+    "policies",
+    "_clock",
+    "_ratelimit",
+    "_wire",
+    "auth",
+    "journal",
+    "_transport",
+    "watcher",
+    "batch",
+    "callbacks",
+    "download",
+    "client",
+    "cli",
+]
+INDEPENDENT = {"models", "errors", "policies"}
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The kling_async modules a file imports (relative or absolute)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 and module:
+                found.add(module.split(".")[0])
+            elif node.level == 1:
+                found.update(alias.name for alias in node.names)
+            elif module.startswith("kling_async."):
+                found.add(module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("kling_async."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_every_module_has_a_place_in_the_layout() -> None:
+    """A new module must be placed in the layout before it can be imported."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert modules <= set(ORDER), modules - set(ORDER)
+
+
+def test_imports_point_up_the_layout() -> None:
+    """No module imports one below it in the layout."""
+    for path in PACKAGE.glob("*.py"):
+        if path.stem in ("__init__", "__main__"):
+            continue
+        rank = ORDER.index(path.stem)
+        for imported in _imports_of(path):
+            if path.stem in INDEPENDENT:
+                assert imported not in ORDER, f"{path.stem} must import nothing of ours"
+            assert ORDER.index(imported) < rank, f"{path.stem} imports {imported}"
+
+
+def test_testing_package_never_imports_the_client() -> None:
+    """The fake server speaks the wire format only: it imports nothing of kling_async."""
+    for path in (PACKAGE / "testing").glob("*.py"):
+        imported = {m for m in _imports_of(path) if m in ORDER}
+        text = path.read_text()
+        assert not imported, f"{path.name} imports {imported}"
+        assert "from kling_async" not in text and "import kling_async" not in text
+
+
+def test_public_names_are_pinned() -> None:
+    """__all__ is the contract: changing it is a decision, not an accident."""
+    assert sorted(kling_async.__all__) == sorted(
+        [
+            "APIError",
+            "AmbiguousSubmissionError",
+            "AuthenticationError",
+            "Batch",
+            "BatchEvent",
+            "BatchEventKind",
+            "BatchOutcome",
+            "BearerAuth",
+            "ConfigurationError",
+            "ContentPolicyError",
+            "InsufficientBalanceError",
+            "InvalidArgumentError",
+            "InvalidRequestError",
+            "JWTAuth",
+            "KlingClient",
+            "KlingError",
+            "NotFoundError",
+            "PermissionDeniedError",
+            "PollPolicy",
+            "RateLimitError",
+            "RetryPolicy",
+            "ServerError",
+            "Task",
+            "TaskFailedError",
+            "TaskKind",
+            "TaskStatus",
+            "TaskWatcher",
+            "TransportError",
+            "Video",
+            "VideoExtendRequest",
+            "WatchTimeoutError",
+            "__version__",
+        ]
+    )
+    for name in kling_async.__all__:
+        assert getattr(kling_async, name) is not None
+
+
+def test_ships_py_typed() -> None:
+    """The package declares its annotations to type checkers."""
+    assert (PACKAGE / "py.typed").exists()
+
+
+def test_init_only_reexports() -> None:
+    """__init__ holds imports, the version lookup and __all__: no logic."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Import", "Try", "Assign"}

@@ -1,0 +1,84 @@
+"""Secrets never appear in logs, reprs or exception texts, even when a server echoes them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from kling_async import KlingClient, KlingError, PollPolicy, RetryPolicy
+from kling_async._clock import FakeClock
+from kling_async.testing import FakeKlingServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "sk-live-API-KEY-never-shown-0001"
+ACCESS = "ak-access-key-0002"
+SECRET = "sk-SECRET-never-shown-0123456789abcdef"
+
+
+def _echoing_faults(secret: str) -> list[Fault]:
+    """Answers of careless gateways that quote the credential back."""
+    return [
+        Fault.openai_error(401, f"Invalid API key provided: {secret}"),
+        Fault.gateway_error(400, "bad_auth", f"Authorization: Bearer {secret} refused"),
+        Fault.http_error(500, 5000, f"upstream said Bearer {secret}"),
+        Fault.html(502),
+    ]
+
+
+async def _collect(
+    caplog: pytest.LogCaptureFixture, action: Callable[[], Awaitable[object]], texts: list[str]
+) -> None:
+    try:
+        await action()
+    except KlingError as exc:
+        texts.extend([str(exc), repr(exc), str(exc.__cause__), repr(exc.__cause__)])
+
+
+async def test_no_secret_in_any_text(caplog: pytest.LogCaptureFixture) -> None:
+    """Across failures of both dialects, no key, secret or token is ever shown."""
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    tokens: list[str] = []
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01)
+    poll = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.02, timeout=5)
+    async with FakeKlingServer(dialect="gateway", api_key=API_KEY) as gateway:
+        client = KlingClient(api_key=API_KEY, base_url=gateway.url, retry=retry, poll=poll)
+        async with client:
+            texts.append(repr(client))
+            for fault in _echoing_faults(API_KEY):
+                gateway.faults.push(fault, times=2)
+                await _collect(caplog, lambda: client.get_task("t-1"), texts)
+                gateway.faults.clear()
+            gateway.faults.push(Fault.drop_after_create(), method="POST")
+            await _collect(caplog, lambda: client.extend_video("v", task_id="p"), texts)
+            texts.append(repr(await client.extend_and_wait("v", task_id="p")))
+    async with FakeKlingServer(
+        dialect="official", api_key=None, access_key=ACCESS, secret_key=SECRET
+    ) as official:
+        client = KlingClient(
+            access_key=ACCESS,
+            secret_key=SECRET,
+            base_url=official.url,
+            clock=FakeClock(time.time()),
+            retry=retry,
+            dialect="official",
+        )
+        async with client:
+            texts.append(repr(client))
+            await client.extend_video("v")
+            tokens = [r.headers["Authorization"].split()[1] for r in official.record.requests]
+            for fault in _echoing_faults(SECRET):
+                official.faults.push(fault, times=2)
+                await _collect(caplog, lambda: client.get_task("t-1"), texts)
+                official.faults.clear()
+            official.faults.push(Fault.openai_error(401, f"bad token {tokens[0]}"), times=2)
+            await _collect(caplog, lambda: client.get_task("t-1"), texts)
+    texts.extend(record.getMessage() for record in caplog.records)
+    shown = "\n".join(texts)
+    assert "refused" in shown  # the echoing answers were really seen
+    for secret in (API_KEY, SECRET, *tokens):
+        assert secret not in shown

@@ -1,0 +1,219 @@
+"""TaskWatcher on an in-memory task source and a fake clock: no sockets, no waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import anyio
+import attrs
+import pytest
+
+from kling_async import (
+    NotFoundError,
+    PollPolicy,
+    RateLimitError,
+    ServerError,
+    Task,
+    TaskFailedError,
+    TaskKind,
+    TaskStatus,
+    TaskWatcher,
+    TransportError,
+    WatchTimeoutError,
+)
+from kling_async._clock import FakeClock
+from kling_async.policies import CompletionTimes
+
+pytestmark = pytest.mark.anyio
+
+Step = str | Exception
+
+
+class ScriptedSource:
+    """Answers get_task from a script: a status string, or an exception to raise."""
+
+    def __init__(self, clock: FakeClock, script: Iterable[Step], created: float = 0.0) -> None:
+        self.clock = clock
+        self.script = list(script)
+        self.created = created
+        self.calls: list[float] = []
+
+    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+        self.calls.append(self.clock.monotonic())
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return _task(task_id, step, self.created)
+
+
+def _task(task_id: str, status: str, created: float = 0.0) -> Task:
+    known = {s.value for s in TaskStatus}
+    return Task(
+        task_id,
+        TaskKind.VIDEO_EXTEND,
+        TaskStatus(status) if status in known else TaskStatus.UNKNOWN,
+        status_message="policy" if status == "failed" else None,
+        created_at=datetime.fromtimestamp(created, tz=UTC) if created else None,
+        raw={"task_status": status},
+    )
+
+
+FAST = PollPolicy(initial_delay=1.0, min_interval=1.0, max_interval=4.0, jitter=False, timeout=600)
+
+
+def _watcher(source: ScriptedSource, clock: FakeClock, policy: PollPolicy = FAST) -> TaskWatcher:
+    return TaskWatcher(source, "t-1", policy=policy, clock=clock)
+
+
+async def test_await_returns_the_succeeded_task() -> None:
+    """Awaiting polls until succeed and returns that snapshot."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["submitted", "processing", "processing", "succeed"])
+    task = await _watcher(source, clock)
+    assert task.status is TaskStatus.SUCCEED
+    assert len(source.calls) == 4
+
+
+async def test_failed_task_raises_with_its_message() -> None:
+    """A failed task raises TaskFailedError carrying the task and its reason."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["processing", "failed"])
+    with pytest.raises(TaskFailedError, match="policy") as caught:
+        await _watcher(source, clock)
+    assert caught.value.task.status is TaskStatus.FAILED
+
+
+async def test_iteration_yields_on_status_change_only() -> None:
+    """Repeated statuses are not yielded again; the terminal one ends the stream."""
+    clock = FakeClock()
+    script = ["submitted", "submitted", "processing", "processing", "processing", "failed"]
+    source = ScriptedSource(clock, script)
+    seen = [task.status_text async for task in _watcher(source, clock)]
+    assert seen == ["submitted", "processing", "failed"]
+
+
+async def test_unknown_status_is_tolerated_until_terminal() -> None:
+    """An unknown status is reported as a change and watching goes on."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["submitted", "queueing", "queueing", "succeed"])
+    seen = [task.status async for task in _watcher(source, clock)]
+    assert seen == [TaskStatus.SUBMITTED, TaskStatus.UNKNOWN, TaskStatus.SUCCEED]
+
+
+async def test_deadline_raises_watch_timeout_with_last_status() -> None:
+    """Past the deadline the watch ends with WatchTimeoutError, without real waiting."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["processing"])
+    policy = PollPolicy(initial_delay=1, min_interval=1, max_interval=4, jitter=False, timeout=30)
+    started = clock.monotonic()
+    with pytest.raises(WatchTimeoutError) as caught:
+        await _watcher(source, clock, policy)
+    assert caught.value.task_id == "t-1"
+    assert caught.value.last_status is TaskStatus.PROCESSING
+    assert clock.monotonic() - started == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ServerError("boom", code=5000, http_status=500),
+        RateLimitError("slow down", code=1302, http_status=429, retry_after=1.0),
+        TransportError("dropped", may_have_been_sent=True),
+    ],
+)
+async def test_transient_poll_errors_never_end_the_watch(fault: Exception) -> None:
+    """5xx, 429 and dropped connections are reported to the hook and polling goes on."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["processing", fault, fault, fault, "succeed"])
+    heard: list[Exception] = []
+    watcher = TaskWatcher(source, "t-1", policy=FAST, clock=clock, on_poll_error=heard.append)
+    task = await watcher
+    assert task.status is TaskStatus.SUCCEED
+    assert heard == [fault, fault, fault]
+
+
+async def test_permanent_error_ends_the_watch() -> None:
+    """A task that does not exist ends the watch with NotFoundError."""
+    clock = FakeClock()
+    missing = NotFoundError("no such task", code=1203, http_status=404)
+    source = ScriptedSource(clock, ["processing", missing])
+    with pytest.raises(NotFoundError):
+        await _watcher(source, clock)
+
+
+async def test_terminal_task_is_answered_without_a_request() -> None:
+    """Watching a task already known to be finished sends nothing."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["succeed"])
+    done = _task("t-1", "succeed")
+    assert await TaskWatcher(source, done, policy=FAST, clock=clock) is done
+    assert source.calls == []
+
+
+async def test_polls_never_come_faster_than_the_floor() -> None:
+    """After the first look, polls are at least min_interval apart."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["processing"] * 30 + ["succeed"])
+    policy = PollPolicy(initial_delay=0, min_interval=2, max_interval=9, jitter=True, timeout=None)
+    await _watcher(source, clock, policy)
+    gaps = [b - a for a, b in zip(source.calls, source.calls[1:], strict=False)]
+    assert min(gaps) >= 2 * 0.9
+
+
+async def test_cancelling_the_awaiting_coroutine_stops_polling_at_once() -> None:
+    """A cancelled watch returns promptly and polls no more."""
+
+    class Hanging:
+        polls = 0
+
+        async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+            self.polls += 1
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    source = Hanging()
+    watcher = TaskWatcher(source, "t-1", policy=FAST, clock=FakeClock())
+    with anyio.move_on_after(0.05) as scope:
+        await watcher
+    assert scope.cancelled_caught
+    assert source.polls == 1
+
+
+class TimedSource:
+    """A task that succeeds `duration` seconds after its creation, on the fake clock."""
+
+    def __init__(self, clock: FakeClock, duration: float) -> None:
+        self.clock = clock
+        self.created = clock.time()
+        self.duration = duration
+        self.polls = 0
+
+    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+        self.polls += 1
+        done = self.clock.time() - self.created >= self.duration
+        return _task(task_id, "succeed" if done else "processing", self.created)
+
+    def delay(self) -> float:
+        """How late the watcher noticed the end (it returns right after its last poll)."""
+        return self.clock.time() - self.created - self.duration
+
+
+async def test_adaptive_schedule_learns_and_polls_less() -> None:
+    """Knowing tasks take about two minutes, it beats a fixed 5 s loop: fewer polls, no later."""
+    learned = CompletionTimes()
+    for seconds in (100, 105, 110, 115, 118, 120, 121, 122, 125, 130, 135, 140):
+        learned.observe(seconds)
+    every_5s = PollPolicy(initial_delay=5, min_interval=5, max_interval=5, adaptive=False)
+    adaptive = PollPolicy(min_interval=2, max_interval=30)
+    results = {}
+    for name, policy, knowledge in (("fixed", every_5s, None), ("adaptive", adaptive, learned)):
+        clock = FakeClock()
+        source = TimedSource(clock, duration=121.0)
+        task = _task("t", "submitted", clock.time())
+        await TaskWatcher(
+            source, task, policy=attrs.evolve(policy, jitter=False), clock=clock, learned=knowledge
+        )
+        results[name] = (source.polls, source.delay())
+    assert results["adaptive"][0] < results["fixed"][0]
+    assert results["adaptive"][1] <= results["fixed"][1]
