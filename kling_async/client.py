@@ -194,7 +194,9 @@ class KlingClient:
         try:
             if tasks is not None:
                 tasks.cancel_scope.cancel()
-                await tasks.__aexit__(exc_type, exc, tb)
+                # The body's own exception is not the task group's business: handing it over
+                # would wrap it in an ExceptionGroup, and `except NotFoundError` would miss it.
+                await tasks.__aexit__(None, None, None)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.aclose()

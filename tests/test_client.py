@@ -447,3 +447,10 @@ def test_gateway_base_url_with_prefix_is_not_doubled() -> None:
     """A gateway URL given with /kling already on it works the same."""
     client = KlingClient(api_key="k", base_url="https://gw.test/kling/")
     assert client._transport.base_url == "https://gw.test/kling"
+
+
+async def test_errors_leave_the_client_block_unwrapped(gateway: FakeKlingServer) -> None:
+    """An error raised inside `async with client` reaches the caller as itself."""
+    with pytest.raises(NotFoundError):
+        async with gateway_client(gateway) as client:
+            await client.get_task("no-such-task")

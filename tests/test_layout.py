@@ -25,9 +25,14 @@ ORDER = [
     "callbacks",
     "download",
     "client",
+    "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
     "cli",
 ]
 INDEPENDENT = {"models", "errors", "policies"}
+
+
+def _is_module(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").exists() or (PACKAGE / name / "__init__.py").exists()
 
 
 def _imports_of(path: Path) -> set[str]:
@@ -38,8 +43,8 @@ def _imports_of(path: Path) -> set[str]:
             module = node.module or ""
             if node.level == 1 and module:
                 found.add(module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
+            elif node.level == 1:  # `from . import x`: x is a module, or a name of __init__
+                found.update(a.name for a in node.names if _is_module(a.name))
             elif module.startswith("kling_async."):
                 found.add(module.split(".")[1])
         elif isinstance(node, ast.Import):

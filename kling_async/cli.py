@@ -1,0 +1,438 @@
+"""The ``kling-async`` command: a thin shell over the library.
+
+It parses arguments, builds a client from flags and ``KLING_*`` variables, calls the
+library and renders what comes back. Errors are one clear line on stderr and a non-zero exit
+code, never a traceback; secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
+
+import anyio
+
+from . import __version__
+from .batch import BatchEvent, BatchEventKind, BatchOutcome
+from .client import KlingClient
+from .errors import ConfigurationError, KlingError
+from .models import Task, TaskStatus, VideoExtendRequest
+from .policies import PollPolicy
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 only when everything succeeded)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return anyio.run(handler, args, backend="asyncio")
+    except ConfigurationError as exc:
+        return _fail(exc, EXIT_USAGE)
+    except KlingError as exc:
+        return _fail(exc, EXIT_FAILED)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILED)
+    except KeyboardInterrupt:
+        print("kling-async: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _fail(error: object, code: int) -> int:
+    print(f"kling-async: error: {error}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kling-async",
+        description="Extend videos with the Kling API, watch tasks, and try it on a fake server.",
+        epilog="Credentials come from KLING_API_KEY (or KLING_ACCESS_KEY and KLING_SECRET_KEY); "
+        "KLING_BASE_URL and KLING_DIALECT pick the endpoint.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_extend(commands)
+    _add_status(commands)
+    _add_watch(commands)
+    _add_fake_server(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """Options every command that talks to the API shares."""
+    shared = argparse.ArgumentParser(add_help=False)
+    group = shared.add_argument_group("connection (defaults from the environment)")
+    group.add_argument("--base-url", help="API base URL (KLING_BASE_URL)")
+    group.add_argument("--dialect", choices=["official", "gateway"], help="(KLING_DIALECT)")
+    group.add_argument(
+        "--api-key", help="API key (prefer KLING_API_KEY: flags show up in process lists)"
+    )
+    group.add_argument("--access-key", help="official access key (KLING_ACCESS_KEY)")
+    group.add_argument("--secret-key", help="official secret key (prefer KLING_SECRET_KEY)")
+    group.add_argument("--json", action="store_true", help="print JSON lines for scripts")
+    group.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="first look and shortest gap between status reads "
+        "(default: adaptive, first look after 10 s, then 2-30 s apart)",
+    )
+    return shared
+
+
+def _add_extend(commands: Any) -> None:
+    command = commands.add_parser(
+        "extend", parents=[_connection_options()], help="extend one video"
+    )
+    command.add_argument("video_id", metavar="VIDEO_ID")
+    command.add_argument("--task-id", help="the task that produced the video (gateways need it)")
+    command.add_argument("--prompt")
+    command.add_argument("--negative-prompt")
+    command.add_argument("--cfg-scale", type=float)
+    command.add_argument("--callback-url")
+    command.add_argument("--external-task-id")
+    command.add_argument("--wait", action="store_true", help="watch the task until it ends")
+    command.set_defaults(handler=_extend)
+
+
+def _add_status(commands: Any) -> None:
+    command = commands.add_parser(
+        "status", parents=[_connection_options()], help="show a task's status"
+    )
+    command.add_argument("task_id", metavar="TASK_ID")
+    command.set_defaults(handler=_status)
+
+
+def _add_watch(commands: Any) -> None:
+    command = commands.add_parser(
+        "watch", parents=[_connection_options()], help="follow tasks until they end"
+    )
+    command.add_argument("task_ids", metavar="TASK_ID", nargs="+")
+    command.set_defaults(handler=_watch)
+
+
+def _add_fake_server(commands: Any) -> None:
+    command = commands.add_parser("fake-server", help="serve the fake Kling API locally")
+    command.add_argument("--host", default="127.0.0.1")
+    command.add_argument("--port", type=int, default=8765)
+    command.add_argument("--dialect", choices=["official", "gateway"], default="gateway")
+    command.add_argument(
+        "--speed", type=float, default=20.0, help="service seconds per real second (default 20)"
+    )
+    command.add_argument("--api-key", default="test-api-key", help="key the server accepts")
+    command.add_argument("--seed", type=int, default=0)
+    command.set_defaults(handler=_fake_server)
+
+
+def _add_demo(commands: Any) -> None:
+    command = commands.add_parser(
+        "demo", help="extend a batch of videos on the embedded fake server, with progress"
+    )
+    command.add_argument("--count", type=int, default=24, help="extensions to run (default 24)")
+    command.add_argument("--concurrency", type=int, default=6, help="tasks in flight (6)")
+    command.add_argument(
+        "--speed", type=float, default=60.0, help="how much faster than real tasks run (60)"
+    )
+    command.add_argument("--json", action="store_true", help="print JSON lines for scripts")
+    command.set_defaults(handler=_demo)
+
+
+def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
+    overrides = {
+        name: value
+        for name in ("base_url", "dialect", "api_key", "access_key", "secret_key")
+        if (value := getattr(args, name, None))
+    }
+    interval = getattr(args, "poll_interval", None)
+    if interval is not None:
+        if interval <= 0:
+            raise ConfigurationError(f"--poll-interval must be positive, not {interval:g}")
+        settings["poll"] = PollPolicy(
+            initial_delay=interval, min_interval=interval, max_interval=max(interval, 30.0)
+        )
+    return KlingClient.from_env(**overrides, **settings)
+
+
+async def _extend(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        task = await client.extend_video(
+            args.video_id,
+            task_id=args.task_id,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            cfg_scale=args.cfg_scale,
+            callback_url=args.callback_url,
+            external_task_id=args.external_task_id,
+        )
+        _show_task(task, args.json)
+        if not args.wait:
+            return EXIT_OK
+        return await _follow(client, task, args.json)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        task = await client.get_task(args.task_id)
+    _show_task(task, args.json)
+    return EXIT_OK if task.status is not TaskStatus.FAILED else EXIT_FAILED
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    codes: list[int] = []
+    async with _client(args) as client, anyio.create_task_group() as group:
+
+        async def follow(task_id: str) -> None:
+            codes.append(await _follow(client, task_id, args.json))
+
+        for task_id in args.task_ids:
+            group.start_soon(follow, task_id)
+    return max(codes, default=EXIT_OK)
+
+
+async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> int:
+    """Print each status change of one task; the exit code its end deserves."""
+    watcher = client.watch(task)
+    async for snapshot in watcher:
+        _show_task(snapshot, as_json)
+    final = watcher.last
+    return EXIT_OK if final is not None and final.status is TaskStatus.SUCCEED else EXIT_FAILED
+
+
+async def _fake_server(args: argparse.Namespace) -> int:
+    from .testing import FakeKlingServer  # the fake is only loaded by the commands that use it
+
+    server = FakeKlingServer(
+        dialect=args.dialect,
+        api_key=args.api_key,
+        speed=args.speed,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+    )
+    async with server:
+        print(f"Fake Kling API ({args.dialect}) on {server.url}; Ctrl-C stops it. Try:")
+        print(f"  export KLING_BASE_URL={server.url} KLING_DIALECT={args.dialect}")
+        print("  export KLING_API_KEY=<the --api-key given to the server>")
+        print("  kling-async extend VIDEO_ID --task-id PARENT_TASK --wait", flush=True)
+        await anyio.sleep_forever()
+    return EXIT_OK  # pragma: no cover - only Ctrl-C ends the server
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .testing import Durations, FakeKlingServer
+
+    if args.count < 1 or args.concurrency < 1 or args.speed <= 0:
+        raise ConfigurationError("--count, --concurrency and --speed must be positive")
+    # Two service minutes per extension, played 60 times faster by default: about 2 s each.
+    server = FakeKlingServer(
+        speed=args.speed,
+        seed=int(time.time()),
+        durations=Durations(submitted_for=5.0, median=120.0, sigma=0.3),
+        fail_rate=0.1,
+        max_concurrent=args.concurrency,
+    )
+    scale = 60.0 / args.speed
+    poll = PollPolicy(
+        initial_delay=0.2 * scale, min_interval=0.05 * scale, max_interval=0.5 * scale, timeout=60
+    )
+    requests = [
+        VideoExtendRequest(
+            f"demo-video-{n:03d}", task_id=f"demo-parent-{n:03d}", prompt="the scene goes on"
+        )
+        for n in range(1, args.count + 1)
+    ]
+    async with server:
+        key = "test-api-key"
+        client = KlingClient(api_key=key, base_url=server.url, dialect="gateway", poll=poll)
+        print(
+            f"Extending {len(requests)} videos on a fake Kling server at {server.url} "
+            f"(at most {args.concurrency} at a time)...",
+            file=sys.stderr,
+        )
+        outcomes = await _run_batch(client, requests, args.concurrency, args.json)
+        print(
+            f"The server saw {server.record.create_count} creates, at most "
+            f"{server.record.peak_concurrent} tasks at once, "
+            f"{len(server.record.requests) - server.record.create_count} status reads.",
+            file=sys.stderr,
+        )
+    return EXIT_OK if outcomes else EXIT_FAILED
+
+
+async def _run_batch(
+    client: KlingClient, requests: list[VideoExtendRequest], concurrency: int, as_json: bool
+) -> list[BatchOutcome]:
+    progress = Progress(total=len(requests), stream=sys.stderr)
+    outcomes: list[BatchOutcome] = []
+    async with (
+        client,
+        client.extend_many(requests, concurrency=concurrency, on_event=progress.on_event) as batch,
+    ):
+        async for outcome in batch:
+            outcomes.append(outcome)
+            if as_json:
+                print(json.dumps(outcome_record(outcome)), flush=True)
+    progress.finish()
+    if not as_json:
+        print_summary(outcomes, sys.stdout)
+    return outcomes
+
+
+class Progress:
+    """A live progress line: counts by state, rate and ETA (redrawn in place on a terminal).
+
+    Without a terminal (CI, a pipe) it prints a plain line at most every few seconds, so logs
+    stay readable.
+    """
+
+    def __init__(self, total: int, stream: TextIO, *, interval: float = 2.0) -> None:
+        self.total = total
+        self.stream = stream
+        self.states: Counter[str] = Counter()
+        self._latest: dict[int, str] = {}
+        self._started = time.monotonic()
+        self._last_drawn = 0.0
+        self._interval = 0.1 if _is_terminal(stream) else interval
+
+    def on_event(self, event: BatchEvent) -> None:
+        """Take one batch event and redraw when it is time."""
+        request = id(event.request)
+        if event.kind is BatchEventKind.FINISHED and event.outcome is not None:
+            self._move(request, "succeeded" if event.outcome.ok else "failed")
+        elif event.kind is not BatchEventKind.RETRIED and event.task and not event.task.is_terminal:
+            self._move(request, event.task.status_text)  # a terminal one counts at FINISHED
+        now = time.monotonic()
+        if now - self._last_drawn >= self._interval:
+            self._last_drawn = now
+            self._draw(self.line())
+
+    def _move(self, request: int, state: str) -> None:
+        previous = self._latest.get(request)
+        if previous is not None:
+            self.states[previous] -= 1
+        self._latest[request] = state
+        self.states[state] += 1
+
+    def line(self) -> str:
+        """The progress line as it stands."""
+        done = self.states["succeeded"] + self.states["failed"]
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = done / elapsed
+        eta = f"{(self.total - done) / rate:.0f} s" if rate > 0 and done < self.total else "-"
+        running = {
+            state: count
+            for state, count in sorted(self.states.items())
+            if count and state not in ("succeeded", "failed")
+        }
+        states = ", ".join(f"{count} {state}" for state, count in running.items())
+        return (
+            f"{done}/{self.total} done ({self.states['succeeded']} succeeded, "
+            f"{self.states['failed']} failed){'; ' + states if states else ''}; "
+            f"{rate:.1f}/s; ETA {eta}"
+        )
+
+    def finish(self) -> None:
+        """Draw the final line and end it."""
+        self._draw(self.line())
+        if _is_terminal(self.stream):
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self, line: str) -> None:
+        if _is_terminal(self.stream):
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def print_summary(outcomes: Sequence[BatchOutcome], stream: TextIO) -> None:
+    """A table of every outcome, then the totals."""
+    rows = [("VIDEO", "STATUS", "TASK", "RESULT")]
+    for outcome in outcomes:
+        record = outcome_record(outcome)
+        result = record.get("video_url") or record.get("error") or ""
+        rows.append((outcome.request.video_id, record["status"], record["task_id"] or "-", result))
+    widths = [min(max(len(row[i]) for row in rows), 40) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        stream.write("  ".join([*cells, _shorten(row[3], 90)]).rstrip() + "\n")
+    succeeded = sum(outcome.ok for outcome in outcomes)
+    stream.write(f"\n{succeeded} of {len(outcomes)} extensions succeeded.\n")
+    stream.flush()
+
+
+def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:
+    """One outcome as a flat JSON-ready record (the request's fields plus the result)."""
+    task = outcome.task
+    record: dict[str, Any] = {
+        "video_id": outcome.request.video_id,
+        "key": outcome.request.key,
+        "status": "succeeded" if outcome.ok else _failure_status(outcome),
+        "task_id": task.id if task else None,
+    }
+    if task is not None and task.videos:
+        record["video_ids"] = [video.id for video in task.videos]
+        record["video_url"] = task.videos[0].url
+    if task is not None and task.status is TaskStatus.FAILED:
+        record["error"] = task.status_message or "the task failed without a reason"
+    elif outcome.error is not None:
+        record["error"] = str(outcome.error)
+    return record
+
+
+def _failure_status(outcome: BatchOutcome) -> str:
+    if outcome.task is not None and outcome.task.status is TaskStatus.FAILED:
+        return "failed"
+    return "error"
+
+
+def _show_task(task: Task, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(task_record(task)), flush=True)
+        return
+    line = f"{task.id}  {task.status_text}"
+    if task.status_message:
+        line += f"  ({task.status_message})"
+    for video in task.videos:
+        line += f"\n  video {video.id}: {video.url}"
+    print(line, flush=True)
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """A task as a JSON-ready record."""
+    return {
+        "task_id": task.id,
+        "kind": task.kind.value,
+        "status": task.status_text,
+        "status_message": task.status_message,
+        "videos": [
+            {"id": v.id, "url": v.url, "duration": str(v.duration) if v.duration else None}
+            for v in task.videos
+        ],
+    }
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,214 @@
+"""The kling-async command: every command, its exit codes, its output, and no tracebacks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kling_async import BatchEvent, BatchEventKind, BatchOutcome, Task, TaskKind, TaskStatus
+from kling_async import VideoExtendRequest as Request
+from kling_async.cli import Progress, main
+
+KEY = "cli-test-key"
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "kling_async", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[str]:
+    """`kling-async fake-server` in its own process; yields its URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kling_async",
+            "fake-server",
+            "--port",
+            "0",
+            "--speed",
+            "1000",
+            "--api-key",
+            KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    match = re.search(r"on (http://127\.0\.0\.1:\d+)", first)
+    assert match, first
+    yield match.group(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+
+
+def env_for(url: str) -> dict[str, str]:
+    return {"KLING_API_KEY": KEY, "KLING_BASE_URL": url, "KLING_DIALECT": "gateway"}
+
+
+QUICK = ("--poll-interval", "0.02")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert re.match(r"kling-async \d", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("command", ["extend", "status", "watch", "fake-server", "demo"])
+def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command explains itself."""
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert "usage: kling-async" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a command: the help, exit code 2."""
+    assert main([]) == 2
+    assert "commands" in capsys.readouterr().err
+
+
+def test_extend_wait_then_status(fake_server: str) -> None:
+    """extend --wait follows the task to success; status reads it again, as JSON."""
+    done = run_cli(
+        "extend",
+        "vid-1",
+        "--task-id",
+        "p-1",
+        "--prompt",
+        "on",
+        "--wait",
+        "--json",
+        *QUICK,
+        env=env_for(fake_server),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0]["status"] == "submitted"
+    assert lines[-1]["status"] == "succeed"
+    assert lines[-1]["videos"][0]["url"].startswith(fake_server)
+    status = run_cli("status", lines[0]["task_id"], env=env_for(fake_server))
+    assert status.returncode == 0
+    assert "succeed" in status.stdout
+
+
+def test_watch_many(fake_server: str) -> None:
+    """watch follows several tasks to their ends."""
+    ids = []
+    for n in range(2):
+        made = run_cli("extend", f"v-{n}", "--task-id", "p", "--json", env=env_for(fake_server))
+        ids.append(json.loads(made.stdout)["task_id"])
+    watched = run_cli("watch", *ids, *QUICK, env=env_for(fake_server))
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.count("succeed") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "says"),
+    [
+        (["status", "123"], {"KLING_API_KEY": "wrong"}, 1, "Invalid API key"),
+        (["status", "999"], {}, 1, "not exist"),
+        (["extend", ""], {}, 1, "video_id"),
+        (["extend", "v"], {}, 1, "task_id"),
+        (["status", "1"], {"KLING_API_KEY": ""}, 2, "No credentials"),
+    ],
+)
+def test_errors_are_one_clear_line(
+    fake_server: str, args: list[str], env: dict[str, str], code: int, says: str
+) -> None:
+    """Failures print one line naming the problem, no traceback, and a non-zero code."""
+    result = run_cli(*args, env={**env_for(fake_server), **env})
+    assert result.returncode == code
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_secrets_stay_out_of_cli_output(fake_server: str) -> None:
+    """A refused key is not echoed by the CLI."""
+    secret = "sk-cli-secret-never-printed"
+    result = run_cli("status", "1", env={**env_for(fake_server), "KLING_API_KEY": secret})
+    assert result.returncode == 1
+    assert secret not in result.stdout + result.stderr
+
+
+def test_demo_runs_and_summarises() -> None:
+    """The demo runs a batch on the embedded server and prints a summary."""
+    result = run_cli("demo", "--count", "6", "--concurrency", "3", "--speed", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "6 of 6" in result.stdout or re.search(r"\d of 6 extensions succeeded", result.stdout)
+    assert "done" in result.stderr
+    assert "The server saw 6 creates" in result.stderr
+
+
+def _events() -> list[BatchEvent]:
+    request = Request("v")
+    running = Task("t", TaskKind.VIDEO_EXTEND, TaskStatus.PROCESSING)
+    done = Task("t", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED)
+    return [
+        BatchEvent(BatchEventKind.SUBMITTED, request, task=running),
+        BatchEvent(
+            BatchEventKind.FINISHED, request, task=done, outcome=BatchOutcome(request, done)
+        ),
+    ]
+
+
+def test_progress_without_a_terminal() -> None:
+    """Piped output gets plain lines, no control characters."""
+    stream = io.StringIO()
+    progress = Progress(total=1, stream=stream, interval=0.0)
+    for event in _events():
+        progress.on_event(event)
+    progress.finish()
+    text = stream.getvalue()
+    assert "1/1 done (1 succeeded, 0 failed)" in text
+    assert "\r" not in text
+    assert "\x1b" not in text
+
+
+def test_progress_on_a_terminal() -> None:
+    """On a (pseudo-)terminal the line is redrawn in place."""
+    controller, terminal = pty.openpty()
+    with open(terminal, "w", closefd=True) as stream:
+        progress = Progress(total=1, stream=stream)
+        for event in _events():
+            progress.on_event(event)
+        progress.finish()
+    shown = os.read(controller, 4096).decode()
+    os.close(controller)
+    assert "\r\x1b[2K" in shown
+    assert "1/1 done" in shown
+
+
+def test_module_entry_point_exists() -> None:
+    """`python -m kling_async` is the same command."""
+    assert (Path(main.__code__.co_filename).parent / "__main__.py").exists()
