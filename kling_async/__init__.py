@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .auth import BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchEventKind, BatchOutcome
+from .callbacks import CallbackReceiver
 from .client import KlingClient
 from .errors import (
     AmbiguousSubmissionError,
@@ -46,6 +47,7 @@ __all__ = [
     "BatchEventKind",
     "BatchOutcome",
     "BearerAuth",
+    "CallbackReceiver",
     "ConfigurationError",
     "ContentPolicyError",
     "InsufficientBalanceError",

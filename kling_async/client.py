@@ -28,6 +28,7 @@ from ._transport import Transport, surely_not_created
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
+from .callbacks import CallbackReceiver
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
@@ -102,8 +103,10 @@ class KlingClient:
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
+        self.callbacks = callbacks
         self.base_url = _normalise_base_url(base_url or DEFAULT_BASE_URL)
         self.dialect = _choose_dialect(dialect, self.base_url)
         self._dialect = _DIALECTS[self.dialect]
@@ -254,7 +257,7 @@ class KlingClient:
             data = await self._transport.request(
                 "POST",
                 self._path(TaskKind.VIDEO_EXTEND),
-                body=request_body(request),
+                body=self._body(request),
                 resend_safe=False,
                 on_retry=on_retry,
             )
@@ -278,6 +281,13 @@ class KlingClient:
         if self._dialect.finds_by_external_id and request.external_task_id is None:
             return attrs.evolve(request, external_task_id=f"ka-{uuid.uuid4().hex}")
         return request
+
+    def _body(self, request: VideoExtendRequest) -> dict[str, Any]:
+        """The create body; the receiver's URL is added here, so it is never journaled."""
+        body = request_body(request)
+        if self.callbacks is not None and self.callbacks.active and request.callback_url is None:
+            body["callback_url"] = self.callbacks.callback_url
+        return body
 
     async def _recover(self, request: VideoExtendRequest, exc: Exception) -> Task:
         """After an ambiguous create: find the task by its external id, or give up loudly."""
@@ -358,6 +368,9 @@ class KlingClient:
             learned=self._completion.setdefault(kind, CompletionTimes()),
             rng=self._rng,
             on_poll_error=on_poll_error,
+            wakeups=self.callbacks
+            if self.callbacks is not None and self.callbacks.active
+            else None,
         )
 
     async def extend_and_wait(

@@ -75,7 +75,8 @@ class PollPolicy:
     `max_interval`. With `adaptive`, the client learns from the tasks it sees finish and
     places polls where completion is likely instead (see `next_delay`; `completion_step` is
     the share of still-running tasks expected to end between two polls, and `min_samples` the
-    number of finished tasks needed before learning is trusted). `jitter` spreads each
+    number of finished tasks needed before learning is trusted). When callbacks wake the
+    watcher, polls are only a safety net, at most every `callback_interval`. `jitter` spreads each
     wait by up to ±10 % so watchers started together drift apart. `timeout` (seconds, or None
     for no deadline) bounds the whole watch.
 
@@ -97,6 +98,7 @@ class PollPolicy:
     adaptive: bool = True
     completion_step: float = attrs.field(default=0.05, validator=[v.gt(0.0), v.lt(1.0)])
     min_samples: int = attrs.field(default=5, validator=v.ge(1))
+    callback_interval: float = attrs.field(default=60.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:

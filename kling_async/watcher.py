@@ -20,7 +20,7 @@ from .errors import APIError, TaskFailedError, TransportError, WatchTimeoutError
 from .models import Task, TaskKind, TaskStatus
 from .policies import CompletionTimes, PollPolicy
 
-__all__ = ["TaskSource", "TaskWatcher"]
+__all__ = ["TaskSource", "TaskWatcher", "Wakeups"]
 
 log = logging.getLogger("kling_async")
 
@@ -30,6 +30,18 @@ class TaskSource(Protocol):
 
     async def get_task(self, task_id: str, kind: TaskKind = ...) -> Task:
         """The task's current state."""
+        ...
+
+
+class Wakeups(Protocol):
+    """Early wake-ups for watchers (a `CallbackReceiver` fits)."""
+
+    def take_hint(self, task_id: str) -> bool:
+        """True (once) when the task was announced finished since the last look."""
+        ...
+
+    async def wait(self, task_id: str, timeout: float) -> bool:
+        """Sleep up to `timeout` or until the task is announced finished; True if woken."""
         ...
 
 
@@ -62,6 +74,7 @@ class TaskWatcher:
         learned: CompletionTimes | None = None,
         rng: random.Random | None = None,
         on_poll_error: Callable[[Exception], object] | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self.task_id = task.id if isinstance(task, Task) else task
         self.kind = task.kind if isinstance(task, Task) else kind
@@ -73,7 +86,9 @@ class TaskWatcher:
         self._learned = learned
         self._rng = rng or random.Random()
         self._on_poll_error = on_poll_error
+        self._wakeups = wakeups
         self._started = clock.monotonic()
+        self._last_poll = float("-inf")
 
     def __repr__(self) -> str:
         status = self.last.status.value if self.last else "not read yet"
@@ -119,13 +134,28 @@ class TaskWatcher:
         delay = self._next_delay()
         now = self._clock.monotonic()
         if deadline is not None and now + delay >= deadline:
-            await self._clock.sleep(max(0.0, deadline - now))
-            raise self._timeout()
-        await self._clock.sleep(delay)
+            if not await self._rest(max(0.0, deadline - now)):
+                raise self._timeout()
+            return
+        await self._rest(delay)
+
+    async def _rest(self, seconds: float) -> bool:
+        """Sleep `seconds`, or less when a callback says the task ended; True if woken."""
+        if self._wakeups is None:
+            await self._clock.sleep(seconds)
+            return False
+        woken = await self._wakeups.wait(self.task_id, seconds)
+        if woken:  # even a flood of (forged) callbacks never beats the policy's floor
+            too_soon = self._last_poll + self.policy.min_interval - self._clock.monotonic()
+            if too_soon > 0:
+                await self._clock.sleep(too_soon)
+        return woken
 
     def _next_delay(self) -> float:
         if self.last is None and self.polls == 0:
             return 0.0  # nothing is known of the task yet: look first
+        if self._wakeups is not None:  # callbacks announce the end: polls are a safety net
+            return self.policy.spread(self.policy.callback_interval, self._rng.random())
         delay = self.policy.next_delay(
             age=self._age(), polls_done=self.polls, learned=self._learned
         )
@@ -141,6 +171,7 @@ class TaskWatcher:
     async def _poll(self, deadline: float | None) -> Task | None:
         """One read of the task; None when it failed transiently (try again later)."""
         self.polls += 1
+        self._last_poll = self._clock.monotonic()
         budget = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
         try:
             with anyio.fail_after(budget):

@@ -93,6 +93,7 @@ def test_public_names_are_pinned() -> None:
             "BatchEventKind",
             "BatchOutcome",
             "BearerAuth",
+            "CallbackReceiver",
             "ConfigurationError",
             "ContentPolicyError",
             "InsufficientBalanceError",

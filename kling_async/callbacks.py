@@ -1,0 +1,277 @@
+"""`CallbackReceiver`: receives the API's POSTs to ``callback_url`` and wakes watchers.
+
+A callback is a hint, never a truth: it only makes the watcher of that task read the task
+at once (one GET) instead of at its next scheduled poll. A forged, replayed, duplicated, late
+or unknown-task callback therefore costs at most one extra read and can neither finish a task
+nor inject a URL.
+
+The receiver's URL carries an unguessable token; with a webhook secret, signatures in the
+Standard Webhooks format are checked too (constant time, ±5 minutes, replayed ids ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from aiohttp import web
+
+from ._clock import Clock, SystemClock
+from .models import TaskStatus
+
+__all__ = ["CallbackReceiver"]
+
+log = logging.getLogger("kling_async")
+
+DEFAULT_MAX_BODY = 64 * 1024
+SIGNATURE_TOLERANCE = 300.0
+_REMEMBERED = 10_000  # hints and webhook ids kept, oldest dropped first
+# Terminal statuses as callbacks spell them (a newer API spells success "succeeded").
+_TERMINAL = frozenset({*(s.value for s in TaskStatus if s.is_terminal), "succeeded"})
+
+
+class CallbackReceiver:
+    """An aiohttp.web endpoint for callbacks, standalone or mounted in your own app.
+
+    Standalone: ``await receiver.start(host, port, public_url=...)`` (``public_url`` is how
+    the API reaches this machine; it defaults to ``http://host:port``). Mounted:
+    ``receiver.add_routes(app)`` in your aiohttp app, with `base_url` set to your app's public
+    URL. From another framework (FastAPI, Starlette): route POSTs for `path` to
+    ``await receiver.handle(body, headers)`` and answer with the status it returns.
+
+    Give the receiver to the client (``KlingClient(callbacks=receiver)``): creates then carry
+    its `callback_url`, watchers wake on terminal callbacks, and polling relaxes to a safety
+    net (`PollPolicy.callback_interval`).
+
+    >>> async with CallbackReceiver(secret="whsec_...") as receiver:  # doctest: +SKIP
+    ...     await receiver.start("0.0.0.0", 8080, public_url="https://hooks.example.com")
+    ...     async with KlingClient.from_env(callbacks=receiver) as client:
+    ...         task = await client.extend_and_wait("vid_1")
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        secret: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        tolerance: float = SIGNATURE_TOLERANCE,
+        clock: Clock | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.path = f"/kling-callbacks/{secrets.token_urlsafe(24)}"
+        self.max_body = max_body
+        self.tolerance = tolerance
+        self.stats: Counter[str] = Counter()
+        self._key = _webhook_key(secret) if secret else None
+        self._clock = clock or SystemClock()
+        self._hints: OrderedDict[str, str] = OrderedDict()
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._waiters: dict[str, set[anyio.Event]] = {}
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        signed = "signed" if self._key else "unsigned"
+        return f"<CallbackReceiver {self.base_url or 'not started'} ({signed})>"
+
+    @property
+    def callback_url(self) -> str:
+        """The URL to give the API (it contains the receiver's secret token)."""
+        if self.base_url is None:
+            raise RuntimeError(
+                "The callback receiver has no public URL yet: start() it, or pass base_url="
+            )
+        return self.base_url + self.path
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def handle(
+        self,
+        body: bytes | str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        path: str | None = None,
+    ) -> int:
+        """Take one callback; return the HTTP status to answer with.
+
+        `path`, when given, is checked against the receiver's secret path (a framework that
+        routes a wider prefix here passes it). Refusals have no effect on any watcher.
+        """
+        raw = body.encode() if isinstance(body, str) else body
+        refusal = self._refusal(raw, _lower_keys(headers or {}), path)
+        if refusal is not None:
+            reason, status = refusal
+            self.stats[reason] += 1
+            log.info("callback refused: %s", reason)
+            return status
+        self.stats["accepted"] += 1
+        return 200
+
+    def _refusal(
+        self, raw: bytes, headers: Mapping[str, str], path: str | None
+    ) -> tuple[str, int] | None:
+        """Why this callback is refused (reason, HTTP status), or None once it is taken."""
+        if path is not None and not hmac.compare_digest(path, self.path):
+            return "wrong token", 404
+        if len(raw) > self.max_body:
+            return "body too large", 413
+        if self._key is not None:
+            problem = self._signature_problem(self._key, raw, headers)
+            if problem is not None:
+                return problem, 200 if problem == "replayed id" else 401
+        task = _task_object(raw)
+        if task is None:
+            return "not a task object", 400
+        self._take(str(task["task_id"]), str(task.get("task_status", "")).lower())
+        return None
+
+    def _signature_problem(self, key: bytes, raw: bytes, headers: Mapping[str, str]) -> str | None:
+        msg_id = headers.get("webhook-id", "")
+        stamp = headers.get("webhook-timestamp", "")
+        signatures = headers.get("webhook-signature", "")
+        if not (msg_id and stamp and signatures):
+            return "unsigned"
+        try:
+            sent_at = float(stamp)
+        except ValueError:
+            return "bad timestamp"
+        now = self._clock.time()
+        if abs(now - sent_at) > self.tolerance:
+            return "timestamp outside the allowed window"
+        signed = f"{msg_id}.{stamp}.".encode() + raw
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+        offered = [part.partition(",")[2].encode() for part in signatures.split()]
+        if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+            return "bad signature"
+        if msg_id in self._seen:
+            return "replayed id"  # answered 200 below: a sender's redelivery is not an error
+        _remember(self._seen, msg_id, now)
+        return None
+
+    def _take(self, task_id: str, status: str) -> None:
+        """Note a terminal hint and wake the task's watchers; other statuses change nothing."""
+        if status not in _TERMINAL:
+            return
+        _remember(self._hints, task_id, status)
+        for event in self._waiters.get(task_id, ()):
+            event.set()
+
+    # -- what watchers use -------------------------------------------------------------
+
+    def take_hint(self, task_id: str) -> bool:
+        """True (once) when a callback said the task ended since the last look."""
+        return self._hints.pop(task_id, None) is not None
+
+    async def wait(self, task_id: str, timeout: float) -> bool:
+        """Sleep up to `timeout` or until a terminal callback for the task; True if woken."""
+        if self.take_hint(task_id):
+            return True
+        event = anyio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            waiting = self._waiters.get(task_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[task_id]
+        return self.take_hint(task_id)
+
+    @property
+    def active(self) -> bool:
+        """Whether the API can reach this receiver (it has a public URL)."""
+        return self.base_url is not None
+
+    # -- serving ---------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the receiver in your own aiohttp application."""
+        app.router.add_post(self.path, self._serve)
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, public_url: str | None = None
+    ) -> str:
+        """Serve the receiver on its own; return its callback URL."""
+        if self._runner is not None:
+            raise RuntimeError("the callback receiver is already started")
+        app = web.Application(client_max_size=self.max_body + 1)
+        self.add_routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.base_url = (public_url or f"http://{bound_host}:{bound_port}").rstrip("/")
+        return self.callback_url
+
+    async def close(self) -> None:
+        """Stop serving (when started standalone)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        body = await request.content.read(self.max_body + 1)
+        status = await self.handle(body, request.headers)
+        return web.Response(status=status)
+
+
+def _webhook_key(secret: str) -> bytes:
+    """Standard Webhooks secrets are ``whsec_`` + base64; any other text is used as it is."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("webhook secret starts with whsec_ but is not base64") from None
+    return secret.encode()
+
+
+def _task_object(raw: bytes) -> Mapping[str, Any] | None:
+    """The task object of a body: the bare object (official) or an envelope's data."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping):
+        body = body["data"]
+    if isinstance(body, Mapping) and body.get("task_id"):
+        return body
+    return None
+
+
+def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _REMEMBERED:
+        memory.popitem(last=False)
