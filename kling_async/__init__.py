@@ -11,6 +11,7 @@ from .auth import BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchEventKind, BatchOutcome
 from .callbacks import CallbackReceiver
 from .client import KlingClient
+from .download import DownloadError, DownloadProgress
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
@@ -50,6 +51,8 @@ __all__ = [
     "CallbackReceiver",
     "ConfigurationError",
     "ContentPolicyError",
+    "DownloadError",
+    "DownloadProgress",
     "InsufficientBalanceError",
     "InvalidArgumentError",
     "InvalidRequestError",

@@ -14,6 +14,7 @@ import enum
 import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -39,12 +40,15 @@ class BatchOutcome:
     """What became of one request: the succeeded task, or the request with its error.
 
     For a task that ran and failed, `task` is the failed task and `error` its
-    `TaskFailedError`; when the request never became a task, `task` is None.
+    `TaskFailedError`; when the request never became a task, `task` is None. `files` are
+    the downloaded videos when the batch downloads; a failed download leaves the task
+    succeeded (`ok`) with the `DownloadError` as `error`.
     """
 
     request: VideoExtendRequest
     task: Task | None
     error: Exception | None = None
+    files: tuple[Path, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,10 @@ class Extender(Protocol):
     ) -> Task: ...
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
+
+    async def fetch(self, task: Task) -> tuple[Path, ...]:
+        """Download the task's videos when the batch downloads (else nothing)."""
+        ...
 
 
 @attrs.define
@@ -163,21 +171,35 @@ class _Run:
 
     async def _one(self, request: VideoExtendRequest, slot: _Slot) -> None:
         task: Task | None = None
+        watcher: TaskWatcher | None = None
         error: Exception | None = None
         try:
             task = await self._submit(request, slot)
             self._emit(BatchEventKind.SUBMITTED, request, task=task)
             watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
-            async for task in watcher:
-                self._emit(BatchEventKind.STATUS, request, task=task)
-            task = watcher.last
-            if task is not None and task.status is TaskStatus.FAILED:
-                error = TaskFailedError(task)
+            async for snapshot in watcher:
+                self._emit(BatchEventKind.STATUS, request, task=snapshot)
         except Exception as exc:  # every failure becomes this request's outcome
             error = exc
         finally:
             self.window.release(slot)
-        outcome = BatchOutcome(request, task, error)
+        if watcher is not None and watcher.last is not None:
+            task = watcher.last
+        await self._report(request, task, error)
+
+    async def _report(
+        self, request: VideoExtendRequest, task: Task | None, error: Exception | None
+    ) -> None:
+        """Download the result if asked, then send the outcome and the FINISHED event."""
+        files: tuple[Path, ...] = ()
+        if task is not None and task.status is TaskStatus.FAILED:
+            error = TaskFailedError(task)
+        elif task is not None and task.status is TaskStatus.SUCCEED and error is None:
+            try:
+                files = await self.extender.fetch(task)
+            except Exception as exc:  # the task succeeded; only its file is missing
+                error = exc
+        outcome = BatchOutcome(request, task, error, files)
         self._emit(BatchEventKind.FINISHED, request, task=task, error=error, outcome=outcome)
         if self.fail_fast and not outcome.ok:
             self.stopping = True

@@ -13,6 +13,7 @@ import os
 import random
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
@@ -29,6 +30,7 @@ from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
 from .callbacks import CallbackReceiver
+from .download import DownloadProgress, download_file, target_path
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
@@ -37,7 +39,7 @@ from .errors import (
     NotFoundError,
     TransportError,
 )
-from .models import Task, TaskKind, VideoExtendRequest
+from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
 
@@ -392,6 +394,32 @@ class KlingClient:
         task = await self.extend_video(video_id, **arguments)
         return await self.watch(task, poll=poll, timeout=timeout)
 
+    async def download(
+        self,
+        video_or_task: Video | Task,
+        dest: str | os.PathLike[str],
+        *,
+        on_progress: Callable[[DownloadProgress], object] | None = None,
+    ) -> Path:
+        """Download a result video to `dest` (a folder, or the file's path); return the path.
+
+        Given a task, its first video is downloaded (the task must have succeeded). The file
+        appears under its final name only when complete; a cut connection resumes where it
+        stopped. Result URLs expire: download soon after the task ends.
+
+        >>> path = await client.download(task, "videos/")  # doctest: +SKIP
+        """
+        video = _video_of(video_or_task)
+        path = await anyio.to_thread.run_sync(target_path, dest, video.id)
+        return await download_file(
+            self._transport.session,
+            video.url,
+            path,
+            retry=self.retry,
+            clock=self._clock,
+            on_progress=on_progress,
+        )
+
     def extend_many(
         self,
         requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
@@ -400,6 +428,7 @@ class KlingClient:
         fail_fast: bool = False,
         on_event: Callable[[BatchEvent], object] | None = None,
         poll: PollPolicy | None = None,
+        download_to: str | os.PathLike[str] | None = None,
     ) -> Batch:
         """Extend many videos, at most `concurrency` tasks in flight; outcomes as they end.
 
@@ -407,7 +436,9 @@ class KlingClient:
         `BatchOutcome` per request in completion order. A failure does not stop the others
         unless `fail_fast` (then no further request is taken; tasks already created are
         still watched to their end and reported). `on_event` receives `BatchEvent`s (submitted,
-        status, retried, finished) for progress displays. Needs the client's ``async with``.
+        status, retried, finished) for progress displays. With `download_to` (a folder), each
+        result video is downloaded as its task succeeds (`BatchOutcome.files`; a failed
+        download is the outcome's `error`). Needs the client's ``async with``.
 
         >>> async with client.extend_many(requests, concurrency=20) as batch:  # doctest: +SKIP
         ...     async for outcome in batch:
@@ -420,7 +451,7 @@ class KlingClient:
             )
         send, receive = anyio.create_memory_object_stream[BatchOutcome](concurrency)
         run = _Run(
-            extender=_BatchExtender(self, poll),
+            extender=_BatchExtender(self, poll, download_to),
             window=ConcurrencyWindow(concurrency),
             send=send,
             clock=self._clock,
@@ -499,6 +530,7 @@ class _BatchExtender:
 
     client: KlingClient
     poll: PollPolicy | None
+    download_to: str | os.PathLike[str] | None = None
 
     async def submit(
         self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
@@ -507,3 +539,20 @@ class _BatchExtender:
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
         return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)
+
+    async def fetch(self, task: Task) -> tuple[Path, ...]:
+        if self.download_to is None:
+            return ()
+        return tuple([await self.client.download(video, self.download_to) for video in task.videos])
+
+
+def _video_of(video_or_task: Video | Task) -> Video:
+    if isinstance(video_or_task, Video):
+        return video_or_task
+    task = video_or_task
+    if task.status is not TaskStatus.SUCCEED or not task.videos:
+        raise InvalidArgumentError(
+            f"Task {task.id} has no video to download (its status is {task.status_text}); "
+            "wait for it to succeed first."
+        )
+    return task.videos[0]

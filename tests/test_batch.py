@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -259,3 +260,18 @@ async def test_extend_many_needs_the_client_context(server: FakeKlingServer) -> 
     with pytest.raises(ConfigurationError, match="async with"):
         client.extend_many(requests(1))
     await client.aclose()
+
+
+async def test_batch_downloads_results_as_tasks_finish(
+    server: FakeKlingServer, tmp_path: Path
+) -> None:
+    """With download_to, each succeeded task's video is on disk when its outcome arrives."""
+    async with client_for(server) as client:
+        async for outcome in client.extend_many(requests(5), concurrency=3, download_to=tmp_path):
+            assert outcome.ok
+            assert outcome.error is None
+            assert len(outcome.files) == 1
+            assert outcome.files[0].stat().st_size > 0
+            assert outcome.task is not None
+            assert outcome.files[0].name == f"{outcome.task.videos[0].id}.mp4"
+    assert len(list(tmp_path.iterdir())) == 5

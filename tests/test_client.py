@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -454,3 +455,22 @@ async def test_errors_leave_the_client_block_unwrapped(gateway: FakeKlingServer)
     with pytest.raises(NotFoundError):
         async with gateway_client(gateway) as client:
             await client.get_task("no-such-task")
+
+
+async def test_download_a_task_result(gateway: FakeKlingServer, tmp_path: Path) -> None:
+    """client.download writes the task's video under its id, byte for byte."""
+    async with gateway_client(gateway) as client:
+        task = await client.extend_and_wait("vid-1", task_id="p-1")
+        path = await client.download(task, tmp_path)
+        async with client._transport.session.get(task.videos[0].url) as answer:
+            expected = await answer.read()
+    assert path == tmp_path / f"{task.videos[0].id}.mp4"
+    assert path.read_bytes() == expected
+
+
+async def test_download_of_an_unfinished_task_is_refused(gateway: FakeKlingServer) -> None:
+    """A task that has not succeeded has nothing to download: a clear error."""
+    async with gateway_client(gateway) as client:
+        task = await client.extend_video("vid-1", task_id="p-1")
+        with pytest.raises(InvalidArgumentError, match="no video to download"):
+            await client.download(task, ".")

@@ -96,6 +96,8 @@ def test_public_names_are_pinned() -> None:
             "CallbackReceiver",
             "ConfigurationError",
             "ContentPolicyError",
+            "DownloadError",
+            "DownloadProgress",
             "InsufficientBalanceError",
             "InvalidArgumentError",
             "InvalidRequestError",

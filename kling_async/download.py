@@ -1,0 +1,555 @@
+"""Streaming, atomic, resumable download of result videos.
+
+A result URL points at a file server, not at the API: no credentials travel with it, but its
+query string often carries a signed token, so messages name the URL without it. The bytes go
+to a hidden file beside the destination and are moved into place only once complete and
+flushed to disk, so nothing ever sees half a video under the final name. A cut connection
+resumes where it stopped with a ``Range`` request; a server that ignores ranges makes the file
+start again from zero. Writes run in a worker thread, a chunk at a time, so neither the event
+loop nor memory notices the size of the video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import aiohttp
+import anyio
+import anyio.to_thread
+import attrs
+from yarl import URL
+
+from ._clock import Clock
+from ._transport import parse_retry_after
+from .errors import InvalidArgumentError, KlingError
+from .policies import RetryPolicy
+
+__all__ = ["DownloadError", "DownloadProgress", "download_file", "target_path"]
+
+log = logging.getLogger("kling_async")
+
+_SCHEMES = frozenset({"http", "https"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]*)\?[^\s'\")]*")
+_SHOWN_LENGTH = 120
+
+#: Failures of the exchange that the same request may get past later: a refused or cut
+#: connection, a timeout, a body that ended early. Disk errors never reach this tuple: the part
+#: file turns them into a `DownloadError` first.
+_TRANSIENT_ERRORS = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    TimeoutError,
+    OSError,
+)
+
+_EXPIRED = (
+    "The URL may have expired: result URLs expire, so download promptly, or read the task "
+    "again for a fresh URL."
+)
+#: What a permanent 4xx answer means for a result URL.
+_HINTS: Mapping[int, str] = {401: _EXPIRED, 403: _EXPIRED, 404: _EXPIRED, 410: _EXPIRED}
+_OTHER_4XX = "The same request will fail again; check the URL."
+_LATER = "The file server may be down or the URL expired; try again later, or read the task again."
+
+
+class DownloadError(KlingError):
+    """A result video could not be downloaded; nothing was left under the destination name.
+
+    `url` is the URL without its query string (which may hold a signed token), `path` the
+    destination, `http_status` the last HTTP status that decided the outcome, if any.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        path: Path,
+        url: str | None = None,
+        http_status: int | None = None,
+        hint: str = "",
+    ) -> None:
+        self.reason = reason
+        self.path = path
+        self.url = url
+        self.http_status = http_status
+        what = f"Download of {url} to {path}" if url else f"Download to {path}"
+        super().__init__(f"{what} failed: {reason.rstrip('.')}. {hint}".strip())
+
+
+@attrs.frozen
+class DownloadProgress:
+    """How far a download has got; `total` is None while the server has not said.
+
+    `url` is the URL without its query string, safe to log; `path` is the destination.
+
+    >>> DownloadProgress("https://cdn.example/v.mp4", Path("v.mp4"), 50, 200).fraction
+    0.25
+    """
+
+    url: str
+    path: Path
+    received: int
+    total: int | None
+
+    @property
+    def fraction(self) -> float | None:
+        """`received` as a share of `total`, or None when the size is unknown."""
+        return self.received / self.total if self.total else None
+
+
+def target_path(dest: str | os.PathLike[str], video_id: str) -> Path:
+    """The file to write video `video_id` to, given a file or a folder.
+
+    A folder (an existing directory, or a path ending with a separator) gets
+    ``{folder}/{video_id}.mp4``; anything else is the file itself. Its folder must exist.
+
+    >>> target_path("/tmp/", "abc")
+    PosixPath('/tmp/abc.mp4')
+    """
+    text = os.fspath(dest)
+    path = Path(text)
+    if text.endswith((os.sep, "/")) or path.is_dir():
+        if not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\0"):
+            # The id comes from a server; it must not steer the file out of the folder.
+            raise DownloadError(
+                f"the video id {video_id!r} is not a usable file name",
+                path=path,
+                hint="Pass a file path instead of a folder.",
+            )
+        path = path / f"{video_id}.mp4"
+    if not path.parent.is_dir():
+        raise DownloadError(
+            f"the folder {path.parent} does not exist", path=path, hint="Create it first."
+        )
+    return path
+
+
+async def download_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    *,
+    retry: RetryPolicy,
+    clock: Clock,
+    timeout: float = 60.0,
+    on_progress: Callable[[DownloadProgress], object] | None = None,
+    chunk_size: int = 256 * 1024,
+    max_redirects: int = 5,
+) -> Path:
+    """Download `url` to the file `dest` and return `dest`.
+
+    Only ``http`` and ``https`` URLs are fetched, and redirects are followed here (at most
+    `max_redirects`), never to another scheme. A dropped connection, a timeout, a 5xx, a 408
+    or a 429 is retried under `retry`, waiting on `clock`; the download resumes from the last
+    byte received. `max_attempts` counts attempts in a row that brought no new byte, so a
+    flaky link that keeps delivering finishes. `timeout` bounds connecting and each wait for
+    more bytes, not the whole download (wrap the call in ``anyio.fail_after`` for that).
+    `on_progress` hears of every chunk; keep it quick.
+
+    Raises `DownloadError` for any failure; then, as on cancellation, no file is left behind.
+
+    Example::
+
+        path = await download_file(
+            session, video.url, Path(f"{video.id}.mp4"), retry=RetryPolicy(), clock=SystemClock()
+        )
+    """
+    dest = Path(dest)
+    _check_numbers(timeout, chunk_size, max_redirects)
+    start = _checked_url(url, dest)
+    shown = _shown(start)
+    await _check_destination(dest, shown)
+    part = _PartFile(dest, shown)
+    job = _Download(
+        session=session,
+        url=start,
+        shown=shown,
+        part=part,
+        retry=retry,
+        clock=clock,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+        on_progress=on_progress,
+        chunk_size=chunk_size,
+        max_redirects=max_redirects,
+    )
+    try:
+        await job.run()
+        await part.commit()
+    except BaseException:
+        await part.discard()
+        raise
+    log.debug("downloaded %s to %s (%d bytes)", shown, dest, job.received)
+    return dest
+
+
+class _Retry(Exception):  # noqa: N818 - a signal inside this module, not an error for users
+    """This attempt failed in a way that another attempt may get past."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+
+
+@attrs.define
+class _Download:
+    """One download's state across attempts: how much is on disk, and what is known."""
+
+    session: aiohttp.ClientSession
+    url: URL
+    shown: str
+    part: _PartFile
+    retry: RetryPolicy
+    clock: Clock
+    timeout: aiohttp.ClientTimeout
+    on_progress: Callable[[DownloadProgress], object] | None
+    chunk_size: int
+    max_redirects: int
+    received: int = 0
+    total: int | None = None
+    #: An ETag or Last-Modified, sent back as ``If-Range`` so a changed file restarts.
+    validator: str | None = None
+    use_ranges: bool = True
+
+    async def run(self) -> None:
+        """Attempt until the file is complete, or raise `DownloadError`."""
+        best = 0
+        streak = 0
+        while True:
+            problem: _Retry | None = None
+            try:
+                if await self._attempt():
+                    return
+            except _Retry as exc:
+                problem = exc
+            progressed = self.received > best
+            best = max(best, self.received)
+            if problem is None and progressed:
+                continue  # the server sent a shorter range than asked: ask for the rest
+            streak = 0 if progressed else streak + 1
+            await self._pause(problem or _Retry("the server sent no bytes"), streak)
+
+    async def _pause(self, problem: _Retry, streak: int) -> None:
+        """Wait before the next attempt, or raise when the policy says to stop."""
+        if streak >= self.retry.max_attempts:
+            have = f"{self.received} of {self.total}" if self.total else str(self.received)
+            raise self._error(
+                f"{problem.reason}; gave up after {streak} attempts in a row without "
+                f"progress, with {have} bytes received",
+                problem.http_status,
+                _LATER,
+            )
+        wait = self.retry.delay(
+            max(streak, 1),
+            random.random(),
+            retry_after=problem.retry_after,
+            rate_limited=problem.rate_limited,
+        )
+        if wait is None:
+            raise self._error(
+                f"{problem.reason}, and the server asked to wait {problem.retry_after:g} s",
+                problem.http_status,
+                "Try again later.",
+            )
+        log.info("download of %s: %s; retrying in %.2f s", self.shown, problem.reason, wait)
+        await self.clock.sleep(wait)
+
+    async def _attempt(self) -> bool:
+        """One request; True when the file is complete."""
+        try:
+            async with self._open() as response:
+                if await self._accept(response):
+                    async for chunk in response.content.iter_chunked(self.chunk_size):
+                        await self.part.write(chunk)
+                        self.received += len(chunk)
+                        self._report()
+        except _TRANSIENT_ERRORS as exc:
+            raise _Retry(f"{type(exc).__name__} ({_scrub(str(exc)) or 'no detail'})") from None
+        except aiohttp.ClientError as exc:
+            detail = _scrub(str(exc)) or "no detail"
+            raise self._error(f"{type(exc).__name__} ({detail})", None, "") from None
+        return self._finished()
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The answer to a GET, after following redirects that stay on http(s)."""
+        headers = self._headers()
+        url = self.url
+        for _ in range(self.max_redirects + 1):
+            async with self.session.get(
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self.timeout,
+                # Ranges count stored bytes: keep them as the server sent them.
+                auto_decompress=False,
+            ) as response:
+                target = self._redirect_target(response, url)
+                if target is None:
+                    yield response
+                    return
+            url = target
+        raise self._error(
+            f"more than {self.max_redirects} redirects",
+            None,
+            "The URL leads in circles or through too many hops; read the task again for a "
+            "fresh URL.",
+        )
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if self.received and self.use_ranges:
+            headers["Range"] = f"bytes={self.received}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+        return headers
+
+    def _redirect_target(self, response: aiohttp.ClientResponse, current: URL) -> URL | None:
+        if response.status not in _REDIRECTS:
+            return None
+        location = response.headers.get("Location")
+        try:
+            target = current.join(URL(location)) if location else None
+        except (ValueError, TypeError):
+            target = None
+        if target is None:
+            raise self._error(
+                f"HTTP {response.status} redirect without a usable Location",
+                response.status,
+                _OTHER_4XX,
+            )
+        if target.scheme not in _SCHEMES or not target.host:
+            raise self._error(
+                f"refused a redirect to {_shown(target)}: only http and https are followed",
+                response.status,
+                "A redirect to another scheme could read local files or other services; "
+                "check where the URL came from.",
+            )
+        return target
+
+    async def _accept(self, response: aiohttp.ClientResponse) -> bool:
+        """Check the answer's status and headers; True when its body is to be stored."""
+        status = response.status
+        if status == 200:
+            await self._from_start(response)
+            return True
+        if status == 206:
+            self._resume(response)
+            return True
+        if status == 416 and self.received:
+            return self._unsatisfiable(response)
+        if status in (408, 429) or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.time())
+            raise _Retry(
+                f"the server answered HTTP {status}",
+                http_status=status,
+                retry_after=retry_after,
+                rate_limited=status == 429,
+            )
+        hint = _HINTS.get(status, _OTHER_4XX) if 400 <= status < 500 else _OTHER_4XX
+        raise self._error(f"the server answered HTTP {status}", status, hint)
+
+    async def _from_start(self, response: aiohttp.ClientResponse) -> None:
+        self.total = response.content_length
+        self.validator = _validator(response.headers)
+        if self.received:
+            log.info("%s sent the whole file again; starting over", self.shown)
+            await self.part.restart()
+            self.received = 0
+            self._report()
+
+    def _resume(self, response: aiohttp.ClientResponse) -> None:
+        header = response.headers.get("Content-Range", "")
+        match = _CONTENT_RANGE.fullmatch(header.strip())
+        first, last = (int(match[1]), int(match[2])) if match else (0, -1)
+        size = int(match[3]) if match and match[3] != "*" else None
+        span = last - first + 1
+        length = response.content_length
+        if span <= 0 or (size is not None and last >= size) or length not in (None, span):
+            raise self._error(
+                f"the server sent an inconsistent partial answer (Content-Range {header!r}, "
+                f"Content-Length {length})",
+                206,
+                _LATER,
+            )
+        if first != self.received:
+            # Ranges from this server cannot be trusted: the next attempt asks for everything.
+            self.use_ranges = False
+            raise _Retry(f"the server sent bytes from {first} when asked from {self.received}")
+        if size is not None and self.total is not None and size != self.total:
+            raise self._error(
+                f"the file's size changed from {self.total} to {size} bytes during the download",
+                206,
+                "Download it again.",
+            )
+        self.total = size if size is not None else self.total
+
+    def _unsatisfiable(self, response: aiohttp.ClientResponse) -> bool:
+        """A 416 to our Range: complete if the file is exactly what we hold, else an error."""
+        match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        size = int(match[1]) if match else None
+        if size == self.received and self.total in (None, size):
+            self.total = size
+            return False
+        raise self._error(
+            f"the server refused bytes from {self.received} (HTTP 416, file size {size})",
+            416,
+            "The file changed on the server; download it again.",
+        )
+
+    def _finished(self) -> bool:
+        if self.total is None or self.received == self.total:
+            return True
+        if self.received < self.total:
+            return False
+        raise self._error(
+            f"received {self.received} bytes where the server announced {self.total}",
+            None,
+            _LATER,
+        )
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            progress = DownloadProgress(self.shown, self.part.dest, self.received, self.total)
+            self.on_progress(progress)
+
+    def _error(self, reason: str, status: int | None, hint: str) -> DownloadError:
+        return DownloadError(
+            reason, url=self.shown, path=self.part.dest, http_status=status, hint=hint
+        )
+
+
+class _PartFile:
+    """The hidden file beside the destination that holds the bytes until they are complete."""
+
+    def __init__(self, dest: Path, shown_url: str) -> None:
+        self.dest = dest
+        self.path = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        self._url = shown_url
+        self._file: anyio.AsyncFile[bytes] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            file = self._file or await self._open()
+            await file.write(chunk)
+        except OSError as exc:
+            raise self._disk_error(exc) from None
+
+    async def restart(self) -> None:
+        if self._file is None:
+            return
+        try:
+            await self._file.seek(0)
+            await self._file.truncate()
+        except OSError as exc:
+            raise self._disk_error(exc) from None
+
+    async def commit(self) -> None:
+        """Flush the bytes to disk and give the file its final name."""
+        try:
+            file = self._file or await self._open()
+            await file.flush()
+            await anyio.to_thread.run_sync(os.fsync, file.wrapped.fileno())
+            await file.aclose()
+            await anyio.to_thread.run_sync(os.replace, self.path, self.dest)
+        except OSError as exc:
+            raise self._disk_error(exc) from None
+
+    async def discard(self) -> None:
+        """Close and remove the part file; runs to its end even when cancelled."""
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._file is not None:
+                    await self._file.aclose()
+                await anyio.Path(self.path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", self.path, exc)
+
+    async def _open(self) -> anyio.AsyncFile[bytes]:
+        self._file = await anyio.open_file(self.path, "xb")
+        return self._file
+
+    def _disk_error(self, exc: OSError) -> DownloadError:
+        return DownloadError(
+            f"could not write {self.path}: {exc.strerror or exc}",
+            url=self._url,
+            path=self.dest,
+            hint="Check the free space and permissions of the folder.",
+        )
+
+
+def _check_numbers(timeout: float, chunk_size: int, max_redirects: int) -> None:
+    if not timeout > 0:
+        raise InvalidArgumentError(f"timeout must be positive, not {timeout!r}")
+    if chunk_size < 1:
+        raise InvalidArgumentError(f"chunk_size must be at least 1, not {chunk_size!r}")
+    if max_redirects < 0:
+        raise InvalidArgumentError(f"max_redirects cannot be negative, not {max_redirects!r}")
+
+
+def _checked_url(url: str, dest: Path) -> URL:
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.scheme not in _SCHEMES or not parsed.host:
+        shown = _shown(parsed) if parsed is not None else _scrub(str(url))[:_SHOWN_LENGTH]
+        raise DownloadError(
+            f"only http and https URLs are downloaded, not {shown}",
+            path=dest,
+            hint="Pass the url of a video from a succeeded task.",
+        )
+    return parsed
+
+
+async def _check_destination(dest: Path, shown: str) -> None:
+    if await anyio.Path(dest).is_dir():
+        raise DownloadError(
+            "the destination is a directory",
+            url=shown,
+            path=dest,
+            hint="Pass a file path; target_path(folder, video_id) makes one.",
+        )
+    if not await anyio.Path(dest.parent).is_dir():
+        raise DownloadError(
+            f"the folder {dest.parent} does not exist", url=shown, path=dest, hint="Create it."
+        )
+
+
+def _shown(url: URL) -> str:
+    """`url` fit for a message: no user info, query or fragment, and not too long."""
+    if url.user is not None or url.password is not None:
+        url = url.with_user(None)
+    text = str(url.with_query(None).with_fragment(None))
+    return text if len(text) <= _SHOWN_LENGTH else text[: _SHOWN_LENGTH - 1] + "…"
+
+
+def _scrub(text: str) -> str:
+    """`text` with the query string of any URL in it removed (it may hold a signed token)."""
+    return _URL_QUERY.sub(r"\1", text)
+
+
+def _validator(headers: Mapping[str, str]) -> str | None:
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")

@@ -1,0 +1,492 @@
+"""download_file against the fake server and tiny misbehaving apps: bytes, resumes, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+
+from kling_async import RetryPolicy
+from kling_async._clock import FakeClock
+from kling_async.download import DownloadError, DownloadProgress, download_file, target_path
+from kling_async.testing import FakeKlingServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+SIZE = 1_000_000
+AUTH = {"Authorization": "Bearer test-api-key"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeKlingServer]:
+    async with FakeKlingServer(video_size=SIZE) as server:
+        server.add_video("v1", "p1")
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def file_url(server: FakeKlingServer, video_id: str = "v1") -> str:
+    return f"{server.url}/files/{video_id}.mp4"
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, dest: Path, clock: FakeClock, **kwargs: Any
+) -> Path:
+    """download_file with a fake clock and a short retry policy."""
+    kwargs.setdefault("retry", RetryPolicy(max_attempts=3))
+    return await download_file(session, url, dest, clock=clock, **kwargs)
+
+
+async def plain_get(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with session.get(url) as response:
+        assert response.status == 200
+        return await response.read()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def file_requests(server: FakeKlingServer) -> list[str | None]:
+    """The Range header of each download request the server saw, in order."""
+    return [r.headers.get("Range") for r in server.record.requests if r.path.startswith("/files")]
+
+
+def range_starts(server: FakeKlingServer) -> list[int]:
+    """Where each download request asked to start (0 without a Range header)."""
+    return [int(h[len("bytes=") : -1]) if h else 0 for h in file_requests(server)]
+
+
+@asynccontextmanager
+async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """A tiny aiohttp.web app on a free port; yields its base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def cut_short(request: web.Request, declared: int, body: bytes, **headers: str) -> Any:
+    """Promise `declared` bytes, send `body`, then close the connection."""
+    response = web.StreamResponse(status=int(headers.pop("status", "200")), headers=headers)
+    response.content_length = declared
+    await response.prepare(request)
+    await response.write(body)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def succeeded_video_url(session: aiohttp.ClientSession, server: FakeKlingServer) -> str:
+    """Extend a video on the fake server and return the result's URL once it succeeds."""
+    base = f"{server.url}/kling/v1/videos/video-extend"
+    body = {"video_id": "v1", "task_id": "p1"}
+    async with session.post(base, json=body, headers=AUTH) as response:
+        task_id = (await response.json())["data"]["task_id"]
+    with anyio.fail_after(5):
+        while True:
+            async with session.get(f"{base}/{task_id}", headers=AUTH) as response:
+                data = (await response.json())["data"]
+            if data["task_status"] == "succeed":
+                return str(data["task_result"]["videos"][0]["url"])
+            await anyio.sleep(0.02)
+
+
+async def test_plain_download_is_byte_identical(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A succeeded task's video downloads to exactly the bytes the server serves."""
+    url = await succeeded_video_url(session, server)
+    dest = tmp_path / "out.mp4"
+    assert await fetch(session, url, dest, clock) == dest
+    assert dest.read_bytes() == await plain_get(session, url)
+    assert leftovers(tmp_path) == ["out.mp4"]
+
+
+async def test_download_cut_twice_resumes_with_range(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Two cuts mid-stream are resumed with Range requests and the file is byte-identical."""
+    server.faults.push(Fault.drop_mid_stream(250_000), path_contains="/files")
+    server.faults.push(Fault.drop_mid_stream(400_000), path_contains="/files")
+    dest = tmp_path / "v1.mp4"
+    await fetch(session, file_url(server), dest, clock)
+    # aiohttp may drop bytes it had buffered when the cut arrives, so each resume starts at
+    # or a little before the cut.
+    first, second, third = range_starts(server)
+    assert first == 0 and 0 < second <= 250_000 and second < third <= second + 400_000
+    assert dest.read_bytes() == await plain_get(session, file_url(server))
+
+
+async def test_server_ignoring_range_restarts_from_zero(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 200 answer to a Range request starts the file again from its first byte."""
+    data = bytes(range(256)) * 40
+    seen: list[str | None] = []
+
+    async def ignores_ranges(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        if len(seen) == 1:
+            return await cut_short(request, len(data), data[:3000])
+        return web.Response(body=data)
+
+    async with serve({"/v.mp4": ignores_ranges}) as base:
+        dest = await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert seen == [None, "bytes=3000-"]
+    assert dest.read_bytes() == data
+
+
+async def test_stalled_read_times_out_and_resumes(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A body that stops arriving for longer than `timeout` is resumed with a Range request."""
+    data = bytes(range(256)) * 40
+    release = anyio.Event()
+    seen: list[str | None] = []
+
+    async def stalls_once(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        if len(seen) > 1:
+            headers = {"Content-Range": f"bytes 3000-{len(data) - 1}/{len(data)}"}
+            return web.Response(status=206, body=data[3000:], headers=headers)
+        response = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await response.prepare(request)
+        await response.write(data[:3000])
+        await release.wait()
+        return response
+
+    async with serve({"/v.mp4": stalls_once}) as base:
+        try:
+            url = f"{base}/v.mp4"
+            dest = await fetch(session, url, tmp_path / "v.mp4", clock, timeout=0.1)
+        finally:
+            release.set()
+    assert seen == [None, "bytes=3000-"]
+    assert dest.read_bytes() == data
+
+
+async def test_link_that_keeps_cutting_but_delivering_finishes(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Attempts that bring new bytes do not count against max_attempts."""
+    server.faults.push(Fault.drop_mid_stream(150_000), path_contains="/files", times=5)
+    dest = tmp_path / "v1.mp4"
+    await fetch(session, file_url(server), dest, clock, retry=RetryPolicy(max_attempts=2))
+    assert len(file_requests(server)) == 6
+    assert dest.read_bytes() == await plain_get(session, file_url(server))
+
+
+async def test_resume_sends_if_range_with_the_etag(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A resumed request carries If-Range with the file's strong ETag, so a change restarts."""
+    data = b"e" * 5000
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def tagged(request: web.Request) -> web.StreamResponse:
+        seen.append((request.headers.get("Range"), request.headers.get("If-Range")))
+        if len(seen) == 1:
+            return await cut_short(request, len(data), data[:2000], ETag='"v1"')
+        headers = {"Content-Range": f"bytes 2000-4999/{len(data)}", "ETag": '"v1"'}
+        return web.Response(status=206, body=data[2000:], headers=headers)
+
+    async with serve({"/v.mp4": tagged}) as base:
+        dest = await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert seen == [(None, None), ("bytes=2000-", '"v1"')]
+    assert dest.read_bytes() == data
+
+
+async def test_empty_file_is_written(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A zero-length answer still produces the (empty) file under its final name."""
+
+    async def empty(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"")
+
+    async with serve({"/v.mp4": empty}) as base:
+        dest = await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert dest.read_bytes() == b""
+    assert leftovers(tmp_path) == ["v.mp4"]
+
+
+async def test_no_partial_file_under_final_name_during_download(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """While bytes arrive, only a hidden .part file exists; the final name appears at the end."""
+    dest = tmp_path / "v1.mp4"
+    during: list[tuple[bool, list[str]]] = []
+    server.faults.push(Fault.drop_mid_stream(200_000), path_contains="/files")
+
+    def look(_: DownloadProgress) -> None:
+        during.append((dest.exists(), leftovers(tmp_path)))
+
+    await fetch(session, file_url(server), dest, clock, on_progress=look, chunk_size=64 * 1024)
+    assert len(during) > 5
+    assert not any(exists for exists, _ in during)
+    names = {name for _, listing in during for name in listing}
+    assert len(names) == 1 and names.pop().startswith(".v1.mp4.")
+    assert leftovers(tmp_path) == ["v1.mp4"]
+
+
+async def test_final_failure_leaves_no_file(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A failure after bytes were written leaves neither the final file nor the part file."""
+    server.faults.push(Fault.drop_mid_stream(200_000), path_contains="/files")
+    server.faults.push(Fault.http_error(403, 1100, "forbidden"), path_contains="/files")
+    with pytest.raises(DownloadError, match="HTTP 403"):
+        await fetch(session, file_url(server), tmp_path / "v1.mp4", clock)
+    assert range_starts(server)[0] == 0 and 0 < range_starts(server)[1] <= 200_000
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/v.mp4", "data:video/mp4;base64,AAAA"]
+)
+async def test_non_http_urls_refused_without_a_request(
+    url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Only http and https URLs are fetched: anything else fails before any request."""
+    started: list[object] = []
+
+    async def on_start(*args: object) -> None:
+        started.append(args)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        with pytest.raises(DownloadError, match="only http and https"):
+            await fetch(session, url, tmp_path / "v.mp4", clock)
+    assert started == []
+    assert leftovers(tmp_path) == []
+
+
+async def test_redirect_to_file_scheme_refused(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A redirect to file:///etc/passwd is refused before any byte is written."""
+
+    async def to_file(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    async with serve({"/v.mp4": to_file}) as base:
+        with pytest.raises(DownloadError, match=r"refused a redirect to file:///etc/passwd"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert leftovers(tmp_path) == []
+
+
+async def test_redirects_to_http_are_followed(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A relative then an absolute http redirect lead to the file, downloaded intact."""
+
+    async def relative(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/cdn")
+
+    async def absolute(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(file_url(server))
+
+    async with serve({"/v.mp4": relative, "/cdn": absolute}) as base:
+        dest = await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert dest.read_bytes() == await plain_get(session, file_url(server))
+
+
+async def test_too_many_redirects_refused(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A redirect loop ends with a DownloadError after max_redirects hops."""
+    hops: list[str] = []
+
+    async def loop(request: web.Request) -> web.StreamResponse:
+        hops.append(request.path)
+        raise web.HTTPFound("/v.mp4")
+
+    async with serve({"/v.mp4": loop}) as base:
+        with pytest.raises(DownloadError, match="more than 3 redirects"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock, max_redirects=3)
+    assert len(hops) == 4
+    assert leftovers(tmp_path) == []
+
+
+async def test_body_shorter_than_content_length_detected(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A server that always sends 500 of the 1000 bytes it promises ends in a DownloadError."""
+
+    async def liar(request: web.Request) -> web.StreamResponse:
+        response: web.StreamResponse = await cut_short(request, 1000, b"x" * 500)
+        return response
+
+    async with serve({"/v.mp4": liar}) as base:
+        with pytest.raises(DownloadError, match="500 of 1000 bytes"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert len(clock.sleeps) == 3
+    assert leftovers(tmp_path) == []
+
+
+async def test_size_change_between_answers_detected(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A resumed answer whose Content-Range total disagrees with Content-Length is refused."""
+
+    async def shifty(request: web.Request) -> web.StreamResponse:
+        if "Range" not in request.headers:
+            response: web.StreamResponse = await cut_short(request, 1000, b"x" * 500)
+            return response
+        headers = {"Content-Range": "bytes 500-999/2000"}
+        return web.Response(status=206, body=b"y" * 500, headers=headers)
+
+    async with serve({"/v.mp4": shifty}) as base:
+        with pytest.raises(DownloadError, match="changed from 1000 to 2000 bytes"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert leftovers(tmp_path) == []
+
+
+async def test_404_says_the_url_may_have_expired(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 404 is not retried and says the URL may have expired, without its signed query."""
+    url = file_url(server, "gone") + "?token=s3cr3t-signature"
+    with pytest.raises(DownloadError, match="HTTP 404") as caught:
+        await fetch(session, url, tmp_path / "v.mp4", clock)
+    message = str(caught.value)
+    assert "may have expired" in message and "read the task again" in message
+    assert "s3cr3t" not in message and f"{server.url}/files/gone.mp4" in message
+    assert str(tmp_path / "v.mp4") in message
+    assert caught.value.http_status == 404 and clock.sleeps == []
+
+
+async def test_5xx_then_success_is_retried(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 503 is retried after a backoff on the clock, then the download completes."""
+    server.faults.push(Fault.http_error(503, 5000), path_contains="/files")
+    dest = await fetch(session, file_url(server), tmp_path / "v1.mp4", clock)
+    assert len(clock.sleeps) == 1
+    assert dest.stat().st_size == SIZE
+
+
+async def test_429_waits_as_retry_after_asks(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 429 with Retry-After waits exactly that long before the next attempt."""
+    server.faults.push(Fault.rate_limited(retry_after=7), path_contains="/files")
+    await fetch(session, file_url(server), tmp_path / "v1.mp4", clock)
+    assert clock.sleeps == [7.0]
+
+
+async def test_cancellation_removes_the_part_file(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Cancelling a download stuck mid-stream removes its part file and leaves nothing."""
+    release = anyio.Event()
+    first_chunk = anyio.Event()
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "200000"})
+        await response.prepare(request)
+        await response.write(b"z" * 50_000)
+        await release.wait()
+        return response
+
+    async with serve({"/v.mp4": stalls}) as base:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: fetch(
+                        session,
+                        f"{base}/v.mp4",
+                        tmp_path / "v.mp4",
+                        clock,
+                        on_progress=lambda _: first_chunk.set(),
+                    )
+                )
+                with anyio.fail_after(5):
+                    await first_chunk.wait()
+                assert [name.endswith(".part") for name in leftovers(tmp_path)] == [True]
+                tg.cancel_scope.cancel()
+        finally:
+            release.set()
+    assert leftovers(tmp_path) == []
+
+
+async def test_large_file_streams_with_flat_memory(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 16 MiB video downloads with peak traced memory a small, fixed fraction of its size."""
+    # Measured: ~1.5-1.8 MiB whatever the size (aiohttp's read buffers plus one chunk).
+    size = 16 * 1024 * 1024
+    await fetch(session, file_url(server), tmp_path / "warm-up.mp4", clock)  # first-use costs
+    async with FakeKlingServer(video_size=size) as big:
+        big.add_video("v1")
+        url = file_url(big)
+        async with session.head(url) as response:  # makes the server build its bytes now
+            assert response.content_length == size
+        tracemalloc.start()
+        try:
+            dest = await fetch(session, url, tmp_path / "big.mp4", clock)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        expected = hashlib.sha256()
+        async with session.get(url) as response:
+            async for chunk in response.content.iter_chunked(1 << 20):
+                expected.update(chunk)
+    assert peak < 3 * 1024 * 1024, f"peak {peak} bytes"
+    assert hashlib.sha256(dest.read_bytes()).digest() == expected.digest()
+
+
+async def test_progress_reaches_the_total(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Progress grows chunk by chunk, knows the total, and ends at it."""
+    reports: list[DownloadProgress] = []
+    dest = tmp_path / "v1.mp4"
+    await fetch(session, file_url(server), dest, clock, on_progress=reports.append)
+    assert [p.received for p in reports] == sorted(p.received for p in reports)
+    assert {p.total for p in reports} == {SIZE}
+    assert reports[-1] == DownloadProgress(file_url(server), dest, SIZE, SIZE)
+    assert reports[-1].fraction == 1.0
+
+
+def test_target_path_puts_a_video_in_a_folder(tmp_path: Path) -> None:
+    """A folder (existing, or spelled with a trailing slash) gets {video_id}.mp4 inside."""
+    assert target_path(tmp_path, "abc") == tmp_path / "abc.mp4"
+    assert target_path(f"{tmp_path}/", "abc") == tmp_path / "abc.mp4"
+    assert target_path(tmp_path / "mine.mp4", "abc") == tmp_path / "mine.mp4"
+
+
+def test_target_path_refuses_missing_folders_and_unsafe_ids(tmp_path: Path) -> None:
+    """A missing parent folder, or a video id that would leave the folder, is refused."""
+    with pytest.raises(DownloadError, match="does not exist"):
+        target_path(tmp_path / "nowhere" / "v.mp4", "abc")
+    with pytest.raises(DownloadError, match="not a usable file name"):
+        target_path(tmp_path, "../escape")
