@@ -109,6 +109,9 @@ def _add_extend(commands: Any) -> None:
     command.add_argument("--callback-url")
     command.add_argument("--external-task-id")
     command.add_argument("--wait", action="store_true", help="watch the task until it ends")
+    command.add_argument(
+        "--download", metavar="DIR", help="download the result into DIR (implies --wait)"
+    )
     command.set_defaults(handler=_extend)
 
 
@@ -182,9 +185,15 @@ async def _extend(args: argparse.Namespace) -> int:
             external_task_id=args.external_task_id,
         )
         _show_task(task, args.json)
-        if not args.wait:
+        if not (args.wait or args.download):
             return EXIT_OK
-        return await _follow(client, task, args.json)
+        final = await _follow(client, task, args.json)
+        if final.status is not TaskStatus.SUCCEED:
+            return EXIT_FAILED
+        if args.download:
+            path = await client.download(final, args.download)
+            print(json.dumps({"file": str(path)}) if args.json else f"saved {path}", flush=True)
+        return EXIT_OK
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -199,20 +208,23 @@ async def _watch(args: argparse.Namespace) -> int:
     async with _client(args) as client, anyio.create_task_group() as group:
 
         async def follow(task_id: str) -> None:
-            codes.append(await _follow(client, task_id, args.json))
+            final = await _follow(client, task_id, args.json)
+            codes.append(EXIT_OK if final.status is TaskStatus.SUCCEED else EXIT_FAILED)
 
         for task_id in args.task_ids:
             group.start_soon(follow, task_id)
     return max(codes, default=EXIT_OK)
 
 
-async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> int:
-    """Print each status change of one task; the exit code its end deserves."""
-    watcher = client.watch(task)
-    async for snapshot in watcher:
+async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> Task:
+    """Print each status change of one task until it ends; the final snapshot."""
+    final = task if isinstance(task, Task) else None
+    async for snapshot in client.watch(task):
         _show_task(snapshot, as_json)
-    final = watcher.last
-    return EXIT_OK if final is not None and final.status is TaskStatus.SUCCEED else EXIT_FAILED
+        final = snapshot
+    if final is None:  # pragma: no cover - a watch ends on a terminal snapshot only
+        raise KlingError(f"the watch of task {task} ended without a status")
+    return final
 
 
 async def _fake_server(args: argparse.Namespace) -> int:

@@ -121,6 +121,24 @@ def test_extend_wait_then_status(fake_server: str) -> None:
     assert "succeed" in status.stdout
 
 
+def test_extend_and_download(fake_server: str, tmp_path: Path) -> None:
+    """extend --download waits for the task and saves its video."""
+    done = run_cli(
+        "extend",
+        "vid-2",
+        "--task-id",
+        "p",
+        "--download",
+        str(tmp_path),
+        *QUICK,
+        env=env_for(fake_server),
+    )
+    assert done.returncode == 0, done.stderr
+    saved = list(tmp_path.iterdir())
+    assert len(saved) == 1
+    assert f"saved {saved[0]}" in done.stdout
+
+
 def test_watch_many(fake_server: str) -> None:
     """watch follows several tasks to their ends."""
     ids = []

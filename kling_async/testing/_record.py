@@ -1,4 +1,4 @@
-"""What the fake server saw: every request, every created task, polls and peak concurrency."""
+"""What the fake server saw: requests, created tasks, callbacks, polls and peak concurrency."""
 
 from __future__ import annotations
 
@@ -26,12 +26,35 @@ class RequestRecord:
     fault: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackRecord:
+    """One callback attempt the server made, or a delivery it lost on purpose.
+
+    ``attempt`` counts from 1 (retries of one delivery share ``msg_id``; so does a duplicate,
+    marked ``duplicate``). ``response_status`` is ``None`` when no answer came (connection
+    failed, timed out). A delivery dropped by ``CallbackFaults.lost_rate`` is recorded once
+    with ``lost=True`` and ``attempt=0``: it was never sent. ``at`` is the server's monotonic
+    clock when the attempt started.
+    """
+
+    task_id: str
+    status: str
+    url: str
+    msg_id: str
+    at: float
+    attempt: int
+    response_status: int | None
+    lost: bool = False
+    duplicate: bool = False
+
+
 @dataclass(eq=False)
 class ServerRecord:
     """Counters a test or benchmark can assert on after talking to a `FakeKlingServer`."""
 
     requests: list[RequestRecord] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    callbacks: list[CallbackRecord] = field(default_factory=list)
     _polls: Counter[str] = field(default_factory=Counter, repr=False)
     _creates_by_video: Counter[str] = field(default_factory=Counter, repr=False)
     _peak: int = field(default=0, repr=False)
@@ -61,6 +84,9 @@ class ServerRecord:
         self.created.append(task_id)
         self._creates_by_video[video_id] += 1
         self._peak = max(self._peak, running)
+
+    def _note_callback(self, record: CallbackRecord) -> None:
+        self.callbacks.append(record)
 
     def _note_poll(self, task_id: str) -> None:
         self._polls[task_id] += 1
