@@ -13,12 +13,21 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import attrs
 import cattrs
 
-from .errors import TransportError
+from .errors import InvalidArgumentError, TransportError
 from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
 
-__all__ = ["converter", "decode_json", "request_body", "structure_task", "structure_tasks"]
+__all__ = [
+    "converter",
+    "decode_json",
+    "request_body",
+    "request_from_json",
+    "request_record",
+    "structure_task",
+    "structure_tasks",
+]
 
 _STATUS_ALIASES = {"succeeded": TaskStatus.SUCCEED, "success": TaskStatus.SUCCEED}
 _LOCAL_FIELDS = frozenset({"key"})
@@ -105,12 +114,45 @@ def structure_tasks(data: Any, kind: TaskKind) -> list[Task]:
 
 def request_body(request: VideoExtendRequest) -> dict[str, Any]:
     """The JSON body of a create request: the API's fields that are set, nothing else."""
-    fields = converter.unstructure(request)
     return {
-        name: value
-        for name, value in fields.items()
-        if value is not None and name not in _LOCAL_FIELDS
+        name: value for name, value in request_record(request).items() if name not in _LOCAL_FIELDS
     }
+
+
+_REQUEST_FIELDS = {field.name: field.type for field in attrs.fields(VideoExtendRequest)}
+_TEXT_FIELDS = frozenset(name for name in _REQUEST_FIELDS if name != "cfg_scale")
+
+
+def request_from_json(value: Any) -> VideoExtendRequest:
+    """A `VideoExtendRequest` from a JSON object with its field names (a batch input line).
+
+    Strict: an unknown field (a typo) or a value of the wrong type raises
+    `InvalidArgumentError` naming it, so a mistake never reaches the paid API.
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"expected a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(_REQUEST_FIELDS))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(_REQUEST_FIELDS)})"
+        )
+    if "video_id" not in value:
+        raise InvalidArgumentError("video_id is missing")
+    for name, item in value.items():
+        if item is None:
+            continue
+        if name in _TEXT_FIELDS and not isinstance(item, str):
+            raise InvalidArgumentError(f"{name} must be a string, not {item!r}")
+        if name == "cfg_scale" and (isinstance(item, bool) or not isinstance(item, int | float)):
+            raise InvalidArgumentError(f"cfg_scale must be a number, not {item!r}")
+    return VideoExtendRequest(**value)
+
+
+def request_record(request: VideoExtendRequest) -> dict[str, Any]:
+    """The request's fields that are set, for a results line (the local `key` included)."""
+    fields: dict[str, Any] = converter.unstructure(request)
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def decode_json(raw: bytes) -> Any:

@@ -23,7 +23,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._clock import Clock
-from .errors import KlingError, RateLimitError, TaskFailedError
+from .errors import InvalidArgumentError, KlingError, RateLimitError, TaskFailedError
+from .journal import EntryState, Journal, JournalEntry, request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
@@ -85,6 +86,14 @@ class Extender(Protocol):
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
 
+    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+        """The request checked and completed as it will be sent (and journaled)."""
+        ...
+
+    async def find(self, request: VideoExtendRequest) -> Task | None:
+        """The task an unrecorded create made, None if surely none; raises if it cannot tell."""
+        ...
+
     async def fetch(self, task: Task) -> tuple[Path, ...]:
         """Download the task's videos when the batch downloads (else nothing)."""
         ...
@@ -145,6 +154,50 @@ class ConcurrencyWindow:
         self._changed = anyio.Event()
 
 
+class _Step(enum.Enum):
+    """What a request needs, given what the journal knows of it."""
+
+    SEND = "send"
+    RECONCILE = "reconcile"
+    WATCH = "watch"
+    REPLAY = "replay"
+
+
+def next_step(entry: JournalEntry | None) -> _Step:
+    """A journaled request resumes where it stopped; nothing paid for is sent twice."""
+    if entry is None:
+        return _Step.SEND
+    if entry.task is not None:
+        return _Step.REPLAY if entry.task.is_terminal else _Step.WATCH
+    if entry.state is EntryState.INTENT or entry.error_type == "AmbiguousSubmissionError":
+        return _Step.RECONCILE  # a create may have been sent, its answer never recorded
+    return _Step.SEND  # it ended in an error that surely made no task: try again
+
+
+class _NoJournal:
+    """Stands in for a journal when the batch keeps none."""
+
+    async def entries(self) -> list[JournalEntry]:
+        return []
+
+    async def record_intent(self, key: str, request: VideoExtendRequest) -> None:
+        return None
+
+    async def record_task(self, key: str, task: Task) -> None:
+        return None
+
+    async def record_status(self, key: str, task: Task) -> None:
+        return None
+
+    async def record_outcome(
+        self, key: str, task: Task | None, error: BaseException | None
+    ) -> None:
+        return None
+
+    async def forget(self, key: str) -> None:
+        return None
+
+
 @attrs.define
 class _Run:
     """One batch's work: take requests, run each to its end, send outcomes."""
@@ -156,28 +209,66 @@ class _Run:
     retry: RetryPolicy
     fail_fast: bool = False
     on_event: Callable[[BatchEvent], object] | None = None
+    journal: Journal | _NoJournal = attrs.field(factory=_NoJournal)
+    owns_journal: bool = False
     rng: random.Random = attrs.field(factory=random.Random)
     stopping: bool = False
 
     async def run(
         self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
     ) -> None:
+        if isinstance(self.journal, Journal):
+            await self.journal.open()
+        try:
+            await self._run(requests)
+        finally:
+            if self.owns_journal and isinstance(self.journal, Journal):
+                await self.journal.close()
+
+    async def _run(
+        self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
+    ) -> None:
+        known = {entry.key: entry for entry in await self.journal.entries()}
+        keys: set[str] = set()
         async with self.send, anyio.create_task_group() as group:
             async for request in _as_async(requests):
                 if self.stopping:
                     break
+                key = request_key(request)
+                if isinstance(self.journal, Journal) and key in keys:
+                    group.start_soon(self._report, request, None, _duplicate(key))
+                    continue
+                keys.add(key)
+                entry = known.get(key)
+                step = next_step(entry)
+                if entry is not None and step is _Step.REPLAY:
+                    group.start_soon(self._report, entry.request, entry.task, None)
+                    continue
                 slot = await self.window.acquire()
-                group.start_soon(self._one, request, slot)
+                group.start_soon(self._one, request, key, entry, slot)
 
-    async def _one(self, request: VideoExtendRequest, slot: _Slot) -> None:
+    async def _one(
+        self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
+    ) -> None:
         task: Task | None = None
         watcher: TaskWatcher | None = None
         error: Exception | None = None
+        journaled = entry is not None
         try:
-            task = await self._submit(request, slot)
+            if entry is not None and next_step(entry) is _Step.SEND:
+                await self.journal.forget(key)  # its earlier attempt surely made nothing
+            elif entry is not None:
+                request, task = entry.request, await self._resume(entry)
+            if task is None:
+                request = self.extender.prepare(request)
+                await self.journal.record_intent(key, request)
+                journaled = True
+                task = await self._submit(request, key, slot)
+            await self.journal.record_task(key, task)
             self._emit(BatchEventKind.SUBMITTED, request, task=task)
             watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
             async for snapshot in watcher:
+                await self.journal.record_status(key, snapshot)
                 self._emit(BatchEventKind.STATUS, request, task=snapshot)
         except Exception as exc:  # every failure becomes this request's outcome
             error = exc
@@ -185,7 +276,15 @@ class _Run:
             self.window.release(slot)
         if watcher is not None and watcher.last is not None:
             task = watcher.last
+        if journaled:
+            await self.journal.record_outcome(key, task, error)
         await self._report(request, task, error)
+
+    async def _resume(self, entry: JournalEntry) -> Task | None:
+        """The journaled request's task, found again; None when it must be sent (again)."""
+        if entry.task is not None:
+            return entry.task
+        return await self.extender.find(entry.request)
 
     async def _report(
         self, request: VideoExtendRequest, task: Task | None, error: Exception | None
@@ -205,12 +304,21 @@ class _Run:
             self.stopping = True
         await self.send.send(outcome)
 
-    async def _submit(self, request: VideoExtendRequest, slot: _Slot) -> Task:
-        """Create the task; on 1303 lower the window, give the slot back, wait, try again."""
+    async def _submit(self, request: VideoExtendRequest, key: str, slot: _Slot) -> Task:
+        """Create the task; on 1303 lower the window, give the slot back, wait, try again.
+
+        A create under way is not cancelled when the batch stops: cut short, it could make a
+        task whose id nobody records. It finishes (within the retry policy's bounds) and is
+        journaled first; a second Ctrl-C still ends the process at once.
+        """
         waits = 0
         while True:
             try:
-                task = await self.extender.submit(request, on_retry=self._retry_hook(request, slot))
+                with anyio.CancelScope(shield=True):
+                    task = await self.extender.submit(
+                        request, on_retry=self._retry_hook(request, slot)
+                    )
+                    await self.journal.record_task(key, task)
             except RateLimitError as exc:
                 if not exc.is_concurrency_limit:
                     raise
@@ -334,6 +442,13 @@ class Batch:
             if self._started:
                 await self._done.wait()
             await self._receive.aclose()
+
+
+def _duplicate(key: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"Key {key!r} appears twice in this batch; with a journal each request needs its own "
+        "key (identical requests need explicit, distinct keys). Nothing was sent for this one."
+    )
 
 
 async def _as_async(

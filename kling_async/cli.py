@@ -8,17 +8,20 @@ code, never a traceback; secrets are never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 
 from . import __version__
+from ._wire import request_from_json, request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
 from .client import KlingClient
 from .errors import ConfigurationError, KlingError
@@ -49,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILED)
     except KeyboardInterrupt:
-        print("kling-async: interrupted", file=sys.stderr)
+        print(
+            "kling-async: interrupted; a batch resumes where it stopped when the same command "
+            "is run again",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
@@ -70,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_extend(commands)
     _add_status(commands)
     _add_watch(commands)
+    _add_batch(commands)
     _add_fake_server(commands)
     _add_demo(commands)
     return parser
@@ -129,6 +137,31 @@ def _add_watch(commands: Any) -> None:
     )
     command.add_argument("task_ids", metavar="TASK_ID", nargs="+")
     command.set_defaults(handler=_watch)
+
+
+def _add_batch(commands: Any) -> None:
+    command = commands.add_parser(
+        "batch",
+        parents=[_connection_options()],
+        help="extend every video of a JSONL file, resumably",
+        description="Each input line is a JSON object with VideoExtendRequest's fields "
+        "(video_id, task_id, prompt, negative_prompt, cfg_scale, callback_url, "
+        "external_task_id, and an optional key). Results go to --out as JSON lines. The run "
+        "is journaled (by default next to the results), so the same command resumes an "
+        "interrupted run without paying twice.",
+    )
+    command.add_argument("input", metavar="INPUT.jsonl")
+    command.add_argument("--out", required=True, metavar="RESULTS.jsonl")
+    command.add_argument("--journal", metavar="FILE", help="default: RESULTS.jsonl.journal")
+    command.add_argument("--concurrency", type=int, default=8, help="tasks in flight (8)")
+    command.add_argument("--rate", type=float, help="at most this many requests a second")
+    command.add_argument("--download", metavar="DIR", help="download each result into DIR")
+    command.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip invalid input lines instead of stopping before anything is sent",
+    )
+    command.set_defaults(handler=_batch)
 
 
 def _add_fake_server(commands: Any) -> None:
@@ -227,6 +260,72 @@ async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> Task:
     return final
 
 
+async def _batch(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise ConfigurationError("--concurrency must be at least 1")
+    client = _client(args, requests_per_second=args.rate)
+    requests = read_requests(Path(args.input), client, skip_invalid=args.skip_invalid)
+    journal = Path(args.journal or f"{args.out}.journal")
+    with _results_file(Path(args.out)) as results:
+        outcomes = await _run_batch(
+            client,
+            requests,
+            args.concurrency,
+            args.json,
+            results=results,
+            journal=journal,
+            download_to=args.download,
+        )
+    return EXIT_OK if all(o.ok and o.error is None for o in outcomes) else EXIT_FAILED
+
+
+def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> list[Any]:
+    """The requests of a JSONL file, each checked as the client would before sending.
+
+    A bad line is named by its number; unless `skip_invalid`, any bad line stops the run
+    before anything is sent.
+    """
+    requests, problems = [], []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = request_from_json(json.loads(line))
+                client.prepare(request)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
+                continue
+            except (ValueError, KlingError) as exc:
+                problems.append(f"{path}:{number}: {_first_line(exc)}")
+                continue
+            requests.append(request)
+    for problem in problems:
+        print(f"kling-async: {'skipped ' if skip_invalid else ''}{problem}", file=sys.stderr)
+    if problems and not skip_invalid:
+        raise ConfigurationError(
+            f"{len(problems)} invalid line(s) in {path}; nothing was sent "
+            "(fix them, or pass --skip-invalid)"
+        )
+    return requests
+
+
+@contextlib.contextmanager
+def _results_file(path: Path) -> Iterator[TextIO]:
+    try:
+        stream = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write results to {path}: {exc.strerror or exc}; nothing was sent"
+        ) from None
+    with stream:
+        yield stream
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 async def _fake_server(args: argparse.Namespace) -> int:
     from .testing import FakeKlingServer  # the fake is only loaded by the commands that use it
 
@@ -289,18 +388,30 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _run_batch(
-    client: KlingClient, requests: list[VideoExtendRequest], concurrency: int, as_json: bool
+    client: KlingClient,
+    requests: list[VideoExtendRequest],
+    concurrency: int,
+    as_json: bool,
+    *,
+    results: TextIO | None = None,
+    **options: Any,
 ) -> list[BatchOutcome]:
     progress = Progress(total=len(requests), stream=sys.stderr)
     outcomes: list[BatchOutcome] = []
     async with (
         client,
-        client.extend_many(requests, concurrency=concurrency, on_event=progress.on_event) as batch,
+        client.extend_many(
+            requests, concurrency=concurrency, on_event=progress.on_event, **options
+        ) as batch,
     ):
         async for outcome in batch:
             outcomes.append(outcome)
+            line = json.dumps(outcome_record(outcome))
+            if results is not None:
+                results.write(line + "\n")
+                results.flush()
             if as_json:
-                print(json.dumps(outcome_record(outcome)), flush=True)
+                print(line, flush=True)
     progress.finish()
     if not as_json:
         print_summary(outcomes, sys.stdout)
@@ -384,29 +495,29 @@ def print_summary(outcomes: Sequence[BatchOutcome], stream: TextIO) -> None:
     rows = [("VIDEO", "STATUS", "TASK", "RESULT")]
     for outcome in outcomes:
         record = outcome_record(outcome)
-        result = record.get("video_url") or record.get("error") or ""
-        rows.append((outcome.request.video_id, record["status"], record["task_id"] or "-", result))
+        result = record.get("error") or (record.get("video_urls") or [""])[0]
+        task = record["new_task_id"] or "-"
+        rows.append((outcome.request.video_id, record["status"], task, result))
     widths = [min(max(len(row[i]) for row in rows), 40) for i in range(3)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
         stream.write("  ".join([*cells, _shorten(row[3], 90)]).rstrip() + "\n")
-    succeeded = sum(outcome.ok for outcome in outcomes)
+    succeeded = sum(outcome.ok and outcome.error is None for outcome in outcomes)
     stream.write(f"\n{succeeded} of {len(outcomes)} extensions succeeded.\n")
     stream.flush()
 
 
 def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:
-    """One outcome as a flat JSON-ready record (the request's fields plus the result)."""
+    """One outcome as a flat JSON-ready record: the request's fields plus the result."""
     task = outcome.task
-    record: dict[str, Any] = {
-        "video_id": outcome.request.video_id,
-        "key": outcome.request.key,
-        "status": "succeeded" if outcome.ok else _failure_status(outcome),
-        "task_id": task.id if task else None,
-    }
+    record: dict[str, Any] = request_record(outcome.request)
+    record["status"] = "succeeded" if outcome.ok and not outcome.error else _failure_status(outcome)
+    record["new_task_id"] = task.id if task else None  # `task_id` is the request's parent
     if task is not None and task.videos:
         record["video_ids"] = [video.id for video in task.videos]
-        record["video_url"] = task.videos[0].url
+        record["video_urls"] = [video.url for video in task.videos]
+    if outcome.files:
+        record["files"] = [str(path) for path in outcome.files]
     if task is not None and task.status is TaskStatus.FAILED:
         record["error"] = task.status_message or "the task failed without a reason"
     elif outcome.error is not None:
@@ -417,6 +528,8 @@ def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:
 def _failure_status(outcome: BatchOutcome) -> str:
     if outcome.task is not None and outcome.task.status is TaskStatus.FAILED:
         return "failed"
+    if outcome.task is not None and outcome.task.status is TaskStatus.SUCCEED:
+        return "download failed"
     return "error"
 
 

@@ -39,6 +39,7 @@ from .errors import (
     NotFoundError,
     TransportError,
 )
+from .journal import Journal
 from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
@@ -293,18 +294,35 @@ class KlingClient:
 
     async def _recover(self, request: VideoExtendRequest, exc: Exception) -> Task:
         """After an ambiguous create: find the task by its external id, or give up loudly."""
-        if not (self._dialect.finds_by_external_id and request.external_task_id):
-            raise AmbiguousSubmissionError(request, str(exc)) from exc
         try:
-            task = await self.get_task(request.external_task_id)
-        except NotFoundError:
-            reason = f"{exc} No task with external id {request.external_task_id} exists yet"
-            raise AmbiguousSubmissionError(request, reason) from exc
+            task = await self.find_created(request)
+        except AmbiguousSubmissionError:
+            raise AmbiguousSubmissionError(request, str(exc)) from exc
         except (APIError, TransportError) as lookup_error:
             reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from exc
+        if task is None:
+            reason = f"{exc} No task with external id {request.external_task_id} exists yet"
+            raise AmbiguousSubmissionError(request, reason) from exc
         log.warning("recovered task %s of video %s by its external id", task.id, request.video_id)
         return task
+
+    async def find_created(self, request: VideoExtendRequest) -> Task | None:
+        """The task a create of `request` made, found by its external id (official API).
+
+        None when no such task exists. The API keeps external ids unique per account, so a
+        create sent again with the same external id cannot make a second task. Raises
+        `AmbiguousSubmissionError` where tasks cannot be looked up this way (gateways).
+        """
+        if not (self._dialect.finds_by_external_id and request.external_task_id):
+            raise AmbiguousSubmissionError(
+                request,
+                f"the {self.dialect} dialect cannot look a task up by an external id",
+            )
+        try:
+            return await self.get_task(request.external_task_id)
+        except NotFoundError:
+            return None
 
     async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
         """The task's current state. On the official API `task_id` may be its external id.
@@ -429,6 +447,7 @@ class KlingClient:
         on_event: Callable[[BatchEvent], object] | None = None,
         poll: PollPolicy | None = None,
         download_to: str | os.PathLike[str] | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
     ) -> Batch:
         """Extend many videos, at most `concurrency` tasks in flight; outcomes as they end.
 
@@ -438,7 +457,13 @@ class KlingClient:
         still watched to their end and reported). `on_event` receives `BatchEvent`s (submitted,
         status, retried, finished) for progress displays. With `download_to` (a folder), each
         result video is downloaded as its task succeeds (`BatchOutcome.files`; a failed
-        download is the outcome's `error`). Needs the client's ``async with``.
+        download is the outcome's `error`).
+
+        With `journal` (a `Journal` or a file path), every request is journaled before it is
+        sent, and a run over the same journal resumes: finished requests are replayed, not
+        sent; created tasks are watched again; a create whose answer was never recorded is
+        found by its external id (official API) or reported as `AmbiguousSubmissionError`,
+        never sent blindly again. Needs the client's ``async with``.
 
         >>> async with client.extend_many(requests, concurrency=20) as batch:  # doctest: +SKIP
         ...     async for outcome in batch:
@@ -459,6 +484,10 @@ class KlingClient:
             fail_fast=fail_fast,
             on_event=on_event,
         )
+        if isinstance(journal, Journal):
+            run.journal = journal
+        elif journal is not None:
+            run.journal, run.owns_journal = Journal(journal), True
         return Batch(run, requests, receive, self._tasks.start_soon)
 
     def _path(self, kind: TaskKind) -> str:
@@ -540,10 +569,22 @@ class _BatchExtender:
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
         return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)
 
+    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+        return self.client.prepare(request)
+
+    async def find(self, request: VideoExtendRequest) -> Task | None:
+        return await self.client.find_created(request)
+
     async def fetch(self, task: Task) -> tuple[Path, ...]:
+        """Download each video not already on disk (a resumed batch replays its successes)."""
         if self.download_to is None:
             return ()
-        return tuple([await self.client.download(video, self.download_to) for video in task.videos])
+        files = []
+        for video in task.videos:
+            path = await anyio.to_thread.run_sync(target_path, self.download_to, video.id)
+            exists = await anyio.to_thread.run_sync(path.exists)
+            files.append(path if exists else await self.client.download(video, path))
+        return tuple(files)
 
 
 def _video_of(video_or_task: Video | Task) -> Video:

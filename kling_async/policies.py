@@ -118,7 +118,12 @@ class PollPolicy:
         return self.clamp(self.min_interval * self.multiplier ** (polls_done - 1))
 
     def next_delay(
-        self, *, age: float, polls_done: int, learned: CompletionTimes | None = None
+        self,
+        *,
+        age: float,
+        polls_done: int,
+        learned: CompletionTimes | None = None,
+        previous: float | None = None,
     ) -> float:
         """Seconds until the next poll of a task `age` seconds old, before jitter.
 
@@ -126,16 +131,17 @@ class PollPolicy:
         running at this age would have finished, going by the learned durations: the next
         poll is at the age ``t`` where ``S(t) = S(age) * (1 - completion_step)``. Polls are
         therefore sparse while completion is unlikely and dense where tasks usually end, each
-        poll having about the same chance of finding the task done. Past the learned tail,
-        and before `min_samples` durations are known, the fixed schedule applies. The result
-        always lies within ``[min_interval, max_interval]``, except the very first poll of a
-        task with no history, which comes after `initial_delay`.
+        poll having about the same chance of finding the task done. A task older than every
+        learned duration backs off from the `previous` wait by `multiplier`. Before
+        `min_samples` durations are known, the fixed schedule applies. The result always lies
+        within ``[min_interval, max_interval]``, except the very first poll of a task with no
+        history, which comes after `initial_delay`.
         """
         if not self.adaptive or learned is None or len(learned) < self.min_samples:
             return self.fixed_delay(polls_done)
         remaining = learned.survival(age)
         if remaining <= 0.0:
-            return self.fixed_delay(polls_done)
+            return self.clamp((previous or self.min_interval) * self.multiplier)
         target = learned.quantile(1.0 - remaining * (1.0 - self.completion_step))
         return self.clamp(target - age)
 
@@ -188,4 +194,5 @@ class CompletionTimes:
         low = math.floor(position)
         high = min(low + 1, len(self._sorted) - 1)
         fraction = position - low
-        return self._sorted[low] * (1 - fraction) + self._sorted[high] * fraction
+        below, above = self._sorted[low], self._sorted[high]
+        return below + (above - below) * fraction

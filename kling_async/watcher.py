@@ -89,6 +89,7 @@ class TaskWatcher:
         self._wakeups = wakeups
         self._started = clock.monotonic()
         self._last_poll = float("-inf")
+        self._previous_delay: float | None = None
 
     def __repr__(self) -> str:
         status = self.last.status.value if self.last else "not read yet"
@@ -157,8 +158,12 @@ class TaskWatcher:
         if self._wakeups is not None:  # callbacks announce the end: polls are a safety net
             return self.policy.spread(self.policy.callback_interval, self._rng.random())
         delay = self.policy.next_delay(
-            age=self._age(), polls_done=self.polls, learned=self._learned
+            age=self._age(),
+            polls_done=self.polls,
+            learned=self._learned,
+            previous=self._previous_delay,
         )
+        self._previous_delay = delay
         return self.policy.spread(delay, self._rng.random())
 
     def _age(self) -> float:

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kling_async import PollPolicy, RetryPolicy
+from kling_async.policies import CompletionTimes
 
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
@@ -76,3 +77,70 @@ def test_policies_are_frozen() -> None:
     policy = PollPolicy()
     with pytest.raises(AttributeError):
         policy.timeout = 5.0  # type: ignore[misc]
+
+
+def _learned(*seconds: float) -> CompletionTimes:
+    times = CompletionTimes()
+    for value in seconds:
+        times.observe(value)
+    return times
+
+
+def test_past_the_learned_tail_backs_off_gently() -> None:
+    """A task slower than every learned one backs off from its last wait, not from scratch."""
+    policy = PollPolicy(min_interval=2, max_interval=30, multiplier=1.5, jitter=False)
+    learned = _learned(100, 110, 120, 130, 140)
+    assert policy.next_delay(age=200, polls_done=40, learned=learned, previous=2.0) == 3.0
+    assert policy.next_delay(age=200, polls_done=40, learned=learned, previous=None) == 3.0
+
+
+def test_adaptive_polls_densely_where_tasks_end() -> None:
+    """Far from the learned durations the wait is long; amid them it is short."""
+    policy = PollPolicy(min_interval=1, max_interval=30, jitter=False)
+    learned = _learned(*range(100, 141))
+    early = policy.next_delay(age=0, polls_done=0, learned=learned)
+    amid = policy.next_delay(age=120, polls_done=5, learned=learned)
+    assert early == 30
+    assert amid < 5
+
+
+def test_adaptive_needs_enough_samples() -> None:
+    """With fewer than min_samples durations the fixed schedule is used."""
+    policy = PollPolicy(initial_delay=10, jitter=False, min_samples=5)
+    assert policy.next_delay(age=0, polls_done=0, learned=_learned(1, 2, 3)) == 10
+
+
+@given(
+    samples=st.lists(st.floats(min_value=0, max_value=1e4), min_size=5, max_size=50),
+    age=st.floats(min_value=0, max_value=2e4),
+    polls=st.integers(min_value=1, max_value=100),
+    previous=st.one_of(st.none(), st.floats(min_value=0.01, max_value=100)),
+)
+def test_adaptive_delay_stays_within_floor_and_ceiling(
+    samples: list[float], age: float, polls: int, previous: float | None
+) -> None:
+    """Whatever was learned, a wait lies within [min_interval, max_interval]."""
+    policy = PollPolicy(min_interval=2, max_interval=30, jitter=False)
+    delay = policy.next_delay(
+        age=age, polls_done=polls, learned=_learned(*samples), previous=previous
+    )
+    assert 2 <= delay <= 30
+
+
+@given(samples=st.lists(st.floats(min_value=0, max_value=1e4), min_size=1, max_size=300))
+def test_completion_times_quantiles_are_ordered(samples: list[float]) -> None:
+    """Quantiles grow with p and stay within the observed range; survival is a share."""
+    times = _learned(*samples)
+    quantiles = [times.quantile(p / 10) for p in range(11)]
+    assert quantiles == sorted(quantiles)
+    assert min(samples) <= quantiles[0] <= quantiles[-1] <= max(samples)
+    assert 0.0 <= times.survival(samples[0]) <= 1.0
+
+
+def test_completion_times_forget_the_oldest() -> None:
+    """The window keeps the most recent durations only."""
+    times = CompletionTimes(window=3)
+    for value in (1, 2, 3, 100):
+        times.observe(value)
+    assert len(times) == 3
+    assert times.quantile(0.0) == 2

@@ -1,0 +1,214 @@
+"""extend_many with a journal: resume, replay, reconcile; nothing paid twice, nothing lost."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kling_async import (
+    AmbiguousSubmissionError,
+    BatchOutcome,
+    InvalidArgumentError,
+    KlingClient,
+    PollPolicy,
+    RetryPolicy,
+    TaskStatus,
+    VideoExtendRequest,
+)
+from kling_async.journal import EntryState, Journal, request_key
+from kling_async.testing import Durations, FakeKlingServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test-api-key"
+FAST = Durations(submitted_for=5.0, median=60.0, sigma=0.3)
+QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.04, timeout=30)
+PATIENT = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, rate_limit_floor=0.01)
+
+
+@pytest.fixture(params=["gateway", "official"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[FakeKlingServer]:
+    async with FakeKlingServer(dialect=request.param, api_key=KEY, durations=FAST) as fake:
+        yield fake
+
+
+def client_for(server: FakeKlingServer) -> KlingClient:
+    return KlingClient(
+        api_key=KEY, base_url=server.url, dialect=server.dialect, poll=QUICK, retry=PATIENT
+    )
+
+
+def requests(n: int) -> list[VideoExtendRequest]:
+    return [VideoExtendRequest(f"vid-{i}", task_id=f"p-{i}", key=f"row-{i}") for i in range(n)]
+
+
+async def run(
+    server: FakeKlingServer, items: list[VideoExtendRequest], journal: Path, stop_after: int = 0
+) -> list[BatchOutcome]:
+    """Run the batch; with `stop_after`, leave it after that many outcomes (an interruption)."""
+    outcomes: list[BatchOutcome] = []
+    async with (
+        client_for(server) as client,
+        client.extend_many(items, concurrency=8, journal=journal) as batch,
+    ):
+        async for outcome in batch:
+            outcomes.append(outcome)
+            if len(outcomes) == stop_after:
+                break
+    return outcomes
+
+
+async def test_interrupted_batch_resumes_without_paying_twice(
+    server: FakeKlingServer, tmp_path: Path
+) -> None:
+    """Stopped midway then run again: every request created exactly once, every outcome out."""
+    items = requests(40)
+    journal = tmp_path / "batch.journal"
+    first = await run(server, items, journal, stop_after=10)
+    assert len(first) == 10
+    second = await run(server, items, journal)
+    assert Counter(o.request.key for o in second) == Counter(r.key for r in items)
+    assert all(o.ok for o in second)
+    assert server.record.create_count == 40
+    assert all(server.record.creates_for(f"vid-{i}") == 1 for i in range(40))
+
+
+async def test_finished_batch_is_replayed_without_requests(
+    server: FakeKlingServer, tmp_path: Path
+) -> None:
+    """A second run of a finished batch sends nothing and reports the same outcomes."""
+    items = requests(6)
+    journal = tmp_path / "batch.journal"
+    first = await run(server, items, journal)
+    seen = len(server.record.requests)
+    second = await run(server, items, journal)
+    assert len(server.record.requests) == seen
+    assert {o.task.id for o in second if o.task} == {o.task.id for o in first if o.task}
+    assert all(o.ok for o in second)
+
+
+async def test_failed_tasks_are_replayed_as_failures(tmp_path: Path) -> None:
+    """A task that failed is reported failed again, not resubmitted."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST, fail_rate=1.0) as server:
+        journal = tmp_path / "j"
+        await run(server, requests(3), journal)
+        again = await run(server, requests(3), journal)
+        assert server.record.create_count == 3
+    assert all(o.task and o.task.status is TaskStatus.FAILED for o in again)
+    assert all(o.error is not None and "failed" in str(o.error) for o in again)
+
+
+async def _journal_an_unanswered_create(
+    server: FakeKlingServer, journal_path: Path, request: VideoExtendRequest, *, send: bool
+) -> VideoExtendRequest:
+    """Journal an intent as a crashed run would have; optionally the create did reach the API."""
+    async with client_for(server) as client:
+        prepared = client.prepare(request)
+        async with Journal(journal_path) as journal:
+            await journal.record_intent(request_key(request), prepared)
+        if send:
+            await client.submit(prepared)
+    return prepared
+
+
+async def test_unrecorded_create_is_reconciled_by_external_id(tmp_path: Path) -> None:
+    """Official API: a create sent but never recorded is found by its external id and watched."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        request = requests(1)[0]
+        await _journal_an_unanswered_create(server, journal, request, send=True)
+        outcomes = await run(server, [request], journal)
+        lookups = [r for r in server.record.requests if "/ka-" in r.path]
+        assert server.record.create_count == 1
+    assert outcomes[0].ok
+    assert lookups
+
+
+async def test_unsent_create_is_sent_once_on_the_official_api(tmp_path: Path) -> None:
+    """Official API: an intent whose create never reached the API is sent, once."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        request = requests(1)[0]
+        prepared = await _journal_an_unanswered_create(server, journal, request, send=False)
+        outcomes = await run(server, [request], journal)
+        assert server.record.create_count == 1
+        create = next(r for r in server.record.requests if r.method == "POST")
+    assert outcomes[0].ok
+    assert create.body is not None
+    assert create.body["external_task_id"] == prepared.external_task_id
+
+
+async def test_unrecorded_create_on_a_gateway_is_reported_not_resent(tmp_path: Path) -> None:
+    """Gateway: an intent without a task id cannot be looked up: ambiguous, never re-sent."""
+    async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        request = requests(1)[0]
+        await _journal_an_unanswered_create(server, journal, request, send=True)
+        outcomes = await run(server, [request], journal)
+        assert server.record.create_count == 1
+    assert isinstance(outcomes[0].error, AmbiguousSubmissionError)
+    async with Journal(journal) as opened:
+        entry = await opened.entry("row-0")
+    assert entry is not None
+    assert entry.error_type == "AmbiguousSubmissionError"
+
+
+async def test_ambiguous_create_is_journaled_then_reconciled(tmp_path: Path) -> None:
+    """A create whose answer is lost stays reconcilable; the next run finds it, no double pay."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        server.faults.push(Fault.drop_after_create(), method="POST")
+        server.faults.push(Fault.http_error(503, 5001, "lookup down"), method="GET", times=4)
+        first = await run(server, requests(1), journal)
+        assert isinstance(first[0].error, AmbiguousSubmissionError)
+        second = await run(server, requests(1), journal)
+        assert server.record.create_count == 1
+    assert second[0].ok
+
+
+async def test_request_that_made_nothing_is_sent_again(tmp_path: Path) -> None:
+    """An outcome that surely created nothing (here: account error) is retried on re-run."""
+    async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+        first = await run(server, requests(1), journal)
+        assert first[0].task is None
+        second = await run(server, requests(1), journal)
+        assert server.record.create_count == 1
+    assert second[0].ok
+
+
+async def test_duplicate_keys_are_refused_with_a_journal(tmp_path: Path) -> None:
+    """Two requests with one key would share a journal entry: the second is refused."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        items = [VideoExtendRequest("v", task_id="p"), VideoExtendRequest("v", task_id="p")]
+        outcomes = await run(server, items, tmp_path / "j")
+        assert server.record.create_count == 1
+    errors = [o.error for o in outcomes if o.error is not None]
+    assert len(errors) == 1
+    assert isinstance(errors[0], InvalidArgumentError)
+    assert "appears twice" in str(errors[0])
+
+
+async def test_journal_records_every_step(tmp_path: Path) -> None:
+    """After a run each entry is finished with its task."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        await run(server, requests(3), journal)
+    async with Journal(journal) as opened:
+        entries = await opened.entries()
+    assert [e.state for e in entries] == [EntryState.FINISHED] * 3
+    assert all(e.task is not None and e.task.status is TaskStatus.SUCCEED for e in entries)
+
+
+async def test_invalid_request_is_not_journaled(tmp_path: Path) -> None:
+    """A request rejected before sending leaves no journal entry."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        outcomes = await run(server, [VideoExtendRequest("", task_id="p", key="bad")], journal)
+    assert isinstance(outcomes[0].error, InvalidArgumentError)
+    async with Journal(journal) as opened:
+        assert await opened.entries() == []

@@ -1,0 +1,540 @@
+"""The batch journal: what is recorded comes back, survives a crash, and nothing else is kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kling_async import (
+    AmbiguousSubmissionError,
+    Task,
+    TaskFailedError,
+    TaskKind,
+    TaskStatus,
+    Video,
+    VideoExtendRequest,
+)
+from kling_async import journal as journal_module
+from kling_async._clock import FakeClock
+from kling_async._wire import converter, structure_task
+from kling_async.journal import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    EntryState,
+    Journal,
+    JournalError,
+    request_key,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUEST = VideoExtendRequest(
+    "vid_1", task_id="task_0", prompt="the camera pulls back", external_task_id="ext-1"
+)
+RAW: dict[str, Any] = {
+    "task_id": "t-1",
+    "task_status": "succeed",
+    "task_status_msg": "",
+    "task_info": {"external_task_id": "ext-1"},
+    "task_result": {
+        "videos": [{"id": "v-9", "url": "https://cdn.example/v-9.mp4", "duration": "9.8"}]
+    },
+    "created_at": 1722769557708,
+    "updated_at": 1722769616324,
+    "brand_new_field": {"nested": True},
+}
+
+
+def task(status: TaskStatus, task_id: str = "t-1", message: str | None = None) -> Task:
+    """A hand-made task, as an in-memory task source would make it (empty `raw`)."""
+    return Task(task_id, TaskKind.VIDEO_EXTEND, status, status_message=message)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every stored row, column by column, read past the Journal class."""
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        rows = [dict(row) for row in db.execute("SELECT * FROM entry ORDER BY seq")]
+    db.close()
+    return rows
+
+
+def stored_bytes(path: Path) -> bytes:
+    """The journal's bytes on disk, its WAL included."""
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def make_foreign_db(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+    db.close()
+
+
+def set_user_version(path: Path, version: int) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.close()
+
+
+async def test_new_journal_is_created_empty(tmp_path: Path) -> None:
+    """Opening a path that does not exist creates an empty journal there."""
+    async with Journal(tmp_path / "j.db") as journal:
+        assert await journal.entries() == []
+        assert await journal.entry("nope") is None
+    assert (tmp_path / "j.db").exists()
+
+
+async def test_every_state_round_trips(tmp_path: Path) -> None:
+    """Intent, submitted and finished entries come back with request, task and error."""
+    clock = FakeClock(start=1_700_000_000.0)
+    async with Journal(tmp_path / "j.db", clock=clock) as journal:
+        await journal.record_intent("k", REQUEST)
+        entry = await journal.entry("k")
+        assert entry is not None
+        assert (entry.state, entry.request, entry.task) == (EntryState.INTENT, REQUEST, None)
+        assert entry.updated_at == 1_700_000_000.0
+
+        clock.advance(5)
+        await journal.record_task("k", task(TaskStatus.SUBMITTED))
+        entry = await journal.entry("k")
+        assert entry is not None and entry.state is EntryState.SUBMITTED
+        assert entry.task == task(TaskStatus.SUBMITTED) and entry.updated_at == 1_700_000_005.0
+
+        await journal.record_status("k", task(TaskStatus.PROCESSING))
+        entry = await journal.entry("k")
+        assert entry is not None and entry.state is EntryState.SUBMITTED
+        assert entry.task == task(TaskStatus.PROCESSING)
+
+        failed = task(TaskStatus.FAILED, message="content refused")
+        await journal.record_outcome("k", failed, TaskFailedError(failed))
+        entry = await journal.entry("k")
+        assert entry is not None and entry.state is EntryState.FINISHED
+        assert entry.task == failed
+        assert entry.error_type == "TaskFailedError"
+        assert entry.error_message == str(TaskFailedError(failed))
+
+
+async def test_server_task_keeps_its_raw_object(tmp_path: Path) -> None:
+    """A task read from the server comes back equal, unknown fields and decimals included."""
+    received = structure_task(RAW, TaskKind.VIDEO_EXTEND)
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_outcome("k", received, None)
+        entry = await journal.entry("k")
+    assert entry is not None and entry.task == received
+    assert entry.task.raw == RAW
+    assert entry.task.videos[0].duration == Decimal("9.8")
+    assert (entry.error_type, entry.error_message) == (None, None)
+
+
+async def test_hand_made_task_round_trips(tmp_path: Path) -> None:
+    """A task with an empty raw (a fake's) comes back with every modelled field."""
+    made = Task(
+        "t-2",
+        TaskKind.IMAGE_TO_VIDEO,
+        TaskStatus.SUCCEED,
+        status_message="done",
+        created_at=datetime(2024, 8, 4, 11, 5, 57, 708000, tzinfo=UTC),
+        updated_at=datetime(2024, 8, 4, 11, 6, 57, tzinfo=UTC),
+        videos=(Video("v", "https://cdn.example/v.mp4", Decimal("5.1")), Video("w", "u")),
+        external_task_id="ext-2",
+    )
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", made)
+        entry = await journal.entry("k")
+    assert entry is not None and entry.task == made
+
+
+async def test_entries_come_in_first_recorded_order(tmp_path: Path) -> None:
+    """entries() lists keys in the order their intents were recorded, whatever came after."""
+    async with Journal(tmp_path / "j.db") as journal:
+        for key in ("c", "a", "b"):
+            await journal.record_intent(key, VideoExtendRequest(f"vid_{key}"))
+        await journal.record_task("a", task(TaskStatus.SUBMITTED))
+        assert [entry.key for entry in await journal.entries()] == ["c", "a", "b"]
+
+
+async def test_a_new_journal_object_sees_everything(tmp_path: Path) -> None:
+    """What one Journal recorded, another opened on the same file reads back whole."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("i", VideoExtendRequest("vid_i"))
+        await journal.record_intent("s", VideoExtendRequest("vid_s"))
+        await journal.record_task("s", task(TaskStatus.PROCESSING, "t-s"))
+        await journal.record_intent("f", REQUEST)
+        await journal.record_outcome("f", None, AmbiguousSubmissionError(REQUEST, "timed out"))
+        before = await journal.entries()
+    async with Journal(path) as reopened:
+        after = await reopened.entries()
+    assert after == before
+    assert [(e.key, e.state) for e in after] == [
+        ("i", EntryState.INTENT),
+        ("s", EntryState.SUBMITTED),
+        ("f", EntryState.FINISHED),
+    ]
+    assert after[2].error_type == "AmbiguousSubmissionError" and after[2].task is None
+
+
+async def test_same_key_and_request_again_changes_nothing(tmp_path: Path) -> None:
+    """Re-recording an intent keeps the entry's state and its first external_task_id."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.SUBMITTED))
+        await journal.record_intent("k", attrs.evolve(REQUEST, external_task_id="ext-new"))
+        entry = await journal.entry("k")
+    assert entry is not None and entry.state is EntryState.SUBMITTED
+    assert entry.request.external_task_id == "ext-1"
+
+
+async def test_same_key_for_another_request_is_refused(tmp_path: Path) -> None:
+    """A key journaled for one request cannot be reused for different API fields."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        with pytest.raises(JournalError, match="Key 'k' was journaled for a different") as info:
+            await journal.record_intent("k", attrs.evolve(REQUEST, prompt="zoom in"))
+        assert "(different prompt)" in str(info.value) and str(tmp_path) in str(info.value)
+        entry = await journal.entry("k")
+    assert entry is not None and entry.request == REQUEST
+
+
+async def test_records_for_an_unknown_key_are_refused(tmp_path: Path) -> None:
+    """A task or outcome without an intent first is an engine bug, not silently dropped."""
+    async with Journal(tmp_path / "j.db") as journal:
+        with pytest.raises(JournalError, match="no intent"):
+            await journal.record_task("ghost", task(TaskStatus.SUBMITTED))
+        with pytest.raises(JournalError, match="no intent"):
+            await journal.record_outcome("ghost", None, RuntimeError("x"))
+
+
+async def test_a_second_task_for_one_key_is_refused(tmp_path: Path) -> None:
+    """A key holds one task: another task id means two paid tasks, which must be seen."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-1"))
+        with pytest.raises(JournalError, match="two tasks for one request"):
+            await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-2"))
+        with pytest.raises(JournalError, match="two tasks for one request"):
+            await journal.record_outcome("k", task(TaskStatus.SUCCEED, "t-2"), None)
+
+
+async def test_a_late_status_does_not_reopen_a_finished_entry(tmp_path: Path) -> None:
+    """A snapshot arriving after the outcome leaves the outcome as it was."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_outcome("k", task(TaskStatus.SUCCEED), None)
+        await journal.record_status("k", task(TaskStatus.PROCESSING))
+        entry = await journal.entry("k")
+    assert entry is not None and entry.state is EntryState.FINISHED
+    assert entry.task == task(TaskStatus.SUCCEED)
+
+
+async def test_an_outcome_without_a_task_keeps_the_known_task(tmp_path: Path) -> None:
+    """An error outcome after the task was known never forgets the task id."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.PROCESSING))
+        await journal.record_outcome("k", None, TimeoutError("gave up watching"))
+        entry = await journal.entry("k")
+    assert entry is not None and entry.task == task(TaskStatus.PROCESSING)
+    assert (entry.error_type, entry.error_message) == ("TimeoutError", "gave up watching")
+
+
+async def test_forget_removes_an_intent_but_not_a_running_task(tmp_path: Path) -> None:
+    """forget drops an intent (and is a no-op for absent keys); a running task stays."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("i", VideoExtendRequest("vid_i"))
+        await journal.record_intent("s", VideoExtendRequest("vid_s"))
+        await journal.record_task("s", task(TaskStatus.PROCESSING, "t-s"))
+        await journal.forget("i")
+        await journal.forget("absent")
+        with pytest.raises(JournalError, match="running task t-s"):
+            await journal.forget("s")
+        assert [entry.key for entry in await journal.entries()] == ["s"]
+
+
+async def test_use_before_open_is_an_error(tmp_path: Path) -> None:
+    """A journal that was never opened says so instead of failing obscurely."""
+    journal = Journal(tmp_path / "j.db")
+    with pytest.raises(JournalError, match="is not open"):
+        await journal.record_intent("k", REQUEST)
+    assert not (tmp_path / "j.db").exists()
+
+
+async def test_open_and_close_are_idempotent(tmp_path: Path) -> None:
+    """Opening twice keeps one connection; closing twice is harmless."""
+    journal = Journal(tmp_path / "j.db")
+    assert await journal.open() is journal
+    await journal.record_intent("k", REQUEST)
+    assert await journal.open() is journal
+    assert await journal.entry("k") is not None
+    await journal.close()
+    await journal.close()
+
+
+async def test_a_second_run_on_the_same_journal_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one Journal holds the file, another cannot open it and resubmit its requests."""
+    monkeypatch.setattr(journal_module, "_BUSY_TIMEOUT", 0.0)  # refuse at once, not after 1 s
+    path = tmp_path / "j.db"
+    async with Journal(path):
+        with pytest.raises(JournalError, match="in use by another process"):
+            await Journal(path).open()
+    async with Journal(path) as later:
+        assert await later.entries() == []
+
+
+async def test_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    """Another application's SQLite file is refused, and left exactly as it was."""
+    path = tmp_path / "app.db"
+    make_foreign_db(path)
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match="another application") as info:
+        await Journal(path).open()
+    message = str(info.value)
+    assert f"{path} is not a kling_async journal" in message
+    assert "move it away or pass another --journal" in message
+    assert path.read_bytes() == before
+
+
+async def test_random_bytes_are_refused(tmp_path: Path) -> None:
+    """A file of random bytes is refused with a sentence, not a traceback from sqlite."""
+    path = tmp_path / "j.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(JournalError, match="not an SQLite database") as info:
+        await Journal(path).open()
+    assert "move it away or pass another --journal" in str(info.value)
+
+
+async def test_an_empty_file_is_refused(tmp_path: Path) -> None:
+    """An empty file may be a journal truncated to nothing: never started afresh."""
+    path = tmp_path / "j.db"
+    path.touch()
+    with pytest.raises(JournalError, match="the file is empty"):
+        await Journal(path).open()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 40 / 8192])
+async def test_a_truncated_journal_is_refused(tmp_path: Path, keep: float) -> None:
+    """A journal cut short is refused at open, not discovered halfway through a run."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        for n in range(60):
+            request = VideoExtendRequest(f"vid_{n}", prompt="a long prompt " * 20)
+            await journal.record_intent(f"k{n}", request)
+            await journal.record_outcome(f"k{n}", structure_task(RAW, TaskKind.VIDEO_EXTEND), None)
+    size = path.stat().st_size
+    assert size > 8192
+    os.truncate(path, int(size * keep))
+    with pytest.raises(JournalError, match="is not a kling_async journal") as info:
+        await Journal(path).open()
+    assert str(path) in str(info.value)
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A journal written by a newer kling_async is not guessed at."""
+    path = tmp_path / "j.db"
+    async with Journal(path):
+        pass
+    set_user_version(path, SCHEMA_VERSION + 1)
+    with pytest.raises(JournalError, match="newer kling_async") as info:
+        await Journal(path).open()
+    assert str(path) in str(info.value) and "upgrade kling_async" in str(info.value)
+
+
+async def test_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    """A journal path in a directory that does not exist names that directory."""
+    path = tmp_path / "nowhere" / "j.db"
+    with pytest.raises(JournalError, match="does not exist") as info:
+        await Journal(path).open()
+    assert str(path.parent) in str(info.value)
+    assert not path.parent.exists()
+
+
+async def test_a_leftover_wal_without_its_journal_is_refused(tmp_path: Path) -> None:
+    """A -wal file whose journal was removed is not replayed into a fresh journal."""
+    path = tmp_path / "j.db"
+    path.with_name("j.db-wal").write_bytes(b"old frames")
+    with pytest.raises(JournalError, match=r"j\.db-wal is left from a journal"):
+        await Journal(path).open()
+
+
+async def test_journal_is_in_wal_mode_with_its_identity(tmp_path: Path) -> None:
+    """The file is in WAL mode and carries the application id and schema version."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("k", REQUEST)
+        assert path.with_name("j.db-wal").exists()
+    db = sqlite3.connect(path)
+    names = ("journal_mode", "application_id", "user_version")
+    facts = [db.execute(f"PRAGMA {name}").fetchone()[0] for name in names]
+    db.close()
+    assert facts == ["wal", APPLICATION_ID, SCHEMA_VERSION]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import anyio
+from kling_async import Task, TaskKind, TaskStatus, VideoExtendRequest
+from kling_async.journal import Journal
+
+async def main() -> None:
+    journal = await Journal(sys.argv[1]).open()
+    await journal.record_intent("a", VideoExtendRequest("vid_a"))
+    await journal.record_task("a", Task("t-a", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED))
+    await journal.record_intent("b", VideoExtendRequest("vid_b"))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main)
+"""
+
+
+async def test_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    """Every record committed before a SIGKILL is there when the journal is opened again."""
+    path = tmp_path / "j.db"
+    result = await anyio.run_process(
+        [sys.executable, "-c", KILLED_WRITER, str(path)], check=False, cwd=ROOT
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    async with Journal(path) as journal:
+        entries = await journal.entries()
+    assert [(e.key, e.state) for e in entries] == [
+        ("a", EntryState.SUBMITTED),
+        ("b", EntryState.INTENT),
+    ]
+    assert entries[0].task == Task("t-a", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED)
+
+
+async def test_concurrent_writes_all_land(tmp_path: Path) -> None:
+    """200 requests each recorded four times from their own coroutines: nothing is lost."""
+
+    async def one(journal: Journal, n: int) -> None:
+        key = f"k{n}"
+        await journal.record_intent(key, VideoExtendRequest(f"vid_{n}"))
+        await journal.record_task(key, task(TaskStatus.SUBMITTED, f"t{n}"))
+        await journal.record_status(key, task(TaskStatus.PROCESSING, f"t{n}"))
+        await journal.record_outcome(key, task(TaskStatus.SUCCEED, f"t{n}"), None)
+
+    async with Journal(tmp_path / "j.db") as journal, anyio.create_task_group() as group:
+        for n in range(200):
+            group.start_soon(one, journal, n)
+    async with Journal(tmp_path / "j.db") as journal:
+        entries = {entry.key: entry for entry in await journal.entries()}
+    assert len(entries) == 200
+    for n in range(200):
+        entry = entries[f"k{n}"]
+        assert entry.state is EntryState.FINISHED
+        assert entry.task == task(TaskStatus.SUCCEED, f"t{n}")
+        assert entry.request == VideoExtendRequest(f"vid_{n}")
+
+
+SECRET = "sk-live-NEVER-STORE-ME"
+
+
+class LeakyError(Exception):
+    """An error that holds a credential beside its message, in its repr and its cause."""
+
+    def __init__(self) -> None:
+        self.api_key = SECRET
+        super().__init__("the gateway timed out")
+
+    def __repr__(self) -> str:
+        return f"LeakyError(api_key={self.api_key!r})"
+
+
+async def test_only_the_given_fields_are_stored(tmp_path: Path) -> None:
+    """Stored are the request, the raw task and the error's class and message, nothing else."""
+    path = tmp_path / "j.db"
+    received = structure_task(RAW, TaskKind.VIDEO_EXTEND)
+    error = LeakyError()
+    error.__cause__ = KeyError(SECRET)
+    async with Journal(path, clock=FakeClock(start=1_700_000_000.0)) as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_outcome("k", received, error)
+        assert SECRET.encode() not in stored_bytes(path)
+    assert SECRET.encode() not in stored_bytes(path)
+    assert read_rows(path) == [
+        {
+            "seq": 1,
+            "key": "k",
+            "request": json.dumps(converter.unstructure(REQUEST)),
+            "state": "finished",
+            "task_id": "t-1",
+            "task_kind": "videos/video-extend",
+            "task_status": "succeed",
+            "task_raw": json.dumps(RAW),
+            "error_type": "LeakyError",
+            "error_message": "the gateway timed out",
+            "updated_at": 1_700_000_000.0,
+        }
+    ]
+
+
+# --- request_key -----------------------------------------------------------------------------
+
+
+def test_explicit_key_wins() -> None:
+    """A request's own key is its journal key, whatever its fields."""
+    assert request_key(attrs.evolve(REQUEST, key="clip-7")) == "clip-7"
+
+
+def test_digest_is_pinned() -> None:
+    """The digest is sha256 of the canonical JSON: changing it would orphan old journals."""
+    request = VideoExtendRequest("v1", prompt="hi", cfg_scale=1, external_task_id="e")
+    canonical = b'{"cfg_scale":1.0,"prompt":"hi","video_id":"v1"}'
+    assert request_key(request) == "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def test_digest_ignores_external_id_and_key_but_not_content() -> None:
+    """The client-assigned external id never changes the key; any API field does."""
+    base = request_key(VideoExtendRequest("v1", prompt="hi"))
+    assert request_key(VideoExtendRequest("v1", prompt="hi", external_task_id="x")) == base
+    assert request_key(VideoExtendRequest("v1", prompt="hi", cfg_scale=0.5)) != base
+    assert request_key(VideoExtendRequest("v1", prompt="ho")) != base
+    assert request_key(VideoExtendRequest("v2", prompt="hi")) != base
+
+
+OPTIONAL_TEXT = st.none() | st.text(max_size=30)
+REQUESTS = st.builds(
+    VideoExtendRequest,
+    video_id=st.text(min_size=1, max_size=30),
+    task_id=OPTIONAL_TEXT,
+    prompt=OPTIONAL_TEXT,
+    negative_prompt=OPTIONAL_TEXT,
+    cfg_scale=st.none() | st.floats(min_value=0, max_value=1),
+    callback_url=OPTIONAL_TEXT,
+    external_task_id=OPTIONAL_TEXT,
+)
+
+
+@given(request=REQUESTS, other_external_id=OPTIONAL_TEXT, order=st.randoms())
+def test_digest_is_stable(
+    request: VideoExtendRequest, other_external_id: str | None, order: Any
+) -> None:
+    """Field order, the external id and a trip through the journal's JSON keep the key."""
+    key = request_key(request)
+    assert key.startswith("sha256:") and len(key) == len("sha256:") + 64
+    fields = list(attrs.asdict(request).items())
+    order.shuffle(fields)
+    assert request_key(VideoExtendRequest(**dict(fields))) == key
+    assert request_key(attrs.evolve(request, external_task_id=other_external_id)) == key
+    stored = json.loads(json.dumps(converter.unstructure(request)))
+    assert request_key(converter.structure(stored, VideoExtendRequest)) == key
