@@ -4,15 +4,19 @@ Nothing here imports the client: a fake that shared the client's code could not 
 """
 
 from ._faults import Fault, FaultPlan
-from ._record import RequestRecord, ServerRecord
+from ._record import CallbackRecord, RequestRecord, ServerRecord
 from ._server import FakeKlingServer
 from ._tasks import Durations
+from ._webhooks import CallbackFaults, sign_webhook
 
 __all__ = [
+    "CallbackFaults",
+    "CallbackRecord",
     "Durations",
     "FakeKlingServer",
     "Fault",
     "FaultPlan",
     "RequestRecord",
     "ServerRecord",
+    "sign_webhook",
 ]

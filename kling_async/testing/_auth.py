@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from ._answers import Answer, kling_error, openai_error
+
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -83,6 +85,21 @@ def check_official(
     if claims is None:
         return _INVALID
     return _check_claims(claims, credentials.access_key, now)
+
+
+def auth_refusal(
+    header: str | None, credentials: OfficialCredentials, gateway: bool, now: float
+) -> Answer | None:
+    """The answer refusing this Authorization header in a dialect, or None to go on."""
+    if gateway:
+        if check_gateway(header, credentials.api_key):
+            return None
+        return openai_error(401, "Invalid API key provided", "invalid_request_error")
+    failure = check_official(header, credentials, now)
+    if failure is None:
+        return None
+    # Real 401 bodies carry no request_id.
+    return kling_error(401, failure.code, failure.message, None)
 
 
 def _check_claims(claims: dict[str, Any], access_key: str, now: float) -> AuthFailure | None:

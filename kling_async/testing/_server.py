@@ -17,22 +17,18 @@ from ._answers import (
     fault_answer,
     kling_error,
     not_found_page,
-    openai_error,
     read_json,
 )
 from ._api import BackendConfig, KlingBackend
-from ._auth import OfficialCredentials, check_gateway, check_official
+from ._auth import OfficialCredentials, auth_refusal
+from ._callbacks import CallbackSender
 from ._faults import ANSWER_FAULTS, Fault, FaultPlan
 from ._files import serve_video, video_bytes
 from ._record import RequestRecord, ServerRecord
 from ._tasks import KINDS, Durations, TaskFactory
+from ._validate import DEFAULT_FAILURE_MESSAGES, check_server_arguments
+from ._webhooks import CallbackFaults
 
-DEFAULT_FAILURE_MESSAGES = (
-    "Failure to pass the risk control system",
-    "The content may violate the platform's content safety policy",
-    "Video generation failed due to an internal error, please try again",
-    "The source video has expired and can no longer be extended",
-)
 # In-flight handlers (e.g. sleeping in a delay fault) get this long before close cancels them.
 _SHUTDOWN_GRACE = 0.25
 _FILES = "/files/"
@@ -47,22 +43,13 @@ class _Note:
     fault: str | None = None
 
 
-def _check_arguments(dialect: str, speed: float, fail_rate: float, messages: Sequence[str]) -> None:
-    if dialect not in ("official", "gateway"):
-        raise ValueError(f"dialect must be 'official' or 'gateway', not {dialect!r}")
-    if speed <= 0:
-        raise ValueError("speed must be positive")
-    if not 0.0 <= fail_rate <= 1.0:
-        raise ValueError("fail_rate must be within [0, 1]")
-    if not messages:
-        raise ValueError("failure_messages cannot be empty")
-
-
 class FakeKlingServer:
     """A deterministic fake of the Kling API (official or gateway dialect) on a local port.
 
     Tasks progress on a clock scaled by ``speed`` (service seconds per wall second), computed
     lazily at each request. ``faults`` injects misbehaviour; ``record`` holds what was seen.
+    A create with ``callback_url`` gets a POST there at each status change (signed with
+    ``webhook_secret`` if set; misbehaving per the mutable ``callback_faults``).
 
     Auth: a gateway with ``api_key=None`` accepts any key; an official server with neither
     ``api_key`` nor ``access_key`` accepts anything. An official server with both accepts the
@@ -88,14 +75,17 @@ class FakeKlingServer:
         host: str = "127.0.0.1",
         port: int = 0,
         video_size: int = 262144,
+        webhook_secret: str | None = None,
+        callback_faults: CallbackFaults | None = None,
     ) -> None:
         """Configure the server; nothing listens until `start` (or ``async with``).
 
         ``wall_clock`` (Unix seconds) dates tasks and checks JWT times; ``monotonic`` drives
         task progress and `RequestRecord.at` (a test may pass a hand-moved clock, but it must
-        never move backwards).
+        never move backwards). Callbacks are timed on the event loop, from the delay known at
+        creation, so a hand-moved ``monotonic`` does not hurry them.
         """
-        _check_arguments(dialect, speed, fail_rate, failure_messages)
+        check_server_arguments(dialect, speed, fail_rate, failure_messages)
         if (access_key is None) != (secret_key is None):
             raise ValueError("access_key and secret_key go together")
         self.dialect = dialect
@@ -114,6 +104,16 @@ class FakeKlingServer:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.callback_faults = callback_faults or CallbackFaults()
+        self._callbacks = CallbackSender(
+            self.record,
+            seed=seed,
+            secret=webhook_secret,
+            envelope=dialect == "gateway",
+            faults=lambda: self.callback_faults,
+            wall_clock=wall_clock,
+            monotonic=monotonic,
+        )
 
     @property
     def url(self) -> str:
@@ -153,6 +153,7 @@ class FakeKlingServer:
         host, port = runner.addresses[0][:2]
         self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self._backend.base_url = self._url
+        self._callbacks.open()
 
     async def close(self) -> None:
         """Stop listening, close connections and end in-flight handlers; safe to call twice."""
@@ -160,6 +161,8 @@ class FakeKlingServer:
         if runner is not None:
             await runner.cleanup()
         await self._end_orphans()
+        # Last: a handler ended above may still have scheduled callbacks.
+        await self._callbacks.close()
 
     async def _end_orphans(self) -> None:
         # aiohttp forgets a handler whose client hung up (e.g. timed out during a delay fault)
@@ -243,7 +246,10 @@ class FakeKlingServer:
         prefix = "/kling/v1/" if gateway else "/v1/"
         if not request.path.startswith(prefix):
             return not_found_page()
-        refusal = self._auth(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        refusal = auth_refusal(
+            header, self._credentials, self._backend.config.gateway, self._wall_clock()
+        )
         if refusal is not None:
             return refusal
         rest = request.path[len(prefix) :]
@@ -269,21 +275,14 @@ class FakeKlingServer:
             return kling_error(
                 404, 1203, f"{kind} tasks cannot be created here", backend.request_id()
             )
-        return backend.create(body, self._monotonic())
+        answer = backend.create(body, self._monotonic())
+        if answer.task_id is not None and body.get("callback_url") is not None:
+            self._callbacks.watch(backend.task(answer.task_id), body["callback_url"], self.url)
+        return answer
 
     def _wrong_method(self, method: str) -> Answer:
         message = f"method {method} is not supported on this path"
         return kling_error(404, 1202, message, self._backend.request_id())
-
-    def _auth(self, header: str | None) -> Answer | None:
-        if self._backend.config.gateway:
-            if check_gateway(header, self._credentials.api_key):
-                return None
-            return openai_error(401, "Invalid API key provided", "invalid_request_error")
-        failure = check_official(header, self._credentials, self._wall_clock())
-        if failure is None:
-            return None
-        return kling_error(401, failure.code, failure.message, None)
 
     async def _file(
         self, request: web.Request, fault: Fault | None, note: _Note

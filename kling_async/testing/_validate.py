@@ -1,14 +1,20 @@
-"""Checks of create bodies and list parameters, answering with the official error codes."""
+"""Checks of the server's arguments, and of create bodies and list parameters (official codes)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 MAX_PROMPT = 2500
+DEFAULT_FAILURE_MESSAGES = (
+    "Failure to pass the risk control system",
+    "The content may violate the platform's content safety policy",
+    "Video generation failed due to an internal error, please try again",
+    "The source video has expired and can no longer be extended",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +94,17 @@ def page_param(query: Mapping[str, str], name: str, default: int, top: int) -> i
     if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= top:
         return int(raw)
     return Problem(400, 1201, f"{name} must be an integer between 1 and {top}")
+
+
+def check_server_arguments(
+    dialect: str, speed: float, fail_rate: float, messages: Sequence[str]
+) -> None:
+    """Raise ValueError for a `FakeKlingServer` argument out of range."""
+    if dialect not in ("official", "gateway"):
+        raise ValueError(f"dialect must be 'official' or 'gateway', not {dialect!r}")
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    if not 0.0 <= fail_rate <= 1.0:
+        raise ValueError("fail_rate must be within [0, 1]")
+    if not messages:
+        raise ValueError("failure_messages cannot be empty")
