@@ -217,20 +217,21 @@ class _Run:
     async def run(
         self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
     ) -> None:
-        if isinstance(self.journal, Journal):
-            await self.journal.open()
-        try:
-            await self._run(requests)
-        finally:
-            if self.owns_journal and isinstance(self.journal, Journal):
-                await self.journal.close()
+        async with self.send:  # closed whatever happens, so the reader always hears the end
+            if isinstance(self.journal, Journal):
+                await self.journal.open()
+            try:
+                await self._run(requests)
+            finally:
+                if self.owns_journal and isinstance(self.journal, Journal):
+                    await self.journal.close()
 
     async def _run(
         self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
     ) -> None:
         known = {entry.key: entry for entry in await self.journal.entries()}
         keys: set[str] = set()
-        async with self.send, anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
             async for request in _as_async(requests):
                 if self.stopping:
                     break

@@ -18,7 +18,7 @@ from kling_async import (
     TaskStatus,
     VideoExtendRequest,
 )
-from kling_async.journal import EntryState, Journal, request_key
+from kling_async.journal import EntryState, Journal, JournalError, request_key
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -212,3 +212,13 @@ async def test_invalid_request_is_not_journaled(tmp_path: Path) -> None:
     assert isinstance(outcomes[0].error, InvalidArgumentError)
     async with Journal(journal) as opened:
         assert await opened.entries() == []
+
+
+async def test_foreign_journal_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a journal stops the batch with JournalError before any request."""
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("shopping list: eggs, milk")
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        with pytest.raises(JournalError, match="not a kling_async journal"):
+            await run(server, requests(2), foreign)
+        assert server.record.requests == []

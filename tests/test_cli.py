@@ -82,7 +82,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.match(r"kling-async \d", capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("command", ["extend", "status", "watch", "fake-server", "demo"])
+@pytest.mark.parametrize("command", ["extend", "status", "watch", "batch", "fake-server", "demo"])
 def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every command explains itself."""
     with pytest.raises(SystemExit) as exited:
@@ -230,3 +230,85 @@ def test_progress_on_a_terminal() -> None:
 def test_module_entry_point_exists() -> None:
     """`python -m kling_async` is the same command."""
     assert (Path(main.__code__.co_filename).parent / "__main__.py").exists()
+
+
+def _batch_input(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_batch_writes_results_and_exits_0(fake_server: str, tmp_path: Path) -> None:
+    """A batch writes one result line per request, with the request's fields and outcome."""
+    source = _batch_input(
+        tmp_path,
+        [json.dumps({"video_id": f"v{n}", "task_id": f"p{n}", "prompt": "on"}) for n in range(4)],
+    )
+    out = tmp_path / "out.jsonl"
+    done = run_cli("batch", str(source), "--out", str(out), *QUICK, env=env_for(fake_server))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["video_id"] for line in lines) == ["v0", "v1", "v2", "v3"]
+    for line in lines:
+        assert line["status"] == "succeeded"
+        assert line["task_id"].startswith("p")  # the request's parent task, kept
+        assert line["new_task_id"]
+        assert line["video_urls"][0].startswith(fake_server)
+    assert "4 of 4 extensions succeeded" in done.stdout
+    assert (tmp_path / "out.jsonl.journal").exists()
+
+
+def test_batch_stops_before_sending_on_a_bad_line(fake_server: str, tmp_path: Path) -> None:
+    """A malformed line is named by number; nothing is sent; exit code 2."""
+    source = _batch_input(
+        tmp_path,
+        [json.dumps({"video_id": "v1", "task_id": "p"}), "{oops", json.dumps({"video": "x"})],
+    )
+    out = tmp_path / "out.jsonl"
+    done = run_cli("batch", str(source), "--out", str(out), env=env_for(fake_server))
+    assert done.returncode == 2
+    assert "in.jsonl:2: not valid JSON" in done.stderr
+    assert "in.jsonl:3: unknown field 'video'" in done.stderr
+    assert "nothing was sent" in done.stderr
+    assert not out.exists()
+
+
+def test_batch_can_skip_bad_lines(fake_server: str, tmp_path: Path) -> None:
+    """With --skip-invalid the good lines run and the bad ones are reported."""
+    source = _batch_input(tmp_path, [json.dumps({"video_id": "v1", "task_id": "p"}), "[1, 2]"])
+    out = tmp_path / "out.jsonl"
+    done = run_cli(
+        "batch", str(source), "--out", str(out), "--skip-invalid", *QUICK, env=env_for(fake_server)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "skipped" in done.stderr
+    assert len(out.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "says"),
+    [
+        ("missing input", "No such file"),
+        ("unwritable output", "cannot write results"),
+        ("foreign journal", "not a kling_async journal"),
+    ],
+)
+def test_batch_bad_files_are_one_clear_line(
+    fake_server: str, tmp_path: Path, setup: str, says: str
+) -> None:
+    """A missing input, an unwritable output or a foreign journal: one line, no traceback."""
+    source = _batch_input(tmp_path, [json.dumps({"video_id": "v1", "task_id": "p"})])
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(source), "--out", str(out)]
+    if setup == "missing input":
+        args[1] = str(tmp_path / "nope.jsonl")
+    elif setup == "unwritable output":
+        args[3] = str(tmp_path / "no-such-dir" / "out.jsonl")
+    else:
+        (tmp_path / "foreign.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 4000)
+        args += ["--journal", str(tmp_path / "foreign.db")]
+    done = run_cli(*args, env=env_for(fake_server))
+    assert done.returncode in (1, 2)
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
