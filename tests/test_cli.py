@@ -312,3 +312,19 @@ def test_batch_bad_files_are_one_clear_line(
     assert says in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("example", ["extend_one.py", "batch_with_progress.py"])
+def test_examples_run(example: str, tmp_path: Path) -> None:
+    """The runnable examples work as written."""
+    script = Path(__file__).parent.parent / "examples" / example
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
