@@ -1,0 +1,73 @@
+"""The account-wide rate limiter: its schedule, and one limit shared by all watchers."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from kling_async import KlingClient, PollPolicy
+from kling_async._clock import FakeClock
+from kling_async._ratelimit import RateLimiter
+from kling_async.testing import Durations, FakeKlingServer
+
+pytestmark = pytest.mark.anyio
+
+
+def test_slots_are_spaced_by_the_rate() -> None:
+    """Past the burst, requests are 1/rate apart."""
+    clock = FakeClock()
+    limiter = RateLimiter(4.0, clock=clock, burst=1)
+    assert [limiter.reserve() for _ in range(4)] == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_burst_goes_at_once_then_spacing() -> None:
+    """Up to `burst` requests go at once; then they are spaced."""
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock, burst=3)
+    waits = [limiter.reserve() for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3] == pytest.approx(0.1)
+    assert waits[4] == pytest.approx(0.2)
+
+
+def test_idle_time_is_not_saved_up_beyond_the_burst() -> None:
+    """After a long pause only a burst goes at once, not everything that was missed."""
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock, burst=2)
+    clock.advance(100)
+    waits = [limiter.reserve() for _ in range(3)]
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2] == pytest.approx(0.1)
+
+
+async def test_acquire_sleeps_on_the_clock() -> None:
+    """acquire waits (on the client's clock) for its slot."""
+    clock = FakeClock()
+    limiter = RateLimiter(2.0, clock=clock, burst=1)
+    for _ in range(3):
+        await limiter.acquire()
+    assert clock.sleeps == [0.5, 0.5]
+
+
+def test_nonsense_rate_is_refused() -> None:
+    """A rate of zero or less is a clear error."""
+    with pytest.raises(ValueError, match="positive"):
+        RateLimiter(0, clock=FakeClock())
+
+
+async def test_many_watchers_share_one_limit() -> None:
+    """Fifty watchers polling fast cannot together exceed the client's request rate."""
+    slow = Durations(submitted_for=5.0, median=10_000.0, sigma=0.0)
+    async with FakeKlingServer(api_key="k", durations=slow) as server:
+        poll = PollPolicy(initial_delay=0, min_interval=0.001, max_interval=0.001)
+        client = KlingClient(api_key="k", base_url=server.url, poll=poll, requests_per_second=40)
+        async with client:
+            tasks = [await client.extend_video(f"v{n}", task_id="p") for n in range(50)]
+            with anyio.move_on_after(1.0):
+                async with anyio.create_task_group() as group:
+                    for task in tasks:
+                        group.start_soon(client.watch(task).result)
+        gets = sorted(r.at for r in server.record.requests if r.method == "GET")
+    rate = (len(gets) - 1) / (gets[-1] - gets[0])
+    assert len(gets) > 20
+    assert rate <= 40 * 1.15
