@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._clock import Clock
 from .errors import InvalidArgumentError, KlingError, RateLimitError, TaskFailedError
-from .journal import EntryState, Journal, JournalEntry, request_key
+from .journal import EntryState, Journal, JournalEntry, JournalError, request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
@@ -254,32 +254,43 @@ class _Run:
         task: Task | None = None
         watcher: TaskWatcher | None = None
         error: Exception | None = None
-        journaled = entry is not None
         try:
-            if entry is not None and next_step(entry) is _Step.SEND:
-                await self.journal.forget(key)  # its earlier attempt surely made nothing
-            elif entry is not None:
-                request, task = entry.request, await self._resume(entry)
-            if task is None:
-                request = self.extender.prepare(request)
-                await self.journal.record_intent(key, request)
-                journaled = True
-                task = await self._submit(request, key, slot)
-            await self.journal.record_task(key, task)
+            request, task = await self._task_for(request, key, entry, slot)
             self._emit(BatchEventKind.SUBMITTED, request, task=task)
             watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
             async for snapshot in watcher:
                 await self.journal.record_status(key, snapshot)
                 self._emit(BatchEventKind.STATUS, request, task=snapshot)
-        except Exception as exc:  # every failure becomes this request's outcome
+        except JournalError:
+            raise  # without a journal to rely on, going on could pay twice: stop the batch
+        except Exception as exc:  # every other failure becomes this request's outcome
             error = exc
         finally:
             self.window.release(slot)
         if watcher is not None and watcher.last is not None:
             task = watcher.last
-        if journaled:
+        if await self._is_journaled(key):
             await self.journal.record_outcome(key, task, error)
         await self._report(request, task, error)
+
+    async def _task_for(
+        self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
+    ) -> tuple[VideoExtendRequest, Task]:
+        """The request's task: found again from the journal, or created (and journaled)."""
+        if entry is not None and next_step(entry) is not _Step.SEND:
+            found = await self._resume(entry)
+            if found is not None:
+                await self._journal_task(key, found)
+                return entry.request, found
+            request = entry.request  # surely never created: send it, with its external id
+        if entry is not None:
+            await self.journal.forget(key)  # its earlier attempt made nothing: start afresh
+        request = self.extender.prepare(request)
+        await self.journal.record_intent(key, request)
+        return request, await self._submit(request, key, slot)
+
+    async def _is_journaled(self, key: str) -> bool:
+        return isinstance(self.journal, Journal) and await self.journal.entry(key) is not None
 
     async def _resume(self, entry: JournalEntry) -> Task | None:
         """The journaled request's task, found again; None when it must be sent (again)."""
@@ -319,7 +330,7 @@ class _Run:
                     task = await self.extender.submit(
                         request, on_retry=self._retry_hook(request, slot)
                     )
-                    await self.journal.record_task(key, task)
+                    await self._journal_task(key, task)
             except RateLimitError as exc:
                 if not exc.is_concurrency_limit:
                     raise
@@ -331,6 +342,17 @@ class _Run:
                 continue
             self.window.grow()
             return task
+
+    async def _journal_task(self, key: str, task: Task) -> None:
+        """Record a new task; if that fails, the error names it so it is not lost."""
+        try:
+            await self.journal.record_task(key, task)
+        except JournalError as exc:
+            raise JournalError(
+                exc.path,
+                f"{exc} Task {task.id} was created for request {key!r} but is not journaled: "
+                "note its id before running the batch again.",
+            ) from exc
 
     def _backoff(self, waits: int, exc: RateLimitError) -> float:
         if exc.retry_after is not None:
@@ -401,7 +423,7 @@ class Batch:
             self._receive.close()  # the client is closing: nobody will read the rest
             raise
         except Exception as exc:  # handed to the iterating task, raised there
-            self._failure = exc
+            self._failure = _sole(exc)
         finally:
             self._done.set()
 
@@ -443,6 +465,13 @@ class Batch:
             if self._started:
                 await self._done.wait()
             await self._receive.aclose()
+
+
+def _sole(exc: Exception) -> Exception:
+    """The one error a task group wrapped, so the reader can catch it by its own class."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _duplicate(key: str) -> InvalidArgumentError:

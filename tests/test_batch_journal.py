@@ -15,6 +15,7 @@ from kling_async import (
     KlingClient,
     PollPolicy,
     RetryPolicy,
+    Task,
     TaskStatus,
     VideoExtendRequest,
 )
@@ -169,6 +170,26 @@ async def test_ambiguous_create_is_journaled_then_reconciled(tmp_path: Path) -> 
     assert second[0].ok
 
 
+async def test_ambiguous_create_that_made_nothing_is_sent_once_more(tmp_path: Path) -> None:
+    """Lost before the server: reported ambiguous, then found absent and sent; journaled."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        server.faults.push(Fault.drop(), method="POST")
+        first = await run(server, requests(1), journal)
+        assert isinstance(first[0].error, AmbiguousSubmissionError)
+        assert server.record.create_count == 0
+        second = await run(server, requests(1), journal)
+        assert server.record.create_count == 1
+        created = server.record.created[0]
+    assert second[0].ok
+    async with Journal(journal) as opened:
+        entry = await opened.entry("row-0")
+    assert entry is not None
+    assert entry.task is not None
+    assert entry.task.id == created
+    assert entry.state is EntryState.FINISHED
+
+
 async def test_request_that_made_nothing_is_sent_again(tmp_path: Path) -> None:
     """An outcome that surely created nothing (here: account error) is retried on re-run."""
     async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
@@ -222,3 +243,29 @@ async def test_foreign_journal_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(JournalError, match="not a kling_async journal"):
             await run(server, requests(2), foreign)
         assert server.record.requests == []
+
+
+class FailingJournal(Journal):
+    """A journal whose disk 'fills up' at the third task record."""
+
+    recorded = 0
+
+    async def record_task(self, key: str, task: Task) -> None:
+        self.recorded += 1
+        if self.recorded == 3:
+            raise JournalError(self.path, f"The journal {self.path} could not be written.")
+        await super().record_task(key, task)
+
+
+async def test_a_journal_that_fails_stops_the_batch_and_names_the_task(tmp_path: Path) -> None:
+    """If a new task cannot be journaled, the batch stops and the error names that task."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        journal = FailingJournal(tmp_path / "j")
+        async with client_for(server) as client:
+            with pytest.raises(JournalError, match="is not journaled") as caught:
+                async for _ in client.extend_many(requests(10), concurrency=1, journal=journal):
+                    pass
+        await journal.close()
+        third = server.record.created[2]
+    assert third in str(caught.value)
+    assert server.record.create_count == 3

@@ -1,0 +1,81 @@
+"""Every benchmark runs at its tiny ``--quick`` size, so none can rot unnoticed.
+
+These check that each script finishes and writes sane figures, never the timing targets:
+the targets are for full-size runs on a quiet machine (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_quick(name: str, out: Path) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py --quick`` into `out`; the JSON it wrote."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    payload: dict[str, Any] = json.loads((out / f"{name}.quick.json").read_text())
+    assert payload["benchmark"] == name
+    assert payload["quick"] is True
+    assert {"date", "python", "cpu_count", "platform"} <= payload["machine"].keys()
+    return payload
+
+
+def positive(value: object) -> bool:
+    """A finite number above zero."""
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_overhead_measures_all_three_contenders(tmp_path: Path) -> None:
+    """The overhead run reports req/s of aiohttp, httpx and ours at 1, 16 and 256."""
+    results = run_quick("overhead", tmp_path)["results"]
+    assert set(results["by_concurrency"]) == {"1", "16", "256"}
+    for measured in results["by_concurrency"].values():
+        for name in ("aiohttp", "httpx", "kling_async"):
+            assert positive(measured[name]["rps_median"])
+            assert positive(measured[name]["cpu_us_per_request"])
+    assert all(positive(r["ours_over_aiohttp"]) for r in results["ratios"].values())
+
+
+def test_polling_compares_the_schedules(tmp_path: Path) -> None:
+    """The polling run reports every schedule; the oracle polls once with no delay."""
+    results = run_quick("polling", tmp_path)["results"]
+    schedules = results["schedules"]
+    assert schedules["oracle (one poll at completion)"]["polls_per_task"] == 1
+    assert schedules["oracle (one poll at completion)"]["delay_mean_s"] == 0
+    for name in ("default PollPolicy(), learned", "fixed 5 s loop", "fixed 15 s loop"):
+        assert schedules[name]["polls_per_task"] >= 1
+        assert 0 <= schedules[name]["delay_mean_s"] <= schedules[name]["delay_max_s"]
+    assert schedules["fixed 5 s loop"]["delay_max_s"] <= 5.0
+    live = schedules["with callbacks (live, default policy scaled)"]
+    assert live["polls_per_task"] >= 1
+    assert live["delay_mean_s"] >= -0.01  # the server's timestamps are whole milliseconds
+
+
+def test_batch_finishes_every_task(tmp_path: Path) -> None:
+    """The batch run extends every video and cannot beat the ideal schedule."""
+    results = run_quick("batch", tmp_path)["results"]
+    assert results["succeeded"] == 40
+    assert results["failed"] == 0
+    assert results["wall_over_ideal"] >= 1.0
+
+
+def test_scale_measures_memory_cpu_and_lag(tmp_path: Path) -> None:
+    """The scale run measures its watchers' memory, CPU per poll and loop lag."""
+    (run,) = run_quick("scale", tmp_path)["results"]["runs"]
+    assert run["watchers"] == 1000
+    assert run["polls_in_window"] > 0
+    for key in ("kib_per_task", "cpu_us_per_poll", "lag_p99_ms"):
+        assert positive(run[key]), key
