@@ -24,6 +24,9 @@ __all__ = ["TaskSource", "TaskWatcher", "Wakeups"]
 
 log = logging.getLogger("kling_async")
 
+# Jitter needs no generator of its own per watcher (each holds 2.5 KiB of state).
+_JITTER = random.Random()
+
 
 class TaskSource(Protocol):
     """Where a watcher reads its task from (`KlingClient.get_task` fits)."""
@@ -84,7 +87,7 @@ class TaskWatcher:
         self._source = source
         self._clock = clock
         self._learned = learned
-        self._rng = rng or random.Random()
+        self._rng = rng or _JITTER
         self._on_poll_error = on_poll_error
         self._wakeups = wakeups
         self._started = clock.monotonic()
