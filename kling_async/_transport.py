@@ -2,9 +2,9 @@
 
 A request is retried only when its failure is retryable (see `errors`) and, for a paid
 create, only when the server surely made nothing: the connection was never opened, or the
-server answered in its own error format. Anything else (a timeout or a disconnect after
-sending, a proxy's 502 page, an unreadable 200) is raised for the caller to resolve, because
-sending the create again could pay for the same extension twice.
+server refused it with a 4xx in its own error format (a rate limit). Anything else (a
+timeout or a disconnect after sending, any 5xx, an unreadable 200) is raised for the caller
+to resolve, because sending the create again could pay for the same extension twice.
 """
 
 from __future__ import annotations
@@ -49,10 +49,17 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 
 
 def surely_not_created(exc: BaseException) -> bool:
-    """True when a failed create request certainly made no task, so re-sending is safe."""
+    """True when a failed create request certainly made no task, so re-sending is safe.
+
+    That is: the connection was never made, or the server refused the request in its own
+    words with a 4xx (a rate limit, a bad parameter, an empty account). A 5xx never counts,
+    whatever its body: a gateway may answer 502/504 while the API behind it made the task.
+    """
     if isinstance(exc, TransportError):
         return not exc.may_have_been_sent
-    return isinstance(exc, APIError) and exc.definitive
+    if not isinstance(exc, APIError) or not exc.definitive:
+        return False
+    return exc.http_status is None or exc.http_status < 500
 
 
 @attrs.define
@@ -141,7 +148,7 @@ class Transport:
             raise exc
         if not resend_safe and not surely_not_created(exc):
             raise exc
-        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+        retry_after = exc.retry_after if isinstance(exc, APIError) else None
         wait = policy.delay(
             attempt,
             self.rng.random(),

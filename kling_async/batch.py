@@ -23,8 +23,9 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._clock import Clock
+from ._transport import surely_not_created
 from .errors import InvalidArgumentError, KlingError, RateLimitError, TaskFailedError
-from .journal import EntryState, Journal, JournalEntry, JournalError, request_key
+from .journal import Journal, JournalEntry, JournalError, request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
@@ -164,14 +165,16 @@ class _Step(enum.Enum):
 
 
 def next_step(entry: JournalEntry | None) -> _Step:
-    """A journaled request resumes where it stopped; nothing paid for is sent twice."""
+    """A journaled request resumes where it stopped; nothing paid for is sent twice.
+
+    An entry without a task is a create that may have been sent with its answer lost (a
+    create that surely made nothing leaves no entry): it is looked up, never sent blindly.
+    """
     if entry is None:
         return _Step.SEND
-    if entry.task is not None:
-        return _Step.REPLAY if entry.task.is_terminal else _Step.WATCH
-    if entry.state is EntryState.INTENT or entry.error_type == "AmbiguousSubmissionError":
-        return _Step.RECONCILE  # a create may have been sent, its answer never recorded
-    return _Step.SEND  # it ended in an error that surely made no task: try again
+    if entry.task is None:
+        return _Step.RECONCILE
+    return _Step.REPLAY if entry.task.is_terminal else _Step.WATCH
 
 
 class _NoJournal:
@@ -233,70 +236,78 @@ class _Run:
         keys: set[str] = set()
         async with anyio.create_task_group() as group:
             async for request in _as_async(requests):
-                if self.stopping:
-                    break
                 key = request_key(request)
                 if isinstance(self.journal, Journal) and key in keys:
                     group.start_soon(self._report, request, None, _duplicate(key))
                     continue
                 keys.add(key)
                 entry = known.get(key)
-                step = next_step(entry)
-                if entry is not None and step is _Step.REPLAY:
+                if entry is not None and next_step(entry) is _Step.REPLAY:
                     group.start_soon(self._report, entry.request, entry.task, None)
                     continue
                 slot = await self.window.acquire()
+                if self.stopping:  # fail_fast: a failure came while this request waited
+                    self.window.release(slot)
+                    break
                 group.start_soon(self._one, request, key, entry, slot)
 
     async def _one(
         self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
     ) -> None:
+        """Run one request to its end. Its slot is held until its outcome is taken, so a
+        reader who stops reading stops new creates too."""
         task: Task | None = None
         watcher: TaskWatcher | None = None
         error: Exception | None = None
         try:
-            request, task = await self._task_for(request, key, entry, slot)
-            self._emit(BatchEventKind.SUBMITTED, request, task=task)
-            watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
-            async for snapshot in watcher:
-                await self.journal.record_status(key, snapshot)
-                self._emit(BatchEventKind.STATUS, request, task=snapshot)
-        except JournalError:
-            raise  # without a journal to rely on, going on could pay twice: stop the batch
-        except Exception as exc:  # every other failure becomes this request's outcome
-            error = exc
+            try:
+                request, task = await self._task_for(request, key, entry, slot)
+                self._emit(BatchEventKind.SUBMITTED, request, task=task)
+                watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
+                async for snapshot in watcher:
+                    await self.journal.record_status(key, snapshot)
+                    self._emit(BatchEventKind.STATUS, request, task=snapshot)
+            except JournalError:
+                raise  # without a journal to rely on, going on could pay twice: stop
+            except Exception as exc:  # every other failure becomes this request's outcome
+                error = exc
+            if watcher is not None and watcher.last is not None:
+                task = watcher.last
+            if await self._is_journaled(key):
+                await self.journal.record_outcome(key, task, error)
+            await self._report(request, task, error)
         finally:
             self.window.release(slot)
-        if watcher is not None and watcher.last is not None:
-            task = watcher.last
-        if await self._is_journaled(key):
-            await self.journal.record_outcome(key, task, error)
-        await self._report(request, task, error)
 
     async def _task_for(
         self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
     ) -> tuple[VideoExtendRequest, Task]:
         """The request's task: found again from the journal, or created (and journaled)."""
-        if entry is not None and next_step(entry) is not _Step.SEND:
-            found = await self._resume(entry)
-            if found is not None:
-                await self._journal_task(key, found)
-                return entry.request, found
-            request = entry.request  # surely never created: send it, with its external id
-        if entry is not None:
-            await self.journal.forget(key)  # its earlier attempt made nothing: start afresh
-        request = self.extender.prepare(request)
+        if entry is None:
+            return await self._create(self.extender.prepare(request), key, slot, fresh=True)
+        found = entry.task or await self.extender.find(entry.request)
+        if found is not None:
+            await self._journal_task(key, found)
+            return entry.request, found
+        # Surely never made (the API keeps external ids unique): send it again, same id.
+        await self.journal.forget(key)
+        return await self._create(entry.request, key, slot, fresh=False)
+
+    async def _create(
+        self, request: VideoExtendRequest, key: str, slot: _Slot, *, fresh: bool
+    ) -> tuple[VideoExtendRequest, Task]:
+        """Journal the intent, then create. A fresh create that surely made nothing leaves
+        no entry, so the next run sends it anew."""
         await self.journal.record_intent(key, request)
-        return request, await self._submit(request, key, slot)
+        try:
+            return request, await self._submit(request, key, slot)
+        except Exception as exc:
+            if fresh and surely_not_created(exc):
+                await self.journal.forget(key)
+            raise
 
     async def _is_journaled(self, key: str) -> bool:
         return isinstance(self.journal, Journal) and await self.journal.entry(key) is not None
-
-    async def _resume(self, entry: JournalEntry) -> Task | None:
-        """The journaled request's task, found again; None when it must be sent (again)."""
-        if entry.task is not None:
-            return entry.task
-        return await self.extender.find(entry.request)
 
     async def _report(
         self, request: VideoExtendRequest, task: Task | None, error: Exception | None
@@ -330,6 +341,7 @@ class _Run:
                     task = await self.extender.submit(
                         request, on_retry=self._retry_hook(request, slot)
                     )
+                    log.info("task %s created for request %s", task.id, key)
                     await self._journal_task(key, task)
             except RateLimitError as exc:
                 if not exc.is_concurrency_limit:
@@ -404,6 +416,7 @@ class Batch:
         self._done = anyio.Event()
         self._failure: BaseException | None = None
         self._started = False
+        self._ended = False
 
     @property
     def window(self) -> ConcurrencyWindow:
@@ -432,6 +445,8 @@ class Batch:
 
     async def __anext__(self) -> BatchOutcome:
         self._start()
+        if self._ended:
+            raise StopAsyncIteration
         try:
             return await self._receive.receive()
         except anyio.ClosedResourceError:
@@ -441,6 +456,7 @@ class Batch:
             ) from None
         except anyio.EndOfStream:
             self._receive.close()
+            self._ended = True
             await self._done.wait()
             if self._failure is not None:
                 raise self._failure from None

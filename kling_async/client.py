@@ -474,7 +474,8 @@ class KlingClient:
                 "extend_many runs inside the client's context: "
                 "`async with KlingClient(...) as client:`."
             )
-        send, receive = anyio.create_memory_object_stream[BatchOutcome](concurrency)
+        # No buffer: a reader who stops reading holds every slot, so no new task is created.
+        send, receive = anyio.create_memory_object_stream[BatchOutcome](0)
         run = _Run(
             extender=_BatchExtender(self, poll, download_to),
             window=ConcurrencyWindow(concurrency),

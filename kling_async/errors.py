@@ -54,9 +54,10 @@ class APIError(KlingError):
     """The API (or a gateway in front of it) answered with an error.
 
     `code` is Kling's business code (an int), a gateway's own string code, or None when the
-    answer had none; `http_status` and `request_id` are as received. `retryable` tells whether
-    the same request may succeed later; `definitive` is True when the server answered in its
-    own error format, which also means a create request made no task.
+    answer had none; `http_status` and `request_id` are as received; `retry_after` is the
+    server's ``Retry-After`` in seconds, when it sent one. `retryable` tells whether the same
+    request may succeed later; `definitive` is True when the server answered in its own error
+    format (see `surely_not_created` for what that means for a create).
     """
 
     retryable: ClassVar[bool] = False
@@ -70,12 +71,14 @@ class APIError(KlingError):
         request_id: str | None = None,
         http_status: int | None = None,
         definitive: bool = True,
+        retry_after: float | None = None,
     ) -> None:
         self.message = message
         self.code = code
         self.request_id = request_id
         self.http_status = http_status
         self.definitive = definitive
+        self.retry_after = retry_after
         super().__init__(self._sentence())
 
     def _sentence(self) -> str:
@@ -124,17 +127,10 @@ class ContentPolicyError(APIError):
 
 
 class RateLimitError(APIError):
-    """Too many requests (1302) or too many parallel tasks (1303): wait, then try again.
-
-    `retry_after` is the server's `Retry-After` in seconds, when it sent one.
-    """
+    """Too many requests (1302) or too many parallel tasks (1303): wait, then try again."""
 
     retryable = True
     hint = "Slow down or lower the concurrency; the client retries these by itself."
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **fields: Any) -> None:
-        self.retry_after = retry_after
-        super().__init__(message, **fields)
 
     @property
     def is_concurrency_limit(self) -> bool:
@@ -270,12 +266,14 @@ def _excerpt(text: str, limit: int = 160) -> str:
 
 
 def _int_code(value: object) -> int | str | None:
+    """Kling's code as an int (some gateways send it as digits); other text stays text."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        return int(value) if value.isdigit() else value
+        digits = value.isascii() and value.isdigit() and len(value) < 10
+        return int(value) if digits else value[:64]
     return None
 
 
@@ -301,10 +299,7 @@ def error_from_answer(
         excerpt = _excerpt(text)
         message = f"Unexpected answer: {excerpt}" if excerpt else "Unexpected empty answer"
         fields["definitive"] = False
-    cls = _class_for(http_status, fields.get("code"))
-    if cls is RateLimitError:
-        return RateLimitError(message, retry_after=retry_after, **fields)
-    return cls(message, **fields)
+    return _class_for(http_status, fields.get("code"))(message, retry_after=retry_after, **fields)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -275,3 +275,40 @@ async def test_batch_downloads_results_as_tasks_finish(
             assert outcome.task is not None
             assert outcome.files[0].name == f"{outcome.task.videos[0].id}.mp4"
     assert len(list(tmp_path.iterdir())) == 5
+
+
+async def test_a_reader_who_stops_reading_stops_new_creates(server: FakeKlingServer) -> None:
+    """Breaking out of the loop (without closing) holds every slot: no more tasks are made."""
+    async with client_for(server) as client:
+        batch = client.extend_many(requests(30), concurrency=2)
+        async for _ in batch:
+            break
+        await anyio.sleep(0.5)
+        # The outcome taken freed one slot: at most one more task than the concurrency.
+        assert server.record.create_count <= 3
+
+
+async def test_fail_fast_sends_nothing_after_the_failure() -> None:
+    """With fail_fast and one slot, the first failure is the last create."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=1.0) as server:
+        outcomes = await run_batch(server, requests(10), concurrency=1, fail_fast=True)
+        assert server.record.create_count == 1
+    assert len(outcomes) == 1
+
+
+async def test_every_created_task_is_logged(
+    server: FakeKlingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each task id is logged as it is created, so even a stopped batch leaves a trace."""
+    caplog.set_level("INFO", logger="kling_async")
+    await run_batch(server, requests(3), concurrency=3)
+    for task_id in server.record.created:
+        assert f"task {task_id} created" in caplog.text
+
+
+async def test_a_finished_batch_iterates_as_empty(server: FakeKlingServer) -> None:
+    """Iterating a finished batch again ends at once, without a false alarm."""
+    async with client_for(server) as client:
+        batch = client.extend_many(requests(2), concurrency=2)
+        assert len([o async for o in batch]) == 2
+        assert [o async for o in batch] == []

@@ -269,3 +269,18 @@ async def test_a_journal_that_fails_stops_the_batch_and_names_the_task(tmp_path:
         third = server.record.created[2]
     assert third in str(caught.value)
     assert server.record.create_count == 3
+
+
+async def test_a_failed_lookup_never_leads_to_a_second_create(tmp_path: Path) -> None:
+    """While the lookup of an unrecorded create keeps failing, nothing is sent again."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        server.faults.push(Fault.drop_after_create(), method="POST")
+        server.faults.push(Fault.http_error(503, 5001, "lookup down"), method="GET", times=4)
+        await run(server, requests(1), journal)  # ambiguous: the lookup failed
+        server.faults.push(Fault.http_error(503, 5001, "lookup down"), method="GET", times=4)
+        second = await run(server, requests(1), journal)  # the lookup fails again
+        assert second[0].task is None
+        third = await run(server, requests(1), journal)  # now it is found
+        assert server.record.create_count == 1
+    assert third[0].ok

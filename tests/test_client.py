@@ -299,16 +299,50 @@ async def test_create_timing_out_after_sending_is_not_resent(gateway: FakeKlingS
     "fault",
     [
         Fault.rate_limited(retry_after=1, code=1303),
-        Fault.http_error(500, 5000, "try again"),
-        Fault.gateway_error(503, "upstream_busy", "busy"),
+        Fault.rate_limited(retry_after=None, code=1302),
+        Fault.gateway_error(429, "rate_limit_exceeded", "slow down"),
     ],
 )
-async def test_explicit_create_errors_are_resent(gateway: FakeKlingServer, fault: Fault) -> None:
-    """An explicit retryable error means nothing was created: re-sending is safe."""
+async def test_explicit_refusals_of_a_create_are_resent(
+    gateway: FakeKlingServer, fault: Fault
+) -> None:
+    """A 4xx rate limit in the server's own words means nothing was made: re-send is safe."""
     gateway.faults.push(fault, method="POST")
     async with gateway_client(gateway, clock=FakeClock()) as client:
         await client.extend_video("vid-1", task_id="p-1")
     assert gateway.record.create_count == 1
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.http_error(500, 5000, "try again"),
+        Fault.http_error(504, 5002, "internal timeout"),
+        Fault.gateway_error(502, "upstream_error", "bad gateway"),
+        Fault.openai_error(504, "upstream timed out", "server_error"),
+        Fault.html(504),
+    ],
+)
+async def test_5xx_answers_to_a_create_are_never_resent(
+    gateway: FakeKlingServer, fault: Fault
+) -> None:
+    """Whatever its body, a 5xx to a create may hide a made task: one POST, then ambiguity."""
+    gateway.faults.push(fault, method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(AmbiguousSubmissionError):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+
+
+async def test_retry_after_on_a_503_is_honoured(gateway: FakeKlingServer) -> None:
+    """A server error asking for a pause gets it (not just a short backoff)."""
+    clock = FakeClock()
+    gateway.faults.push(Fault.http_error(503, 5001, "busy", retry_after=9), method="GET")
+    async with gateway_client(gateway, clock=clock) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        await client.get_task(created.id)
+    assert clock.sleeps == [9.0]
 
 
 async def test_refused_connection_is_retried_then_reported() -> None:
