@@ -67,6 +67,6 @@ class FakeClock:
         self._now += seconds
 
     async def sleep(self, seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()  # a cancelled sleep neither happens nor counts
         self.sleeps.append(seconds)
         self._now += max(seconds, 0.0)
-        await anyio.lowlevel.checkpoint()

@@ -37,7 +37,15 @@ class RateLimiter:
         return start - now
 
     async def acquire(self) -> None:
-        """Wait for this request's slot. A cancelled waiter's slot is simply left unused."""
+        """Wait for this request's slot. A cancelled waiter gives its slot back if no later
+        request took one meanwhile (else the slot stays unused: a short, bounded loss)."""
         wait = self.reserve()
-        if wait > 0:
+        if wait <= 0:
+            return
+        reserved = self._theoretical_arrival
+        try:
             await self._clock.sleep(wait)
+        except BaseException:
+            if self._theoretical_arrival == reserved:
+                self._theoretical_arrival -= self._interval
+            raise

@@ -26,6 +26,7 @@ from .auth import Auth
 from .errors import (
     TOKEN_REFRESH_CODES,
     APIError,
+    ConfigurationError,
     RateLimitError,
     TransportError,
     error_from_answer,
@@ -77,19 +78,26 @@ class Transport:
     timeout: float = 30.0
     limiter: RateLimiter | None = None
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    hidden: tuple[str, ...] = ()  # more values to scrub from quoted answers (callback token)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
+    closed: bool = attrs.field(default=False, init=False)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The session requests go through (made on first use when not given)."""
+        if self.closed:
+            raise ConfigurationError(
+                "This KlingClient is closed; open it again with `async with`, or make a new one."
+            )
         if self._session is None:
             self._session = aiohttp.ClientSession(raise_for_status=False)
             self._owns_session = True
         return self._session
 
     async def close(self) -> None:
-        """Close the session if this transport made it."""
+        """Close the session if this transport made it; later requests are refused."""
+        self.closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -211,9 +219,17 @@ class Transport:
         )
 
     def _redact(self, text: str) -> str:
-        for secret in self.auth.secrets():
-            text = text.replace(secret, "<hidden>")
+        for secret in (*self.auth.secrets(), *self.hidden):
+            text = _scrub(text, secret)
         return _BEARER.sub(r"\1<hidden>", text)
+
+
+def _scrub(text: str, secret: str) -> str:
+    """`text` without `secret`. A short secret is replaced only as a whole word, so a
+    one-letter test key does not turn every such letter of a message into <hidden>."""
+    if len(secret) >= 12:
+        return text.replace(secret, "<hidden>")
+    return re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "<hidden>", text)
 
 
 def _needs_new_token(exc: APIError | TransportError) -> bool:

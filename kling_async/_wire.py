@@ -40,11 +40,14 @@ def _timestamp(value: Any, _: type) -> datetime:
     return datetime.fromtimestamp(float(value) / 1000.0, tz=UTC)
 
 
-def _decimal(value: Any, _: type) -> Decimal:
+def _seconds(value: Any) -> Decimal | None:
+    """Seconds as an exact decimal; an unreadable duration is unknown (None), not an error:
+    one odd field must not hide a finished task."""
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"not a number of seconds: {value!r}") from None
+        return None
+    return number if number.is_finite() else None
 
 
 def _status(value: Any, _: type) -> TaskStatus:
@@ -58,7 +61,6 @@ def _status(value: Any, _: type) -> TaskStatus:
 
 
 converter.register_structure_hook(datetime, _timestamp)
-converter.register_structure_hook(Decimal, _decimal)
 converter.register_structure_hook(TaskStatus, _status)
 
 
@@ -71,9 +73,15 @@ def _optional_time(value: Any) -> datetime | None:
 
 
 def _videos(result: Any) -> tuple[Video, ...]:
-    if not isinstance(result, Mapping):
+    if not isinstance(result, Mapping) or not isinstance(result.get("videos"), list):
         return ()
-    return converter.structure(result.get("videos") or [], tuple[Video, ...])
+    return tuple(_video(item) for item in result["videos"])
+
+
+def _video(item: Any) -> Video:
+    if not isinstance(item, Mapping) or not item.get("id") or not item.get("url"):
+        raise ValueError(f"a result video needs an id and a url, got {item!r:.80}")
+    return Video(str(item["id"]), str(item["url"]), _seconds(item.get("duration")))
 
 
 def _external_id(data: Mapping[str, Any]) -> str | None:
@@ -159,7 +167,7 @@ def decode_json(raw: bytes) -> Any:
     """The JSON value of a body, or None when it is not JSON."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

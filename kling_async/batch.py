@@ -24,7 +24,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._clock import Clock
 from ._transport import surely_not_created
-from .errors import InvalidArgumentError, KlingError, RateLimitError, TaskFailedError
+from .errors import (
+    InvalidArgumentError,
+    KlingError,
+    RateLimitError,
+    TaskFailedError,
+    sole_error,
+)
 from .journal import Journal, JournalEntry, JournalError, request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import RetryPolicy
@@ -436,7 +442,7 @@ class Batch:
             self._receive.close()  # the client is closing: nobody will read the rest
             raise
         except Exception as exc:  # handed to the iterating task, raised there
-            self._failure = _sole(exc)
+            self._failure = sole_error(exc)
         finally:
             self._done.set()
 
@@ -481,13 +487,6 @@ class Batch:
             if self._started:
                 await self._done.wait()
             await self._receive.aclose()
-
-
-def _sole(exc: Exception) -> Exception:
-    """The one error a task group wrapped, so the reader can catch it by its own class."""
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _duplicate(key: str) -> InvalidArgumentError:

@@ -238,7 +238,11 @@ class CallbackReceiver:
         await self.close()
 
     async def _serve(self, request: web.Request) -> web.Response:
-        body = await request.content.read(self.max_body + 1)
+        try:
+            body = await request.read()  # the whole body, bounded by client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            self.stats["body too large"] += 1
+            return web.Response(status=413)
         status = await self.handle(body, request.headers)
         return web.Response(status=status)
 

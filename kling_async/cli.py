@@ -24,7 +24,7 @@ from . import __version__
 from ._wire import request_from_json, request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
 from .client import KlingClient
-from .errors import ConfigurationError, KlingError
+from .errors import ConfigurationError, KlingError, sole_error
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import PollPolicy
 
@@ -45,12 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return anyio.run(handler, args, backend="asyncio")
-    except ConfigurationError as exc:
-        return _fail(exc, EXIT_USAGE)
-    except KlingError as exc:
-        return _fail(exc, EXIT_FAILED)
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILED)
     except KeyboardInterrupt:
         print(
             "kling-async: interrupted; a batch resumes where it stopped when the same command "
@@ -58,6 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _report_failure(sole_error(exc))  # `watch` follows tasks in a group
+
+
+def _report_failure(error: BaseException) -> int:
+    """One clear line for a failure the user can act on; anything else is a bug: re-raised."""
+    if isinstance(error, ConfigurationError):
+        return _fail(error, EXIT_USAGE)
+    if isinstance(error, KlingError):
+        return _fail(error, EXIT_FAILED)
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}", EXIT_FAILED)
+    raise error
 
 
 def _fail(error: object, code: int) -> int:

@@ -133,6 +133,7 @@ class KlingClient:
             timeout=timeout,
             limiter=limiter,
             session=session,
+            hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
         )
 
     @classmethod
@@ -186,6 +187,7 @@ class KlingClient:
     async def __aenter__(self) -> Self:
         if self._tasks is not None:
             raise RuntimeError("this KlingClient is already open; use one `async with` per client")
+        self._transport.closed = False
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         return self

@@ -302,6 +302,13 @@ def error_from_answer(
     return _class_for(http_status, fields.get("code"))(message, retry_after=retry_after, **fields)
 
 
+def sole_error(error: BaseException) -> BaseException:
+    """The one error a task group wrapped, so callers can catch it by its own class."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def _str_or_none(value: object) -> str | None:
     if value is None:
         return None

@@ -16,6 +16,9 @@ from attrs import validators as v
 
 __all__ = ["CompletionTimes", "PollPolicy", "RetryPolicy"]
 
+# Past this many doublings every schedule is at its ceiling; capping avoids float overflow.
+_MAX_DOUBLINGS = 64
+
 _positive = v.gt(0.0)
 _non_negative = v.ge(0.0)
 
@@ -53,7 +56,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int, draw: float) -> float:
         """Seconds to wait before retry number `retry` (1-based); `draw` is uniform in [0, 1)."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(retry - 1, _MAX_DOUBLINGS))
         return ceiling * draw if self.jitter else ceiling
 
     def delay(
@@ -115,7 +118,8 @@ class PollPolicy:
         """The wait before the next poll when nothing has been learned yet."""
         if polls_done == 0:
             return self.initial_delay
-        return self.clamp(self.min_interval * self.multiplier ** (polls_done - 1))
+        growth = self.multiplier ** min(polls_done - 1, _MAX_DOUBLINGS)
+        return self.clamp(self.min_interval * growth)
 
     def next_delay(
         self,

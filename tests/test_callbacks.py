@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -212,3 +213,37 @@ def test_repr_hides_the_token() -> None:
     receiver = CallbackReceiver(base_url="http://hooks.test", secret=SECRET)
     assert receiver.path.rsplit("/", 1)[1] not in repr(receiver)
     assert "sixteen" not in repr(receiver)
+
+
+async def test_a_callback_in_several_chunks_is_read_whole() -> None:
+    """A body that arrives in pieces is still one callback."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        body = task_body("chunked")
+        yield body[:10]
+        await anyio.sleep(0.05)
+        yield body[10:]
+
+    async with CallbackReceiver() as receiver:
+        url = await receiver.start()
+        async with aiohttp.ClientSession() as session, session.post(url, data=chunks()) as answer:
+            assert answer.status == 200
+    assert receiver.take_hint("chunked")
+
+
+async def test_the_receiver_token_is_scrubbed_from_errors() -> None:
+    """A server quoting callback_url back in an error does not reveal the receiver's token."""
+    from kling_async import APIError, KlingClient
+    from kling_async.testing import FakeKlingServer, Fault
+
+    receiver = CallbackReceiver(base_url="http://hooks.test")
+    token = receiver.path.rsplit("/", 1)[1]
+    async with FakeKlingServer(api_key="test-api-key") as server:
+        message = f"callback_url {receiver.callback_url} is not reachable"
+        server.faults.push(Fault.gateway_error(400, "bad_callback", message), method="POST")
+        client = KlingClient(api_key="test-api-key", base_url=server.url, callbacks=receiver)
+        async with client:
+            with pytest.raises(APIError) as caught:
+                await client.extend_video("v", task_id="p")
+    assert token not in str(caught.value)
+    assert "not reachable" in str(caught.value)

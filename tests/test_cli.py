@@ -328,3 +328,11 @@ def test_examples_run(example: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_watch_of_an_unknown_task_is_one_line(fake_server: str) -> None:
+    """watch follows tasks in a group; its errors still come out as one line."""
+    result = run_cli("watch", "no-such-task", env=env_for(fake_server))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ import pytest
 
 from kling_async import (
     AmbiguousSubmissionError,
+    APIError,
     AuthenticationError,
     ConfigurationError,
     InsufficientBalanceError,
@@ -508,3 +509,24 @@ async def test_download_of_an_unfinished_task_is_refused(gateway: FakeKlingServe
         task = await client.extend_video("vid-1", task_id="p-1")
         with pytest.raises(InvalidArgumentError, match="no video to download"):
             await client.download(task, ".")
+
+
+async def test_a_closed_client_refuses_to_send(gateway: FakeKlingServer) -> None:
+    """After its block ends, a client says it is closed instead of opening a new session."""
+    client = gateway_client(gateway)
+    async with client:
+        await client.extend_video("vid-1", task_id="p-1")
+    with pytest.raises(ConfigurationError, match="closed"):
+        await client.get_task("x")
+    async with client:  # opening it again is fine
+        await client.extend_video("vid-2", task_id="p-2")
+
+
+async def test_short_keys_do_not_mangle_messages() -> None:
+    """Scrubbing a (short) key from a quoted answer leaves other words alone."""
+    async with FakeKlingServer(dialect="gateway", api_key="k") as server:
+        server.faults.push(Fault.gateway_error(400, "bad", "keep k out of knock-knock jokes"))
+        async with KlingClient(api_key="k", base_url=server.url, dialect="gateway") as client:
+            with pytest.raises(APIError) as caught:
+                await client.get_task("x")
+    assert "keep <hidden> out of knock-knock jokes" in str(caught.value)

@@ -144,3 +144,9 @@ def test_completion_times_forget_the_oldest() -> None:
         times.observe(value)
     assert len(times) == 3
     assert times.quantile(0.0) == 2
+
+
+def test_schedules_never_overflow() -> None:
+    """Thousands of retries or polls stay at the ceiling instead of overflowing."""
+    assert RetryPolicy(jitter=False).backoff(5000, 0.5) == 20.0
+    assert PollPolicy(jitter=False).fixed_delay(100_000) == 30.0

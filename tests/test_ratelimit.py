@@ -71,3 +71,15 @@ async def test_many_watchers_share_one_limit() -> None:
     rate = (len(gets) - 1) / (gets[-1] - gets[0])
     assert len(gets) > 20
     assert rate <= 40 * 1.15
+
+
+async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
+    """Requests cancelled while waiting do not push later ones further out."""
+    clock = FakeClock()
+    limiter = RateLimiter(1.0, clock=clock, burst=1)
+    limiter.reserve()  # the slot now
+    for _ in range(50):  # fifty callers give up while waiting
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await limiter.acquire()
+    assert limiter.reserve() == pytest.approx(1.0)

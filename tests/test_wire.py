@@ -83,7 +83,6 @@ def test_failed_task_keeps_its_message() -> None:
         [],
         {"task_status": "succeed"},
         {"task_id": "t", "created_at": "yesterday"},
-        {"task_id": "t", "task_result": {"videos": [{"id": "v", "url": "u", "duration": "x"}]}},
         {"task_id": "t", "task_result": {"videos": [{"url": "u"}]}},
     ],
 )
@@ -91,6 +90,16 @@ def test_malformed_task_object_is_a_transport_error(data: Any) -> None:
     """A task object the client cannot trust raises TransportError naming the problem."""
     with pytest.raises(TransportError, match="could not be read"):
         structure_task(data, TaskKind.VIDEO_EXTEND)
+
+
+@pytest.mark.parametrize("duration", ["5.1s", "", None, "NaN", [1], "Infinity"])
+def test_an_odd_duration_is_unknown_not_fatal(duration: object) -> None:
+    """One unreadable duration must not hide a finished task: it reads as None."""
+    video = {"id": "v", "url": "https://cdn.example/v.mp4", "duration": duration}
+    data = {"task_id": "t", "task_status": "succeed", "task_result": {"videos": [video]}}
+    task = structure_task(data, TaskKind.VIDEO_EXTEND)
+    assert task.status is TaskStatus.SUCCEED
+    assert task.videos[0].duration is None
 
 
 def test_list_answer() -> None:
@@ -105,3 +114,10 @@ def test_request_body_sends_only_what_is_set() -> None:
     """None fields and the local key are never sent."""
     request = VideoExtendRequest("v1", prompt="go on", cfg_scale=0.0, key="row-7")
     assert request_body(request) == {"video_id": "v1", "prompt": "go on", "cfg_scale": 0.0}
+
+
+def test_deeply_nested_garbage_is_not_json() -> None:
+    """A body nested beyond reason reads as 'not JSON', never a RecursionError."""
+    from kling_async._wire import decode_json
+
+    assert decode_json(b"[" * 100_000) is None
