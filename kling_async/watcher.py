@@ -16,13 +16,17 @@ from typing import Protocol
 import anyio
 
 from ._clock import Clock
-from .errors import APIError, TaskFailedError, TransportError, WatchTimeoutError
+from .errors import APIError, NotFoundError, TaskFailedError, TransportError, WatchTimeoutError
 from .models import Task, TaskKind, TaskStatus
 from .policies import CompletionTimes, PollPolicy
 
 __all__ = ["TaskSource", "TaskWatcher", "Wakeups"]
 
 log = logging.getLogger("kling_async")
+
+#: Seconds after the watch starts during which "not found" for a task known to exist is read
+#: as a lagging gateway cache (retried) rather than as the end of the watch.
+NOT_FOUND_GRACE = 120.0
 
 # Jitter needs no generator of its own per watcher (each holds 2.5 KiB of state).
 _JITTER = random.Random()
@@ -187,12 +191,17 @@ class TaskWatcher:
         except TimeoutError:
             raise self._timeout() from None
         except (APIError, TransportError) as exc:
-            if not exc.retryable:
+            if not (exc.retryable or self._lagging(exc)):
                 raise
             log.info("poll of task %s failed, will try again: %s", self.task_id, exc)
             if self._on_poll_error is not None:
                 self._on_poll_error(exc)
             return None
+
+    def _lagging(self, exc: Exception) -> bool:
+        """A task known to exist but 'not found' soon after: a gateway's cache lags behind."""
+        young = self._clock.monotonic() - self._started < NOT_FOUND_GRACE
+        return isinstance(exc, NotFoundError) and self.last is not None and young
 
     def _timeout(self) -> WatchTimeoutError:
         status = self.last.status if self.last else None

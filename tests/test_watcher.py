@@ -134,12 +134,34 @@ async def test_transient_poll_errors_never_end_the_watch(fault: Exception) -> No
 
 
 async def test_permanent_error_ends_the_watch() -> None:
-    """A task that does not exist ends the watch with NotFoundError."""
+    """A task id that was never found ends the watch with NotFoundError."""
     clock = FakeClock()
     missing = NotFoundError("no such task", code=1203, http_status=404)
-    source = ScriptedSource(clock, ["processing", missing])
+    source = ScriptedSource(clock, [missing])
     with pytest.raises(NotFoundError):
         await _watcher(source, clock)
+    assert len(source.calls) == 1
+
+
+async def test_a_lagging_not_found_for_a_known_task_is_retried() -> None:
+    """Right after creation a gateway's cache may not know the task yet: keep watching."""
+    clock = FakeClock()
+    missing = NotFoundError("task_not_exist", code="task_not_exist", http_status=400)
+    source = ScriptedSource(clock, [missing, missing, "processing", "succeed"])
+    created = _task("t-1", "submitted")
+    task = await TaskWatcher(source, created, policy=FAST, clock=clock)
+    assert task.status is TaskStatus.SUCCEED
+
+
+async def test_not_found_long_after_the_start_ends_the_watch() -> None:
+    """Past the grace period, 'not found' for a known task is believed."""
+    clock = FakeClock()
+    missing = NotFoundError("gone", code=1203, http_status=404)
+    source = ScriptedSource(clock, [missing])
+    watcher = TaskWatcher(source, _task("t-1", "processing"), policy=FAST, clock=clock)
+    clock.advance(121)
+    with pytest.raises(NotFoundError):
+        await watcher
 
 
 async def test_terminal_task_is_answered_without_a_request() -> None:
