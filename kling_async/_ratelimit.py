@@ -14,7 +14,8 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """At most `rate` requests a second on average, with bursts of up to `burst`.
+    """At most `rate` requests a second on average, with bursts of up to `burst`
+    (by default a tenth of a second's worth).
 
     >>> limiter = RateLimiter(10.0, clock=SystemClock())  # doctest: +SKIP
     >>> await limiter.acquire()                             # doctest: +SKIP
@@ -25,7 +26,10 @@ class RateLimiter:
             raise ValueError(f"requests_per_second must be positive, not {rate!r}")
         self.rate = rate
         self._interval = 1.0 / rate
-        self._tolerance = (max(1, burst if burst is not None else int(rate)) - 1) * self._interval
+        # Default burst: a tenth of a second's worth, so thousands of due watchers go out as a
+        # steady stream rather than in waves that stall the event loop.
+        allowed = burst if burst is not None else int(rate / 10)
+        self._tolerance = (max(1, allowed) - 1) * self._interval
         self._clock = clock
         self._theoretical_arrival = float("-inf")
 

@@ -82,6 +82,11 @@ class Transport:
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
     closed: bool = attrs.field(default=False, init=False)
+    _client_timeout: aiohttp.ClientTimeout = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # sock_connect makes a connect-phase timeout distinguishable: nothing was sent then.
+        self._client_timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -178,7 +183,7 @@ class Transport:
         if self.limiter is not None:
             await self.limiter.acquire()
         headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
-        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout)
+        timeout = self._client_timeout
         try:
             async with self.session.request(
                 method,

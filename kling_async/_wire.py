@@ -69,7 +69,7 @@ def _optional_text(value: Any) -> str | None:
 
 
 def _optional_time(value: Any) -> datetime | None:
-    return None if value in (None, "", 0) else converter.structure(value, datetime)
+    return None if value in (None, "", 0) else _timestamp(value, datetime)
 
 
 def _videos(result: Any) -> tuple[Video, ...]:
@@ -101,12 +101,12 @@ def structure_task(data: Any, kind: TaskKind) -> Task:
         return Task(
             id=str(data["task_id"]),
             kind=kind,
-            status=converter.structure(data.get("task_status", ""), TaskStatus),
+            status=_status(data.get("task_status", ""), TaskStatus),
             status_message=_optional_text(data.get("task_status_msg")),
             created_at=_optional_time(data.get("created_at")),
             updated_at=_optional_time(data.get("updated_at")),
             videos=_videos(data.get("task_result")),
-            raw=dict(data),
+            raw=data,
             external_task_id=_external_id(data),
         )
     except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as exc:

@@ -184,12 +184,8 @@ class TaskWatcher:
         """One read of the task; None when it failed transiently (try again later)."""
         self.polls += 1
         self._last_poll = self._clock.monotonic()
-        budget = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
         try:
-            with anyio.fail_after(budget):
-                return await self._source.get_task(self.task_id, self.kind)
-        except TimeoutError:
-            raise self._timeout() from None
+            return await self._read(deadline)
         except (APIError, TransportError) as exc:
             if not (exc.retryable or self._lagging(exc)):
                 raise
@@ -197,6 +193,16 @@ class TaskWatcher:
             if self._on_poll_error is not None:
                 self._on_poll_error(exc)
             return None
+
+    async def _read(self, deadline: float | None) -> Task:
+        """One GET, cut short by the deadline (no cancel scope when there is none)."""
+        if deadline is None:
+            return await self._source.get_task(self.task_id, self.kind)
+        try:
+            with anyio.fail_after(max(0.0, deadline - self._clock.monotonic())):
+                return await self._source.get_task(self.task_id, self.kind)
+        except TimeoutError:
+            raise self._timeout() from None
 
     def _lagging(self, exc: Exception) -> bool:
         """A task known to exist but 'not found' soon after: a gateway's cache lags behind."""

@@ -100,7 +100,7 @@ def test_adaptive_polls_densely_where_tasks_end() -> None:
     learned = _learned(*range(100, 141))
     early = policy.next_delay(age=0, polls_done=0, learned=learned)
     amid = policy.next_delay(age=120, polls_done=5, learned=learned)
-    assert early == 30
+    assert early > 15
     assert amid < 5
 
 
