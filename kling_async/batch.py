@@ -25,6 +25,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._clock import Clock
 from ._transport import surely_not_created
 from .errors import (
+    AuthenticationError,
+    InsufficientBalanceError,
     InvalidArgumentError,
     KlingError,
     RateLimitError,
@@ -41,6 +43,10 @@ __all__ = ["Batch", "BatchEvent", "BatchEventKind", "BatchOutcome", "Concurrency
 log = logging.getLogger("kling_async")
 
 RetryHook = Callable[[Exception], object]
+
+
+#: Errors about the account, not the request: the batch stops taking requests after one.
+_ACCOUNT_ERRORS = (AuthenticationError, InsufficientBalanceError)
 
 
 @attrs.frozen
@@ -329,6 +335,9 @@ class _Run:
                 error = exc
         outcome = BatchOutcome(request, task, error, files)
         self._emit(BatchEventKind.FINISHED, request, task=task, error=error, outcome=outcome)
+        if isinstance(error, _ACCOUNT_ERRORS) and not self.stopping:
+            log.warning("stopping the batch: %s", error)  # every further request would fail
+            self.stopping = True
         if self.fail_fast and not outcome.ok:
             self.stopping = True
         await self.send.send(outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -43,17 +44,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    _show_warnings()
     try:
         return anyio.run(handler, args, backend="asyncio")
     except KeyboardInterrupt:
-        print(
-            "kling-async: interrupted; a batch resumes where it stopped when the same command "
-            "is run again",
-            file=sys.stderr,
-        )
+        resume = "; run the same command again to resume" if handler is _batch else ""
+        print(f"kling-async: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         return _report_failure(sole_error(exc))  # `watch` follows tasks in a group
+
+
+def _show_warnings() -> None:
+    """The library's warnings (a batch stopping, a task unreadable for a while) on stderr."""
+    library = logging.getLogger("kling_async")
+    if any(getattr(h, "kling_cli", False) for h in library.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.kling_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("kling-async: %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.WARNING)
 
 
 def _report_failure(error: BaseException) -> int:
@@ -174,14 +185,16 @@ def _add_batch(commands: Any) -> None:
 
 def _add_fake_server(commands: Any) -> None:
     command = commands.add_parser("fake-server", help="serve the fake Kling API locally")
-    command.add_argument("--host", default="127.0.0.1")
-    command.add_argument("--port", type=int, default=8765)
+    command.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    command.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     command.add_argument("--dialect", choices=["official", "gateway"], default="gateway")
     command.add_argument(
         "--speed", type=float, default=20.0, help="service seconds per real second (default 20)"
     )
-    command.add_argument("--api-key", default="test-api-key", help="key the server accepts")
-    command.add_argument("--seed", type=int, default=0)
+    command.add_argument(
+        "--api-key", default="test-api-key", help="the key it accepts (default: test-api-key)"
+    )
+    command.add_argument("--seed", type=int, default=0, help="makes ids and durations repeatable")
     command.set_defaults(handler=_fake_server)
 
 
@@ -215,6 +228,8 @@ def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
 
 
 async def _extend(args: argparse.Namespace) -> int:
+    if args.download:
+        _make_folder(Path(args.download))  # before anything is sent, not after paying
     async with _client(args) as client:
         task = await client.extend_video(
             args.video_id,
@@ -284,7 +299,15 @@ async def _batch(args: argparse.Namespace) -> int:
             journal=journal,
             download_to=args.download,
         )
-    return EXIT_OK if all(o.ok and o.error is None for o in outcomes) else EXIT_FAILED
+    missing = len(requests) - len(outcomes)
+    if missing:
+        print(
+            f"kling-async: {missing} request(s) were not sent because the batch stopped; "
+            "fix the cause and run the same command again",
+            file=sys.stderr,
+        )
+    succeeded = not missing and all(o.ok and o.error is None for o in outcomes)
+    return EXIT_OK if succeeded else EXIT_FAILED
 
 
 def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> list[Any]:
@@ -299,7 +322,7 @@ def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> lis
             if not line.strip():
                 continue
             try:
-                request = request_from_json(json.loads(line))
+                request = request_from_json(json.loads(line.rstrip("\r\n")))
                 client.prepare(request)
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
@@ -330,6 +353,15 @@ def _results_file(path: Path) -> Iterator[TextIO]:
         yield stream
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot use {folder} as the download folder ({exc.strerror or exc}); nothing was sent"
+        ) from None
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -348,7 +380,7 @@ async def _fake_server(args: argparse.Namespace) -> int:
     async with server:
         print(f"Fake Kling API ({args.dialect}) on {server.url}; Ctrl-C stops it. Try:")
         print(f"  export KLING_BASE_URL={server.url} KLING_DIALECT={args.dialect}")
-        print("  export KLING_API_KEY=<the --api-key given to the server>")
+        print(f"  export KLING_API_KEY={args.api_key}  # the fake's own test key")
         print("  kling-async extend VIDEO_ID --task-id PARENT_TASK --wait", flush=True)
         await anyio.sleep_forever()
     return EXIT_OK  # pragma: no cover - only Ctrl-C ends the server

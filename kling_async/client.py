@@ -479,7 +479,7 @@ class KlingClient:
         # No buffer: a reader who stops reading holds every slot, so no new task is created.
         send, receive = anyio.create_memory_object_stream[BatchOutcome](0)
         run = _Run(
-            extender=_BatchExtender(self, poll, download_to),
+            extender=_BatchExtender(self, poll, _folder(download_to)),
             window=ConcurrencyWindow(concurrency),
             send=send,
             clock=self._clock,
@@ -562,7 +562,7 @@ class _BatchExtender:
 
     client: KlingClient
     poll: PollPolicy | None
-    download_to: str | os.PathLike[str] | None = None
+    download_to: Path | None = None
 
     async def submit(
         self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
@@ -588,6 +588,20 @@ class _BatchExtender:
             exists = await anyio.to_thread.run_sync(path.exists)
             files.append(path if exists else await self.client.download(video, path))
         return tuple(files)
+
+
+def _folder(path: str | os.PathLike[str] | None) -> Path | None:
+    """The batch's download folder, made now: a typo must not cost a batch of results."""
+    if path is None:
+        return None
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot use {folder} as the download folder ({exc.strerror or exc}); nothing was sent."
+        ) from None
+    return folder
 
 
 def _video_of(video_or_task: Video | Task) -> Video:

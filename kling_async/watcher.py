@@ -96,6 +96,7 @@ class TaskWatcher:
         self._wakeups = wakeups
         self._started = clock.monotonic()
         self._last_poll = float("-inf")
+        self._failures_in_a_row = 0
         self._previous_delay: float | None = None
 
     def __repr__(self) -> str:
@@ -185,14 +186,24 @@ class TaskWatcher:
         self.polls += 1
         self._last_poll = self._clock.monotonic()
         try:
-            return await self._read(deadline)
+            task = await self._read(deadline)
         except (APIError, TransportError) as exc:
             if not (exc.retryable or self._lagging(exc)):
                 raise
-            log.info("poll of task %s failed, will try again: %s", self.task_id, exc)
+            self._failures_in_a_row += 1
+            level = logging.WARNING if self._failures_in_a_row % 5 == 0 else logging.INFO
+            log.log(
+                level,
+                "reading task %s failed (%d in a row), still watching: %s",
+                self.task_id,
+                self._failures_in_a_row,
+                exc,
+            )
             if self._on_poll_error is not None:
                 self._on_poll_error(exc)
             return None
+        self._failures_in_a_row = 0
+        return task
 
     async def _read(self, deadline: float | None) -> Task:
         """One GET, cut short by the deadline (no cancel scope when there is none)."""

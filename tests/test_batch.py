@@ -312,3 +312,11 @@ async def test_a_finished_batch_iterates_as_empty(server: FakeKlingServer) -> No
         batch = client.extend_many(requests(2), concurrency=2)
         assert len([o async for o in batch]) == 2
         assert [o async for o in batch] == []
+
+
+async def test_an_account_error_stops_the_batch(server: FakeKlingServer) -> None:
+    """A refused key fails every request alike: the batch stops taking more."""
+    server.faults.rate(Fault.openai_error(401, "Invalid API key provided"), 1.0, method="POST")
+    outcomes = await run_batch(server, requests(40), concurrency=2)
+    assert 1 <= len(outcomes) <= 3
+    assert all(o.error is not None for o in outcomes)

@@ -336,3 +336,52 @@ def test_watch_of_an_unknown_task_is_one_line(fake_server: str) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_wrong_key_stops_a_batch_early(fake_server: str, tmp_path: Path) -> None:
+    """An authentication error is about the account: the batch stops taking requests."""
+    lines = [json.dumps({"video_id": f"v{n}", "task_id": "p"}) for n in range(30)]
+    source = _batch_input(tmp_path, lines)
+    out = tmp_path / "out.jsonl"
+    env = {**env_for(fake_server), "KLING_API_KEY": "wrong-key"}
+    done = run_cli("batch", str(source), "--out", str(out), "--concurrency", "2", env=env)
+    assert done.returncode == 1
+    assert "stopping the batch" in done.stderr
+    assert "were not sent because the batch stopped" in done.stderr
+    assert len(out.read_text().splitlines()) <= 3
+
+
+def test_download_folders_are_made_before_sending(fake_server: str, tmp_path: Path) -> None:
+    """A download folder that does not exist yet is created, for extend and for batch."""
+    one = tmp_path / "new" / "one"
+    done = run_cli(
+        "extend", "v", "--task-id", "p", "--download", str(one), *QUICK, env=env_for(fake_server)
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list(one.glob("*.mp4"))) == 1
+    many = tmp_path / "new" / "many"
+    source = _batch_input(
+        tmp_path, [json.dumps({"video_id": f"v{n}", "task_id": "p"}) for n in range(2)]
+    )
+    done = run_cli(
+        "batch",
+        str(source),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--download",
+        str(many),
+        *QUICK,
+        env=env_for(fake_server),
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list(many.glob("*.mp4"))) == 2
+
+
+def test_bad_json_is_located_by_column(fake_server: str, tmp_path: Path) -> None:
+    """A broken line names the column where it breaks, not the newline."""
+    source = _batch_input(tmp_path, ['{"video_id": "v1", "task_id": "p"'])
+    done = run_cli(
+        "batch", str(source), "--out", str(tmp_path / "o.jsonl"), env=env_for(fake_server)
+    )
+    assert "in.jsonl:1: not valid JSON" in done.stderr
+    assert "column 34" in done.stderr
