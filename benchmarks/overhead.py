@@ -1,0 +1,240 @@
+"""Client overhead: requests per second of `KlingClient.get_task` vs hand-written loops.
+
+Three contenders GET the same task from the same fake server (a child process) and decode
+its JSON: a raw aiohttp loop on one `ClientSession`, a raw httpx loop on one `AsyncClient`,
+and `KlingClient.get_task` (no rate limit, a plain `RetryPolicy`). Each keeps its own
+session's default connection limit (100 for all three). At each concurrency the three run
+in interleaved rounds (aiohttp, httpx, ours, aiohttp, ...) after a warm-up; the median
+round of each is reported, with the client process's CPU time per request, which shows
+overhead even where the server is the bottleneck.
+
+    python benchmarks/overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from _common import (
+    API_KEY,
+    Stopwatch,
+    fake_server,
+    parse_args,
+    percentile,
+    print_table,
+    verdict,
+    write_results,
+)
+
+from kling_async import KlingClient, RetryPolicy
+
+TARGET_RATIO = 0.85
+CONCURRENCIES = (1, 16, 256)
+Fetch = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much work one run does."""
+
+    round_seconds: float
+    rounds: int
+    warmup_seconds: float
+
+
+FULL = Size(round_seconds=0.5, rounds=25, warmup_seconds=1.0)
+QUICK = Size(round_seconds=0.1, rounds=1, warmup_seconds=0.02)
+
+
+@dataclass
+class Rounds:
+    """The rounds one contender ran at one concurrency."""
+
+    rps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Median requests per second and client CPU microseconds per request."""
+        return {
+            "rps_median": statistics.median(self.rps),
+            "rps_rounds": [round(r, 1) for r in self.rps],
+            "cpu_us_per_request": statistics.median(self.cpu_us),
+        }
+
+
+def _check(data: Any) -> None:
+    if not isinstance(data, dict) or data.get("code") != 0:
+        raise RuntimeError(f"unexpected answer: {data!r}")
+
+
+async def run_round(fetch: Fetch, concurrency: int, seconds: float) -> tuple[float, float]:
+    """`concurrency` workers fetch for `seconds`; requests per second and CPU us per request.
+
+    Workers start no request after the deadline and finish the one they are in, so the
+    round's span covers every counted request.
+    """
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await fetch()
+            done += 1
+
+    watch = Stopwatch()
+    watch.start()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+    watch.stop()
+    return done / watch.wall, watch.cpu / done * 1e6
+
+
+def rotated(names: list[str], turn: int) -> list[str]:
+    """`names` starting at position `turn`: each contender takes each place in turn."""
+    shift = turn % len(names)
+    return names[shift:] + names[:shift]
+
+
+async def measure(contenders: dict[str, Fetch], size: Size) -> dict[str, dict[str, Any]]:
+    """Every concurrency, every contender, interleaved rounds; summaries by concurrency.
+
+    The order within a round rotates, so no contender always follows the same one (the
+    server's state after a round, e.g. its garbage, would otherwise favour somebody).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for concurrency in CONCURRENCIES:
+        rounds = {name: Rounds() for name in contenders}
+        for fetch in contenders.values():
+            await run_round(fetch, concurrency, size.warmup_seconds)
+        for turn in range(size.rounds):
+            for name in rotated(list(contenders), turn):
+                rps, cpu = await run_round(contenders[name], concurrency, size.round_seconds)
+                rounds[name].rps.append(rps)
+                rounds[name].cpu_us.append(cpu)
+        results[str(concurrency)] = {name: r.summary() for name, r in rounds.items()}
+        results[str(concurrency)]["paired_ours_over_aiohttp"] = paired(
+            rounds["kling_async"].rps, rounds["aiohttp"].rps
+        )
+    return results
+
+
+def paired(ours: list[float], base: list[float]) -> dict[str, float]:
+    """Round-by-round ratios (rounds of one turn ran back to back): median and quartiles."""
+    ratios = [a / b for a, b in zip(ours, base, strict=True)]
+    return {
+        "median": statistics.median(ratios),
+        "q1": percentile(ratios, 0.25),
+        "q3": percentile(ratios, 0.75),
+    }
+
+
+async def run_all(url: str, task_id: str, size: Size) -> dict[str, dict[str, Any]]:
+    """Open the three clients, measure, close them."""
+    path = f"/kling/v1/videos/video-extend/{task_id}"
+    headers = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        httpx.AsyncClient() as hclient,
+        KlingClient(
+            api_key=API_KEY,
+            base_url=url,
+            dialect="gateway",
+            requests_per_second=None,
+            retry=RetryPolicy(),
+        ) as ours,
+    ):
+
+        async def raw_aiohttp() -> None:
+            async with session.get(url + path, headers=headers) as response:
+                _check(json.loads(await response.read()))
+
+        async def raw_httpx() -> None:
+            response = await hclient.get(url + path, headers=headers)
+            _check(json.loads(response.content))
+
+        async def kling_async() -> None:
+            await ours.get_task(task_id)
+
+        contenders: dict[str, Fetch] = {
+            "aiohttp": raw_aiohttp,
+            "httpx": raw_httpx,
+            "kling_async": kling_async,
+        }
+        return await measure(contenders, size)
+
+
+def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Print the table; return the ratios and whether the target holds at each concurrency."""
+    rows = []
+    verdicts: dict[str, Any] = {}
+    for concurrency, measured in results.items():
+        by_name = {k: v for k, v in measured.items() if k != "paired_ours_over_aiohttp"}
+        pair = measured["paired_ours_over_aiohttp"]
+        base = by_name["aiohttp"]
+        ratio = by_name["kling_async"]["rps_median"] / base["rps_median"]
+        httpx_ratio = by_name["httpx"]["rps_median"] / base["rps_median"]
+        cpu_ratio = by_name["kling_async"]["cpu_us_per_request"] / base["cpu_us_per_request"]
+        verdicts[concurrency] = {
+            "ours_over_aiohttp": ratio,
+            "httpx_over_aiohttp": httpx_ratio,
+            "cpu_ours_over_aiohttp": cpu_ratio,
+            "paired_median": pair["median"],
+            "target_met": ratio >= TARGET_RATIO,
+        }
+        for name, summary in by_name.items():
+            rows.append(
+                [
+                    concurrency,
+                    name,
+                    summary["rps_median"],
+                    summary["cpu_us_per_request"],
+                    summary["rps_median"] / base["rps_median"],
+                ]
+            )
+        spread = f"paired {pair['median']:.2f} [{pair['q1']:.2f}, {pair['q3']:.2f}]"
+        rows.append(
+            ["", "ours/aiohttp", spread, "", f">= {TARGET_RATIO}: {verdict(ratio >= TARGET_RATIO)}"]
+        )
+    headers = ["concurrency", "contender", "req/s (median)", "client CPU us/req", "vs aiohttp"]
+    print_table("Client overhead: GET one task + JSON decode", headers, rows)
+    return verdicts
+
+
+def main() -> None:
+    """Run the benchmark and write ``results/overhead.json``."""
+    args = parse_args(__doc__.splitlines()[0])
+    size = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory() as scratch:
+        ids_file = Path(scratch) / "ids.txt"
+        with fake_server(create=1, ids_file=ids_file) as server:
+            task_id = ids_file.read_text().split()[0]
+            results = asyncio.run(run_all(server.url, task_id, size))
+    verdicts = report(results)
+    parameters = {
+        "concurrencies": list(CONCURRENCIES),
+        "round_seconds": size.round_seconds,
+        "rounds": size.rounds,
+        "warmup_seconds": size.warmup_seconds,
+        "target_ours_over_aiohttp": TARGET_RATIO,
+        "server_requests": server.final.get("requests"),
+    }
+    path = write_results(
+        "overhead", args, parameters, {"by_concurrency": results, "ratios": verdicts}
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
