@@ -24,7 +24,7 @@ import anyio
 from . import __version__
 from ._wire import request_from_json, request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
-from .client import KlingClient
+from .client import KlingClient, download_folder
 from .errors import ConfigurationError, KlingError, sole_error
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import PollPolicy
@@ -229,7 +229,7 @@ def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
 
 async def _extend(args: argparse.Namespace) -> int:
     if args.download:
-        _make_folder(Path(args.download))  # before anything is sent, not after paying
+        download_folder(args.download)  # made before anything is sent, not after paying
     async with _client(args) as client:
         task = await client.extend_video(
             args.video_id,
@@ -351,15 +351,6 @@ def _results_file(path: Path) -> Iterator[TextIO]:
         ) from None
     with stream:
         yield stream
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot use {folder} as the download folder ({exc.strerror or exc}); nothing was sent"
-        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

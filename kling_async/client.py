@@ -479,7 +479,7 @@ class KlingClient:
         # No buffer: a reader who stops reading holds every slot, so no new task is created.
         send, receive = anyio.create_memory_object_stream[BatchOutcome](0)
         run = _Run(
-            extender=_BatchExtender(self, poll, _folder(download_to)),
+            extender=_BatchExtender(self, poll, download_folder(download_to)),
             window=ConcurrencyWindow(concurrency),
             send=send,
             clock=self._clock,
@@ -590,7 +590,7 @@ class _BatchExtender:
         return tuple(files)
 
 
-def _folder(path: str | os.PathLike[str] | None) -> Path | None:
+def download_folder(path: str | os.PathLike[str] | None) -> Path | None:
     """The batch's download folder, made now: a typo must not cost a batch of results."""
     if path is None:
         return None

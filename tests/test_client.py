@@ -273,18 +273,6 @@ async def test_create_dropped_before_creation_is_still_ambiguous(
     assert len([r for r in official.record.requests if r.method == "POST"]) == 1
 
 
-@pytest.mark.parametrize("fault", [Fault.html(502), Fault.malformed()])
-async def test_unclear_create_answers_are_never_resent(
-    gateway: FakeKlingServer, fault: Fault
-) -> None:
-    """A proxy page or an unreadable 200 after sending: one POST, no more."""
-    gateway.faults.push(fault, method="POST")
-    async with gateway_client(gateway, clock=FakeClock()) as client:
-        with pytest.raises(AmbiguousSubmissionError):
-            await client.extend_video("vid-1", task_id="p-1")
-    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
-
-
 async def test_create_timing_out_after_sending_is_not_resent(gateway: FakeKlingServer) -> None:
     """A create that times out may still make its task (here it does): it is not re-sent."""
     gateway.faults.push(Fault.delay(0.3), method="POST")
@@ -323,12 +311,14 @@ async def test_explicit_refusals_of_a_create_are_resent(
         Fault.gateway_error(502, "upstream_error", "bad gateway"),
         Fault.openai_error(504, "upstream timed out", "server_error"),
         Fault.html(504),
+        Fault.html(502),
+        Fault.malformed(),
     ],
 )
-async def test_5xx_answers_to_a_create_are_never_resent(
+async def test_unclear_answers_to_a_create_are_never_resent(
     gateway: FakeKlingServer, fault: Fault
 ) -> None:
-    """Whatever its body, a 5xx to a create may hide a made task: one POST, then ambiguity."""
+    """A 5xx of any body, or an unreadable 200, may hide a made task: one POST, ambiguity."""
     gateway.faults.push(fault, method="POST")
     async with gateway_client(gateway, clock=FakeClock()) as client:
         with pytest.raises(AmbiguousSubmissionError):
