@@ -203,7 +203,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(official: ThreadedServer, tmp_path: Pa
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130
-    assert "resumes" in err
+    assert "run the same command again to resume" in err
     assert "Traceback" not in err
     finished = run_to_end(command, env)
     assert finished.returncode == 0, finished.stderr
