@@ -12,6 +12,7 @@ import math
 import os
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -118,6 +119,7 @@ class KlingClient:
         self._completion: dict[TaskKind, CompletionTimes] = {}
         self._rng = random.Random()
         self._tasks: TaskGroup | None = None
+        self._called_back: OrderedDict[str, None] = OrderedDict()
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
         limiter = (
@@ -266,11 +268,14 @@ class KlingClient:
                 resend_safe=False,
                 on_retry=on_retry,
             )
-            return structure_task(data, TaskKind.VIDEO_EXTEND)
+            task = structure_task(data, TaskKind.VIDEO_EXTEND)
         except (APIError, TransportError) as exc:
             if surely_not_created(exc):
                 raise
-            return await self._recover(request, exc)
+            task = await self._recover(request, exc)
+        if self._uses_receiver(request):
+            _remember(self._called_back, task.id)
+        return task
 
     def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
         """`request` checked against this dialect, with an external id added where useful.
@@ -290,9 +295,14 @@ class KlingClient:
     def _body(self, request: VideoExtendRequest) -> dict[str, Any]:
         """The create body; the receiver's URL is added here, so it is never journaled."""
         body = request_body(request)
-        if self.callbacks is not None and self.callbacks.active and request.callback_url is None:
+        if self.callbacks is not None and self._uses_receiver(request):
             body["callback_url"] = self.callbacks.callback_url
         return body
+
+    def _uses_receiver(self, request: VideoExtendRequest) -> bool:
+        """Whether the task will call back this client's receiver (not a URL of its own)."""
+        receiving = self.callbacks is not None and self.callbacks.active
+        return receiving and request.callback_url is None
 
     async def _recover(self, request: VideoExtendRequest, exc: Exception) -> Task:
         """After an ambiguous create: find the task by its external id, or give up loudly."""
@@ -381,6 +391,7 @@ class KlingClient:
             policy = attrs.evolve(policy, timeout=timeout)
         if isinstance(task_or_id, Task):
             kind = task_or_id.kind
+        task_id = task_or_id.id if isinstance(task_or_id, Task) else task_or_id
         return TaskWatcher(
             self,
             task_or_id,
@@ -390,9 +401,9 @@ class KlingClient:
             learned=self._completion.setdefault(kind, CompletionTimes()),
             rng=self._rng,
             on_poll_error=on_poll_error,
-            wakeups=self.callbacks
-            if self.callbacks is not None and self.callbacks.active
-            else None,
+            # Only tasks created here with the receiver's URL will call it back; any other
+            # task (its own URL, another process's, an earlier run's) is polled normally.
+            wakeups=self.callbacks if task_id in self._called_back else None,
         )
 
     async def extend_and_wait(
@@ -588,6 +599,16 @@ class _BatchExtender:
             exists = await anyio.to_thread.run_sync(path.exists)
             files.append(path if exists else await self.client.download(video, path))
         return tuple(files)
+
+
+_CALLED_BACK_KEPT = 100_000
+
+
+def _remember(memory: OrderedDict[str, None], task_id: str) -> None:
+    """Note a task that calls this client back (the oldest are forgotten past a bound)."""
+    memory[task_id] = None
+    if len(memory) > _CALLED_BACK_KEPT:
+        memory.popitem(last=False)
 
 
 def download_folder(path: str | os.PathLike[str] | None) -> Path | None:

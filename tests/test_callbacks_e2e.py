@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 
 from kling_async import CallbackReceiver, KlingClient, PollPolicy, VideoExtendRequest
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.anyio
 KEY = "test-api-key"
 SECRET = "whsec_c2l4dGVlbiBieXRlIGtleQ=="
 TASKS = Durations(submitted_for=5.0, median=100.0, sigma=0.3)  # ~0.1 s each at speed 1000
-RELAXED = PollPolicy(min_interval=0.01, max_interval=0.05, callback_interval=30, timeout=30)
+RELAXED = PollPolicy(
+    initial_delay=0.01, min_interval=0.01, max_interval=0.05, callback_interval=30, timeout=30
+)
 
 
 @pytest.fixture
@@ -104,3 +107,22 @@ async def test_callbacks_signed_with_another_secret_are_refused(
     assert len(delays) == 5
     assert receiver.stats["accepted"] == 0
     assert receiver.stats["bad signature"] > 0
+
+
+async def test_tasks_that_will_not_call_back_are_polled_normally(
+    receiver: CallbackReceiver,
+) -> None:
+    """A task with its own callback URL, or made elsewhere, is not left to the safety net."""
+    async with FakeKlingServer(api_key=KEY, durations=TASKS, webhook_secret=SECRET) as server:
+        client = KlingClient(api_key=KEY, base_url=server.url, poll=RELAXED, callbacks=receiver)
+        async with client:
+            own = await client.extend_video("v1", task_id="p", callback_url="http://127.0.0.1:9/h")
+            async with KlingClient(api_key=KEY, base_url=server.url) as other:
+                elsewhere = await other.extend_video("v2", task_id="p")
+            with anyio.fail_after(5):  # far below callback_interval (30 s)
+                await client.watch(own)
+                await client.watch(elsewhere.id)
+            ours = await client.extend_video("v3", task_id="p")
+            with anyio.fail_after(5):
+                await client.watch(ours)
+        assert server.record.polls(ours.id) == 1
