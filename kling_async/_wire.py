@@ -7,6 +7,7 @@ fields the API knows, never None, never the caller's private `key`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 _STATUS_ALIASES = {"succeeded": TaskStatus.SUCCEED, "success": TaskStatus.SUCCEED}
+_EXACT_STATUS = {
+    **{s.value: s for s in TaskStatus if s is not TaskStatus.UNKNOWN},
+    **_STATUS_ALIASES,
+}
 _LOCAL_FIELDS = frozenset({"key"})
 
 converter = cattrs.Converter(forbid_extra_keys=False)
@@ -51,6 +56,9 @@ def _seconds(value: Any) -> Decimal | None:
 
 
 def _status(value: Any, _: type) -> TaskStatus:
+    known = _EXACT_STATUS.get(value) if isinstance(value, str) else None
+    if known is not None:  # the common case, without normalising the text
+        return known
     text = str(value).strip().lower()
     if text in _STATUS_ALIASES:
         return _STATUS_ALIASES[text]
@@ -69,7 +77,16 @@ def _optional_text(value: Any) -> str | None:
 
 
 def _optional_time(value: Any) -> datetime | None:
-    return None if value in (None, "", 0) else _timestamp(value, datetime)
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, int):  # a watched task repeats the same few timestamps: reuse them
+        return _milliseconds(value)
+    return _timestamp(value, datetime)
+
+
+@functools.lru_cache(maxsize=4096)
+def _milliseconds(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000.0, tz=UTC)
 
 
 def _videos(result: Any) -> tuple[Video, ...]:

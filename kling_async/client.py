@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -52,6 +53,7 @@ log = logging.getLogger("kling_async")
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 MAX_PROMPT_LENGTH = 2500
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
 
 @attrs.frozen
@@ -341,9 +343,11 @@ class KlingClient:
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        if not isinstance(task_id, str) or not task_id.strip():
+        if not isinstance(task_id, str) or task_id.strip() in ("", ".", ".."):
             raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
-        path = f"{self._path(kind)}/{quote(task_id.strip(), safe='')}"
+        task_id = task_id.strip()
+        segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
+        path = f"{self._path(kind)}/{segment}"
         return structure_task(await self._transport.request("GET", path), kind)
 
     async def list_tasks(

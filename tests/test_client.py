@@ -377,12 +377,21 @@ async def test_bad_arguments_send_nothing(
     assert gateway.record.requests == []
 
 
-async def test_empty_task_id_sends_nothing(gateway: FakeKlingServer) -> None:
-    """get_task('') is rejected before sending."""
+@pytest.mark.parametrize("task_id", ["", "  ", ".", ".."])
+async def test_empty_task_id_sends_nothing(gateway: FakeKlingServer, task_id: str) -> None:
+    """get_task('') (or a path trick) is rejected before sending."""
     async with gateway_client(gateway) as client:
         with pytest.raises(InvalidArgumentError):
-            await client.get_task("")
+            await client.get_task(task_id)
     assert gateway.record.requests == []
+
+
+async def test_odd_task_ids_are_quoted(gateway: FakeKlingServer) -> None:
+    """An id with characters that mean something in a URL is sent quoted."""
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(NotFoundError):
+            await client.get_task("a/b?c#d")
+    assert gateway.record.requests[0].path == "/kling/v1/videos/video-extend/a/b?c#d"
 
 
 async def test_list_tasks_walks_pages(official: FakeKlingServer) -> None:
