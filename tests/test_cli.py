@@ -17,7 +17,8 @@ import pytest
 
 from kling_async import BatchEvent, BatchEventKind, BatchOutcome, Task, TaskKind, TaskStatus
 from kling_async import VideoExtendRequest as Request
-from kling_async.cli import Progress, main
+from kling_async._display import Progress
+from kling_async.cli import main
 
 KEY = "cli-test-key"
 

@@ -26,6 +26,7 @@ ORDER = [
     "download",
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
+    "_display",
     "cli",
 ]
 INDEPENDENT = {"models", "errors", "policies"}
