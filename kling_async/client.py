@@ -8,7 +8,6 @@ table, and owns the pieces it wires together (transport, rate limiter, session),
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import re
@@ -28,6 +27,7 @@ from anyio.abc import TaskGroup
 from ._clock import Clock, SystemClock
 from ._ratelimit import RateLimiter
 from ._transport import Transport, surely_not_created
+from ._validate import extend_problems, is_http_url
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
@@ -51,7 +51,6 @@ __all__ = ["DEFAULT_BASE_URL", "KlingClient"]
 log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
-MAX_PROMPT_LENGTH = 2500
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
@@ -512,47 +511,8 @@ class KlingClient:
         return f"/v1/{kind.value}"
 
 
-def extend_problems(request: VideoExtendRequest, *, needs_parent_task: bool) -> list[str]:
-    """Everything wrong with `request`, in words; empty when it may be sent."""
-    problems: list[str] = []
-    if not _is_text(request.video_id):
-        problems.append("video_id must be a non-empty string")
-    if needs_parent_task and not _is_text(request.task_id):
-        problems.append("a gateway needs task_id, the task that produced the video")
-    elif request.task_id is not None and not _is_text(request.task_id):
-        problems.append("task_id must be a non-empty string when given")
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(request, name)
-        if text is not None and (not isinstance(text, str) or len(text) > MAX_PROMPT_LENGTH):
-            problems.append(f"{name} must be a string of at most {MAX_PROMPT_LENGTH} characters")
-    if request.cfg_scale is not None and not _is_unit_number(request.cfg_scale):
-        problems.append(f"cfg_scale must be a number from 0 to 1, not {request.cfg_scale!r}")
-    if request.callback_url is not None and not _is_http_url(request.callback_url):
-        problems.append("callback_url must be an absolute http:// or https:// URL")
-    if request.external_task_id is not None and not _is_text(request.external_task_id):
-        problems.append("external_task_id must be a non-empty string when given")
-    return problems
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _is_unit_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and 0.0 <= value <= 1.0
-
-
-def _is_http_url(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
 def _normalise_base_url(base_url: str) -> str:
-    if not _is_http_url(base_url):
+    if not is_http_url(base_url):
         raise ConfigurationError(f"base_url must be an absolute http(s) URL, not {base_url!r}.")
     url = base_url.rstrip("/")
     return url.removesuffix("/kling")
