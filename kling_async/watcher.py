@@ -70,6 +70,25 @@ class TaskWatcher:
     >>> finished = await client.watch(task.id)           # doctest: +SKIP
     """
 
+    # Tens of thousands may be watching at once: no per-instance __dict__.
+    __slots__ = (
+        "_clock",
+        "_failures_in_a_row",
+        "_last_poll",
+        "_learned",
+        "_on_poll_error",
+        "_previous_delay",
+        "_rng",
+        "_source",
+        "_started",
+        "_wakeups",
+        "kind",
+        "last",
+        "policy",
+        "polls",
+        "task_id",
+    )
+
     def __init__(
         self,
         source: TaskSource,
@@ -108,14 +127,12 @@ class TaskWatcher:
 
     async def result(self) -> Task:
         """Watch to the end; the succeeded task (what ``await watcher`` does)."""
-        async for _ in self:
-            pass
-        final = self.last
-        if final is None:  # pragma: no cover - the iteration ends on a terminal snapshot only
-            raise RuntimeError(f"watch of task {self.task_id} ended without a status")
-        if final.status is TaskStatus.FAILED:
-            raise TaskFailedError(final)
-        return final
+        deadline = self._deadline()
+        while self.last is None or not self.last.is_terminal:
+            await self._step(deadline)
+        if self.last.status is TaskStatus.FAILED:
+            raise TaskFailedError(self.last)
+        return self.last
 
     def __aiter__(self) -> AsyncIterator[Task]:
         return self._changes()
@@ -123,16 +140,21 @@ class TaskWatcher:
     async def _changes(self) -> AsyncIterator[Task]:
         deadline = self._deadline()
         while self.last is None or not self.last.is_terminal:
-            await self._sleep_before_poll(deadline)
-            task = await self._poll(deadline)
-            if task is None:
-                continue
-            changed = self.last is None or task.status_text != self.last.status_text
-            self.last = task
-            if task.is_terminal:
-                self._learn(task)
-            if changed:
-                yield task
+            changed = await self._step(deadline)
+            if changed is not None:
+                yield changed
+
+    async def _step(self, deadline: float | None) -> Task | None:
+        """Wait, then read the task once; the new snapshot if its status changed."""
+        await self._sleep_before_poll(deadline)
+        task = await self._poll(deadline)
+        if task is None:
+            return None
+        changed = self.last is None or task.status_text != self.last.status_text
+        self.last = task
+        if task.is_terminal:
+            self._learn(task)
+        return task if changed else None
 
     def _deadline(self) -> float | None:
         timeout = self.policy.timeout
@@ -145,8 +167,10 @@ class TaskWatcher:
         if deadline is not None and now + delay >= deadline:
             if not await self._rest(max(0.0, deadline - now)):
                 raise self._timeout()
-            return
-        await self._rest(delay)
+        elif self._wakeups is None:
+            await self._clock.sleep(delay)  # the common case, one frame shallower
+        else:
+            await self._rest(delay)
 
     async def _rest(self, seconds: float) -> bool:
         """Sleep `seconds`, or less when a callback says the task ended; True if woken."""
