@@ -28,6 +28,7 @@ from .errors import (
     APIError,
     ConfigurationError,
     RateLimitError,
+    ServerError,
     TransportError,
     error_from_answer,
 )
@@ -53,12 +54,13 @@ def surely_not_created(exc: BaseException) -> bool:
     """True when a failed create request certainly made no task, so re-sending is safe.
 
     That is: the connection was never made, or the server refused the request in its own
-    words with a 4xx (a rate limit, a bad parameter, an empty account). A 5xx never counts,
-    whatever its body: a gateway may answer 502/504 while the API behind it made the task.
+    words with a 4xx (a rate limit, a bad parameter, an empty account). A server error never
+    counts, whatever its body or status line (a 5002 "internal timeout" may come under HTTP
+    200): a gateway may answer 502/504 while the API behind it made the task.
     """
     if isinstance(exc, TransportError):
         return not exc.may_have_been_sent
-    if not isinstance(exc, APIError) or not exc.definitive:
+    if not isinstance(exc, APIError) or not exc.definitive or isinstance(exc, ServerError):
         return False
     return exc.http_status is None or exc.http_status < 500
 

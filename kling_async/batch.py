@@ -25,12 +25,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._clock import Clock
 from ._transport import surely_not_created
 from .errors import (
+    APIError,
     AuthenticationError,
     InsufficientBalanceError,
     InvalidArgumentError,
     KlingError,
     RateLimitError,
     TaskFailedError,
+    TransportError,
     sole_error,
 )
 from .journal import Journal, JournalEntry, JournalError, request_key
@@ -44,6 +46,9 @@ log = logging.getLogger("kling_async")
 
 RetryHook = Callable[[Exception], object]
 
+
+#: The batch retries refused creates itself, between shielded attempts (see `_Run._submit`).
+_ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 #: Errors about the account, not the request: the batch stops taking requests after one.
 _ACCOUNT_ERRORS = (AuthenticationError, InsufficientBalanceError)
@@ -93,9 +98,7 @@ class BatchEvent:
 class Extender(Protocol):
     """What a batch needs from the client."""
 
-    async def submit(
-        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
-    ) -> Task: ...
+    async def submit(self, request: VideoExtendRequest, *, retry: RetryPolicy) -> Task: ...
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
 
@@ -212,6 +215,9 @@ class _NoJournal:
     async def forget(self, key: str) -> None:
         return None
 
+    async def reopen(self, key: str) -> None:
+        return None
+
 
 @attrs.define
 class _Run:
@@ -255,7 +261,7 @@ class _Run:
                 keys.add(key)
                 entry = known.get(key)
                 if entry is not None and next_step(entry) is _Step.REPLAY:
-                    group.start_soon(self._report, entry.request, entry.task, None)
+                    group.start_soon(self._replay, entry)
                     continue
                 slot = await self.window.acquire()
                 if self.stopping:  # fail_fast: a failure came while this request waited
@@ -297,12 +303,12 @@ class _Run:
         """The request's task: found again from the journal, or created (and journaled)."""
         if entry is None:
             return await self._create(self.extender.prepare(request), key, slot, fresh=True)
+        await self.journal.reopen(key)  # a finished entry records what happens from now on
         found = entry.task or await self.extender.find(entry.request)
         if found is not None:
             await self._journal_task(key, found)
             return entry.request, found
         # Surely never made (the API keeps external ids unique): send it again, same id.
-        await self.journal.forget(key)
         return await self._create(entry.request, key, slot, fresh=False)
 
     async def _create(
@@ -321,8 +327,17 @@ class _Run:
     async def _is_journaled(self, key: str) -> bool:
         return isinstance(self.journal, Journal) and await self.journal.entry(key) is not None
 
+    async def _replay(self, entry: JournalEntry) -> None:
+        """A finished request's outcome from the journal (an old failure stops nothing)."""
+        await self._report(entry.request, entry.task, None, replayed=True)
+
     async def _report(
-        self, request: VideoExtendRequest, task: Task | None, error: Exception | None
+        self,
+        request: VideoExtendRequest,
+        task: Task | None,
+        error: Exception | None,
+        *,
+        replayed: bool = False,
     ) -> None:
         """Download the result if asked, then send the outcome and the FINISHED event."""
         files: tuple[Path, ...] = ()
@@ -335,40 +350,60 @@ class _Run:
                 error = exc
         outcome = BatchOutcome(request, task, error, files)
         self._emit(BatchEventKind.FINISHED, request, task=task, error=error, outcome=outcome)
-        if isinstance(error, _ACCOUNT_ERRORS) and not self.stopping:
-            log.warning("stopping the batch: %s", error)  # every further request would fail
+        if not replayed:
+            self._stop_after(outcome)
+        await self.send.send(outcome)
+
+    def _stop_after(self, outcome: BatchOutcome) -> None:
+        """Stop taking requests after an account error, or any failure with fail_fast."""
+        if isinstance(outcome.error, _ACCOUNT_ERRORS) and not self.stopping:
+            log.warning("stopping the batch: %s", outcome.error)  # each next would fail too
             self.stopping = True
         if self.fail_fast and not outcome.ok:
             self.stopping = True
-        await self.send.send(outcome)
 
     async def _submit(self, request: VideoExtendRequest, key: str, slot: _Slot) -> Task:
-        """Create the task; on 1303 lower the window, give the slot back, wait, try again.
+        """Create the task, retrying refusals that surely made nothing; on 1303 also lower
+        the window and give the slot back while waiting.
 
-        A create under way is not cancelled when the batch stops: cut short, it could make a
-        task whose id nobody records. It finishes (within the retry policy's bounds) and is
-        journaled first; a second Ctrl-C still ends the process at once.
+        Each attempt is shielded from cancellation: cut short, it could make a task whose id
+        nobody records, so it finishes and is journaled first. The waits between attempts are
+        not shielded, so stopping a batch never waits out a Retry-After. (A second Ctrl-C
+        still ends the process at once.)
         """
-        waits = 0
+        refusals = 0
         while True:
             try:
                 with anyio.CancelScope(shield=True):
-                    task = await self.extender.submit(
-                        request, on_retry=self._retry_hook(request, slot)
-                    )
+                    task = await self.extender.submit(request, retry=_ONE_ATTEMPT)
                     log.info("task %s created for request %s", task.id, key)
                     await self._journal_task(key, task)
-            except RateLimitError as exc:
-                if not exc.is_concurrency_limit:
+            except (APIError, TransportError) as exc:
+                if not (exc.retryable and surely_not_created(exc)):
                     raise
-                self.window.shrink(slot)
-                self.window.release(slot)
-                waits += 1
-                await self.clock.sleep(self._backoff(waits, exc))
-                await self.window.acquire(slot)
+                refusals += 1
+                self._emit(BatchEventKind.RETRIED, request, error=exc)
+                await self._wait_after_refusal(exc, refusals, slot)
                 continue
             self.window.grow()
             return task
+
+    async def _wait_after_refusal(self, exc: Exception, refusals: int, slot: _Slot) -> None:
+        """Back off before sending a refused create again; raise when it must not be."""
+        over_limit = isinstance(exc, RateLimitError) and exc.is_concurrency_limit
+        if not over_limit and refusals >= self.retry.max_attempts:
+            raise exc
+        if over_limit:  # the account runs all it may: free the slot while waiting
+            self.window.shrink(slot)
+            self.window.release(slot)
+        await self.clock.sleep(self._backoff(refusals, exc))
+        if over_limit:
+            await self.window.acquire(slot)
+        if self.stopping:  # the batch stopped meanwhile: send nothing more
+            raise KlingError(
+                "Not sent: the batch stopped while this request waited to be sent again. "
+                "Run the batch again to send it."
+            ) from exc
 
     async def _journal_task(self, key: str, task: Task) -> None:
         """Record a new task; if that fails, the error names it so it is not lost."""
@@ -381,16 +416,18 @@ class _Run:
                 "note its id before running the batch again.",
             ) from exc
 
-    def _backoff(self, waits: int, exc: RateLimitError) -> float:
-        if exc.retry_after is not None:
-            return exc.retry_after
-        delay = self.retry.delay(waits, self.rng.random(), retry_after=None, rate_limited=True)
+    def _backoff(self, refusals: int, exc: Exception) -> float:
+        retry_after = exc.retry_after if isinstance(exc, APIError) else None
+        limited = isinstance(exc, RateLimitError)
+        delay = self.retry.delay(
+            refusals, self.rng.random(), retry_after=None, rate_limited=limited
+        )
+        if retry_after is not None:  # the server's word, but never beyond the policy's patience
+            return min(retry_after, self.retry.max_retry_after)
         return delay if delay is not None else self.retry.max_delay
 
-    def _retry_hook(self, request: VideoExtendRequest, slot: _Slot | None = None) -> RetryHook:
+    def _retry_hook(self, request: VideoExtendRequest) -> RetryHook:
         def retried(exc: Exception) -> None:
-            if slot is not None and isinstance(exc, RateLimitError) and exc.is_concurrency_limit:
-                self.window.shrink(slot)
             self._emit(BatchEventKind.RETRIED, request, error=exc)
 
         return retried

@@ -263,7 +263,11 @@ async def _watch(args: argparse.Namespace) -> int:
     async with _client(args) as client, anyio.create_task_group() as group:
 
         async def follow(task_id: str) -> None:
-            final = await _follow(client, task_id, args.json)
+            try:
+                final = await _follow(client, task_id, args.json)
+            except KlingError as exc:  # one line per task that cannot be followed
+                codes.append(_fail(f"task {task_id}: {exc}", EXIT_FAILED))
+                return
             codes.append(EXIT_OK if final.status is TaskStatus.SUCCEED else EXIT_FAILED)
 
         for task_id in args.task_ids:

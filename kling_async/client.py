@@ -254,11 +254,16 @@ class KlingClient:
         return await self.submit(request)
 
     async def submit(
-        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
+        self,
+        request: VideoExtendRequest,
+        *,
+        on_retry: RetryHook | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Task:
         """Submit one `VideoExtendRequest` (what `extend_video` does with its arguments).
 
-        `on_retry(error)` hears of each retry of the create request.
+        `on_retry(error)` hears of each retry of the create request; `retry` replaces the
+        client's policy for it.
         """
         request = self.prepare(request)
         try:
@@ -268,6 +273,7 @@ class KlingClient:
                 body=self._body(request),
                 resend_safe=False,
                 on_retry=on_retry,
+                retry=retry,
             )
             task = structure_task(data, TaskKind.VIDEO_EXTEND)
         except (APIError, TransportError) as exc:
@@ -539,10 +545,8 @@ class _BatchExtender:
     poll: PollPolicy | None
     download_to: Path | None = None
 
-    async def submit(
-        self, request: VideoExtendRequest, *, on_retry: RetryHook | None = None
-    ) -> Task:
-        return await self.client.submit(request, on_retry=on_retry)
+    async def submit(self, request: VideoExtendRequest, *, retry: RetryPolicy) -> Task:
+        return await self.client.submit(request, retry=retry)
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
         return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)

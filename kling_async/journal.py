@@ -255,6 +255,11 @@ class Journal:
         )
         self._check_update(key, found, task)
 
+    async def reopen(self, key: str) -> None:
+        """Take a FINISHED entry back to INTENT (no task yet) or SUBMITTED (a task known), in
+        one step, so a resumed request's new snapshots are recorded. Absent keys are fine."""
+        await self._run(_reopen, key, self._clock.time())
+
     async def forget(self, key: str) -> None:
         """Remove `key`'s entry, for a create that surely made nothing; absent keys are fine.
 
@@ -456,6 +461,15 @@ def _found(db: sqlite3.Connection, key: str) -> Row:
     """The entry's task id (a 1-tuple), or () when there is no entry."""
     row = db.execute("SELECT task_id FROM entry WHERE key = ?", (key,)).fetchone()
     return tuple(row) if row else ()
+
+
+def _reopen(db: sqlite3.Connection, key: str, now: float) -> None:
+    db.execute(
+        "UPDATE entry SET state = CASE WHEN task_id IS NULL THEN 'intent' ELSE 'submitted' END, "
+        "error_type = NULL, error_message = NULL, updated_at = ? "
+        "WHERE key = ? AND state = 'finished'",
+        (now, key),
+    )
 
 
 def _delete(db: sqlite3.Connection, key: str) -> str | None:

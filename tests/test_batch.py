@@ -320,3 +320,26 @@ async def test_an_account_error_stops_the_batch(server: FakeKlingServer) -> None
     outcomes = await run_batch(server, requests(40), concurrency=2)
     assert 1 <= len(outcomes) <= 3
     assert all(o.error is not None for o in outcomes)
+
+
+async def test_closing_a_batch_does_not_wait_out_retry_after(server: FakeKlingServer) -> None:
+    """A create refused with a long Retry-After is not waited for once the batch is closed."""
+    server.faults.push(Fault.rate_limited(retry_after=30, code=1302), method="POST", times=5)
+    async with client_for(server) as client:
+        batch = client.extend_many(requests(1), concurrency=1)
+        async with batch:
+            await anyio.sleep(0.2)  # the create was refused; the batch now waits 30 s
+            started = anyio.current_time()
+        assert anyio.current_time() - started < 1
+    assert server.record.create_count == 0
+
+
+async def test_nothing_is_sent_after_a_stop_by_a_request_that_waited() -> None:
+    """A request waiting out a 1303 sends nothing once an account error stopped the batch."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS) as server:
+        server.faults.push(Fault.rate_limited(retry_after=0.3, code=1303), method="POST")
+        server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+        outcomes = await run_batch(server, requests(2), concurrency=2)
+        assert server.record.create_count == 0
+    assert len(outcomes) == 2
+    assert all(o.error is not None for o in outcomes)

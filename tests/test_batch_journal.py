@@ -284,3 +284,18 @@ async def test_a_failed_lookup_never_leads_to_a_second_create(tmp_path: Path) ->
         third = await run(server, requests(1), journal)  # now it is found
         assert server.record.create_count == 1
     assert third[0].ok
+
+
+async def test_an_old_failure_replayed_does_not_trigger_fail_fast(tmp_path: Path) -> None:
+    """With fail_fast, a failure replayed from the journal does not stop the new requests."""
+    journal = tmp_path / "j"
+    async with FakeKlingServer(api_key=KEY, durations=FAST, fail_rate=1.0) as server:
+        await run(server, requests(1), journal)
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        async with (
+            client_for(server) as client,
+            client.extend_many(requests(4), concurrency=1, journal=journal, fail_fast=True) as b,
+        ):
+            outcomes = [o async for o in b]
+        assert server.record.create_count == 3
+    assert sorted(o.ok for o in outcomes) == [False, True, True, True]

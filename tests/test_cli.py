@@ -386,3 +386,11 @@ def test_bad_json_is_located_by_column(fake_server: str, tmp_path: Path) -> None
     )
     assert "in.jsonl:1: not valid JSON" in done.stderr
     assert "column 34" in done.stderr
+
+
+def test_watch_of_several_unknown_tasks_is_a_line_each(fake_server: str) -> None:
+    """Each task that cannot be followed gets one line; no traceback."""
+    result = run_cli("watch", "nope-1", "nope-2", "nope-3", env=env_for(fake_server))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 3

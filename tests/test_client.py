@@ -529,3 +529,12 @@ async def test_short_keys_do_not_mangle_messages() -> None:
             with pytest.raises(APIError) as caught:
                 await client.get_task("x")
     assert "keep <hidden> out of knock-knock jokes" in str(caught.value)
+
+
+async def test_a_server_error_under_http_200_is_not_resent(gateway: FakeKlingServer) -> None:
+    """A 5002 'internal timeout' envelope may hide a made task even under HTTP 200."""
+    gateway.faults.push(Fault.http_error(200, 5002, "server internal timeout"), method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(AmbiguousSubmissionError):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1

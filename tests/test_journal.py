@@ -538,3 +538,23 @@ def test_digest_is_stable(
     assert request_key(attrs.evolve(request, external_task_id=other_external_id)) == key
     stored = json.loads(json.dumps(converter.unstructure(request)))
     assert request_key(converter.structure(stored, VideoExtendRequest)) == key
+
+
+async def test_reopen_lets_a_finished_entry_record_again(tmp_path: Path) -> None:
+    """A finished entry without a task, reopened, records the task found on resume."""
+    async with Journal(tmp_path / "j") as journal:
+        request = VideoExtendRequest("v1", external_task_id="ext-1")
+        await journal.record_intent("k", request)
+        await journal.record_outcome("k", None, RuntimeError("answer lost"))
+        await journal.reopen("k")
+        entry = await journal.entry("k")
+        assert entry is not None
+        assert entry.state is EntryState.INTENT
+        assert entry.error_type is None
+        task = Task("t-1", TaskKind.VIDEO_EXTEND, TaskStatus.PROCESSING)
+        await journal.record_task("k", task)
+        entry = await journal.entry("k")
+    assert entry is not None
+    assert entry.state is EntryState.SUBMITTED
+    assert entry.task is not None
+    assert entry.task.id == "t-1"
