@@ -40,11 +40,22 @@ from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
 
-__all__ = ["Batch", "BatchEvent", "BatchEventKind", "BatchOutcome", "ConcurrencyWindow"]
+__all__ = [
+    "Batch",
+    "BatchEvent",
+    "BatchEventKind",
+    "BatchOutcome",
+    "ConcurrencyWindow",
+    "NotSentError",
+]
 
 log = logging.getLogger("kling_async")
 
 RetryHook = Callable[[Exception], object]
+
+
+class NotSentError(KlingError):
+    """The request was not sent (its last attempt was refused) because the batch stopped."""
 
 
 #: The batch retries refused creates itself, between shielded attempts (see `_Run._submit`).
@@ -320,7 +331,7 @@ class _Run:
         try:
             return request, await self._submit(request, key, slot)
         except Exception as exc:
-            if fresh and surely_not_created(exc):
+            if fresh and (isinstance(exc, NotSentError) or surely_not_created(exc)):
                 await self.journal.forget(key)
             raise
 
@@ -400,7 +411,7 @@ class _Run:
         if over_limit:
             await self.window.acquire(slot)
         if self.stopping:  # the batch stopped meanwhile: send nothing more
-            raise KlingError(
+            raise NotSentError(
                 "Not sent: the batch stopped while this request waited to be sent again. "
                 "Run the batch again to send it."
             ) from exc

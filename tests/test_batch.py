@@ -27,6 +27,7 @@ from kling_async import (
     VideoExtendRequest,
     WatchTimeoutError,
 )
+from kling_async.batch import NotSentError
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -343,3 +344,4 @@ async def test_nothing_is_sent_after_a_stop_by_a_request_that_waited() -> None:
         assert server.record.create_count == 0
     assert len(outcomes) == 2
     assert all(o.error is not None for o in outcomes)
+    assert any(isinstance(o.error, NotSentError) for o in outcomes)

@@ -299,3 +299,16 @@ async def test_an_old_failure_replayed_does_not_trigger_fail_fast(tmp_path: Path
             outcomes = [o async for o in b]
         assert server.record.create_count == 3
     assert sorted(o.ok for o in outcomes) == [False, True, True, True]
+
+
+async def test_a_request_stopped_before_sending_is_sent_on_the_next_run(tmp_path: Path) -> None:
+    """Refused, then held back by a stop: no journal entry stays, so a re-run sends it."""
+    journal = tmp_path / "j"
+    async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
+        server.faults.push(Fault.rate_limited(retry_after=0.3, code=1303), method="POST")
+        server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+        await run(server, requests(2), journal)
+        assert server.record.create_count == 0
+        again = await run(server, requests(2), journal)
+        assert server.record.create_count == 2
+    assert all(o.ok for o in again)
