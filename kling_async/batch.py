@@ -245,6 +245,9 @@ class _Run:
     owns_journal: bool = False
     rng: random.Random = attrs.field(factory=random.Random)
     stopping: bool = False
+    replays: anyio.CapacityLimiter = attrs.field(
+        default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
+    )
 
     async def run(
         self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
@@ -271,6 +274,9 @@ class _Run:
                     continue
                 keys.add(key)
                 entry = known.get(key)
+                if entry is not None and _edited(request, entry.request):
+                    group.start_soon(self._report, request, None, _edited_error(key))
+                    continue
                 if entry is not None and next_step(entry) is _Step.REPLAY:
                     group.start_soon(self._replay, entry)
                     continue
@@ -339,8 +345,12 @@ class _Run:
         return isinstance(self.journal, Journal) and await self.journal.entry(key) is not None
 
     async def _replay(self, entry: JournalEntry) -> None:
-        """A finished request's outcome from the journal (an old failure stops nothing)."""
-        await self._report(entry.request, entry.task, None, replayed=True)
+        """A finished request's outcome from the journal (an old failure stops nothing).
+
+        Replays take no API slot, but as many at once as the batch's concurrency: each may
+        download its video again."""
+        async with self.replays:
+            await self._report(entry.request, entry.task, None, replayed=True)
 
     async def _report(
         self,
@@ -544,6 +554,22 @@ class Batch:
             if self._started:
                 await self._done.wait()
             await self._receive.aclose()
+
+
+def _edited(request: VideoExtendRequest, journaled: VideoExtendRequest) -> bool:
+    """Whether the request's API fields differ from those journaled under its key."""
+
+    def digest(one: VideoExtendRequest) -> str:  # the content digest; ids left out
+        return request_key(attrs.evolve(one, key=None, external_task_id=None))
+
+    return digest(request) != digest(journaled)
+
+
+def _edited_error(key: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"Key {key!r} was journaled for a different request (its fields were edited since); "
+        "nothing was sent for it. Give the edited request a new key, or use a new journal."
+    )
 
 
 def _duplicate(key: str) -> InvalidArgumentError:

@@ -312,3 +312,15 @@ async def test_a_request_stopped_before_sending_is_sent_on_the_next_run(tmp_path
         again = await run(server, requests(2), journal)
         assert server.record.create_count == 2
     assert all(o.ok for o in again)
+
+
+async def test_an_edited_request_under_an_old_key_is_refused(tmp_path: Path) -> None:
+    """Changing a journaled request but keeping its key is reported, not silently ignored."""
+    journal = tmp_path / "j"
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        await run(server, requests(1), journal)
+        edited = [VideoExtendRequest("vid-0", task_id="p-0", prompt="new idea", key="row-0")]
+        outcomes = await run(server, edited, journal)
+        assert server.record.create_count == 1
+    assert isinstance(outcomes[0].error, InvalidArgumentError)
+    assert "edited" in str(outcomes[0].error)
