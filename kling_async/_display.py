@@ -16,7 +16,15 @@ from ._wire import request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
 from .models import Task, TaskStatus
 
-__all__ = ["Progress", "outcome_record", "print_summary", "show_task", "task_record"]
+__all__ = [
+    "Progress",
+    "RichProgress",
+    "outcome_record",
+    "print_summary",
+    "progress_for",
+    "show_task",
+    "task_record",
+]
 
 
 class Progress:
@@ -85,6 +93,43 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+class RichProgress(Progress):
+    """The same counts, rate and ETA under a progress bar, drawn by rich on a terminal."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        super().__init__(total, stream)
+        from rich.console import Console  # the `cli` extra; only needed on a terminal
+        from rich.progress import BarColumn, TextColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            BarColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=stream),
+        )
+        self._task = self._bar.add_task(self.line(), total=total)
+        self._bar.start()
+
+    def _draw(self, line: str) -> None:
+        done = self.states["succeeded"] + self.states["failed"]
+        self._bar.update(self._task, completed=done, description=line)
+
+    def finish(self) -> None:
+        """Draw the final state and release the terminal."""
+        self._draw(self.line())
+        self._bar.stop()
+
+
+def progress_for(total: int, stream: TextIO) -> Progress:
+    """rich's bar on a terminal when rich is installed; plain lines otherwise."""
+    if _is_terminal(stream):
+        try:
+            return RichProgress(total, stream)
+        except ImportError:
+            pass
+    return Progress(total, stream)
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import anyio
 
 from . import __version__
-from ._display import Progress, outcome_record, print_summary, show_task
+from ._display import outcome_record, print_summary, progress_for, show_task
 from ._wire import request_from_json
 from .batch import BatchOutcome
 from .client import KlingClient, download_folder
@@ -430,7 +430,7 @@ async def _run_batch(
     results: TextIO | None = None,
     **options: Any,
 ) -> list[BatchOutcome]:
-    progress = Progress(total=len(requests), stream=sys.stderr)
+    progress = progress_for(len(requests), sys.stderr)
     outcomes: list[BatchOutcome] = []
     async with (
         client,

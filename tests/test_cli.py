@@ -17,7 +17,7 @@ import pytest
 
 from kling_async import BatchEvent, BatchEventKind, BatchOutcome, Task, TaskKind, TaskStatus
 from kling_async import VideoExtendRequest as Request
-from kling_async._display import Progress
+from kling_async._display import Progress, RichProgress, progress_for
 from kling_async.cli import main
 
 KEY = "cli-test-key"
@@ -226,6 +226,28 @@ def test_progress_on_a_terminal() -> None:
     os.close(controller)
     assert "\r\x1b[2K" in shown
     assert "1/1 done" in shown
+
+
+def test_rich_bar_on_a_terminal() -> None:
+    """With rich installed, a terminal gets a bar with the counts; the final state is drawn."""
+    controller, terminal = pty.openpty()
+    with open(terminal, "w", closefd=True) as stream:
+        progress = progress_for(1, stream)
+        assert isinstance(progress, RichProgress)
+        for event in _events():
+            progress.on_event(event)
+        progress.finish()
+    shown = os.read(controller, 65536).decode()
+    os.close(controller)
+    assert "1/1 done" in shown
+    assert "1 succeeded" in shown
+    assert "━" in shown
+
+
+def test_no_rich_bar_without_a_terminal() -> None:
+    """A pipe or a file gets the plain lines, even with rich installed."""
+    progress = progress_for(1, io.StringIO())
+    assert type(progress) is Progress
 
 
 def test_module_entry_point_exists() -> None:
