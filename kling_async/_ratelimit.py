@@ -36,16 +36,28 @@ class RateLimiter:
     def reserve(self) -> float:
         """Take the next slot; return how many seconds from now it starts."""
         now = self._clock.monotonic()
-        start = max(now, self._theoretical_arrival - self._tolerance)
+        start = self._next_start(now)
         self._theoretical_arrival = max(self._theoretical_arrival, now) + self._interval
         return start - now
 
-    async def acquire(self) -> None:
-        """Wait for this request's slot. A cancelled waiter gives its slot back if no later
-        request took one meanwhile (else the slot stays unused: a short, bounded loss)."""
+    def _next_start(self, now: float) -> float:
+        return max(now, self._theoretical_arrival - self._tolerance)
+
+    async def acquire(self, within: float | None = None) -> bool:
+        """Wait for this request's slot; True once it starts.
+
+        With `within`, a slot that starts more than that many seconds from now is not taken:
+        the wait is `within` seconds and the answer False (a watcher whose deadline comes
+        first). A cancelled waiter gives its slot back if no later request took one
+        meanwhile (else the slot stays unused: a short, bounded loss).
+        """
+        now = self._clock.monotonic()
+        if within is not None and self._next_start(now) - now > within:
+            await self._clock.sleep(within)
+            return False
         wait = self.reserve()
         if wait <= 0:
-            return
+            return True
         reserved = self._theoretical_arrival
         try:
             await self._clock.sleep(wait)
@@ -53,3 +65,4 @@ class RateLimiter:
             if self._theoretical_arrival == reserved:
                 self._theoretical_arrival -= self._interval
             raise
+        return True

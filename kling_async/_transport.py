@@ -120,22 +120,26 @@ class Transport:
         resend_safe: bool = True,
         retry: RetryPolicy | None = None,
         on_retry: Callable[[Exception], object] | None = None,
+        paced: bool = False,
     ) -> Any:
         """Send until success or a final failure; return the envelope's `data`.
 
         `resend_safe=False` marks a request that must not be repeated once it may have reached
         the server (a create): then only failures for which `surely_not_created` holds are
         retried, and any other failure is raised as it is. `on_retry(error)` hears of each
-        retry before its wait.
+        retry before its wait. `paced=True` says the caller already waited for the first
+        attempt's slot of the rate limiter; any further attempt waits for its own.
         """
         policy = retry or self.retry
         refreshed = False
         attempt = 0
+        slot_taken = paced
         while True:
             attempt += 1
             try:
-                return await self._exchange(method, path, body, params)
+                return await self._exchange(method, path, body, params, slot_taken=slot_taken)
             except (APIError, TransportError) as exc:
+                slot_taken = False
                 if _needs_new_token(exc) and not refreshed:
                     self.auth.invalidate()
                     refreshed = True
@@ -180,9 +184,12 @@ class Transport:
         path: str,
         body: Mapping[str, Any] | None,
         params: Mapping[str, str | int] | None,
+        *,
+        slot_taken: bool,
     ) -> Any:
-        """One attempt: send, read the whole answer, and interpret it."""
-        if self.limiter is not None:
+        """One attempt: wait for a slot of the rate limiter (unless the caller took it),
+        send, read the whole answer, and interpret it."""
+        if self.limiter is not None and not slot_taken:
             await self.limiter.acquire()
         headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
         timeout = self._client_timeout

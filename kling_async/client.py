@@ -121,6 +121,7 @@ class KlingClient:
         self._rng = random.Random()
         self._tasks: TaskGroup | None = None
         self._called_back: OrderedDict[str, None] = OrderedDict()
+        self._watcher_reads = _WatcherReads(self, paced=requests_per_second is not None)
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
         limiter = (
@@ -348,12 +349,16 @@ class KlingClient:
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        if not isinstance(task_id, str) or task_id.strip() in ("", ".", ".."):
-            raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
-        task_id = task_id.strip()
+        return await self._read_task(_checked_task_id(task_id), kind)
+
+    async def _read_task(
+        self, task_id: str, kind: TaskKind, *, paced: bool = False, held: bool = False
+    ) -> Task:
+        """GET one task; `paced` when the caller already waited for its rate-limit slot,
+        `held` when the snapshot will be kept (by a watcher, until its next poll)."""
         segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
-        path = f"{self._path(kind)}/{segment}"
-        return structure_task(await self._transport.request("GET", path), kind)
+        data = await self._transport.request("GET", f"{self._path(kind)}/{segment}", paced=paced)
+        return structure_task(data, kind, share_keys=held)
 
     async def list_tasks(
         self, kind: TaskKind = TaskKind.VIDEO_EXTEND, *, page_size: int = 30
@@ -400,9 +405,12 @@ class KlingClient:
             policy = attrs.evolve(policy, timeout=timeout)
         if isinstance(task_or_id, Task):
             kind = task_or_id.kind
-        task_id = task_or_id.id if isinstance(task_or_id, Task) else task_or_id
+            task_id = task_or_id.id
+        else:
+            task_or_id = task_id = _checked_task_id(task_or_id)
+        limiter = self._transport.limiter
         return TaskWatcher(
-            self,
+            self._watcher_reads,
             task_or_id,
             kind=kind,
             policy=policy,
@@ -413,6 +421,7 @@ class KlingClient:
             # Only tasks created here with the receiver's URL will call it back; any other
             # task (its own URL, another process's, an earlier run's) is polled normally.
             wakeups=self.callbacks if task_id in self._called_back else None,
+            pacer=limiter,
         )
 
     async def extend_and_wait(
@@ -567,6 +576,27 @@ class _BatchExtender:
             exists = await anyio.to_thread.run_sync(path.exists)
             files.append(path if exists else await self.client.download(video, path))
         return tuple(files)
+
+
+@attrs.frozen
+class _WatcherReads:
+    """The client as its watchers read it. Tens of thousands of watchers may be waiting at
+    once, so: a watcher waits for its slot of the rate limiter (if any) while it sleeps,
+    where its stack is shallow, and the GET then takes none (`paced`); and the snapshot it
+    keeps until the next poll shares its keys with every other one."""
+
+    client: KlingClient
+    paced: bool
+
+    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+        return await self.client._read_task(task_id, kind, paced=self.paced, held=True)
+
+
+def _checked_task_id(task_id: object) -> str:
+    """`task_id` stripped; `InvalidArgumentError` (nothing sent) when it names no task."""
+    if not isinstance(task_id, str) or task_id.strip() in ("", ".", ".."):
+        raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
+    return task_id.strip()
 
 
 _CALLED_BACK_KEPT = 100_000

@@ -2,8 +2,10 @@
 
 The watcher reads its task through a `TaskSource` (the client satisfies it), sleeps on the
 client's clock between polls as its `PollPolicy` says, and reports each change of status.
-It owns no background task: all its work happens inside the coroutine that awaits or
-iterates it, so cancelling that coroutine stops the polling at once and leaves nothing behind.
+Given a `Pacer` (the client's rate limiter), it also waits there for each poll's slot, so
+the source it reads from must take none. It owns no background task: all its work happens
+inside the coroutine that awaits or iterates it, so cancelling that coroutine stops the
+polling at once and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .errors import APIError, NotFoundError, TaskFailedError, TransportError, Wa
 from .models import Task, TaskKind, TaskStatus
 from .policies import CompletionTimes, PollPolicy
 
-__all__ = ["TaskSource", "TaskWatcher", "Wakeups"]
+__all__ = ["Pacer", "TaskSource", "TaskWatcher", "Wakeups"]
 
 log = logging.getLogger("kling_async")
 
@@ -52,6 +54,15 @@ class Wakeups(Protocol):
         ...
 
 
+class Pacer(Protocol):
+    """The rate limit a watcher's polls keep to (a `RateLimiter` fits)."""
+
+    async def acquire(self, within: float | None = None) -> bool:
+        """Wait for the next request's slot; or, when it starts more than `within` seconds
+        from now, take none, wait `within` seconds and answer False."""
+        ...
+
+
 class TaskWatcher:
     """Awaitable and async-iterable view of one task's progress.
 
@@ -77,6 +88,7 @@ class TaskWatcher:
         "_last_poll",
         "_learned",
         "_on_poll_error",
+        "_pacer",
         "_previous_delay",
         "_rng",
         "_source",
@@ -101,6 +113,7 @@ class TaskWatcher:
         rng: random.Random | None = None,
         on_poll_error: Callable[[Exception], object] | None = None,
         wakeups: Wakeups | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.task_id = task.id if isinstance(task, Task) else task
         self.kind = task.kind if isinstance(task, Task) else kind
@@ -113,6 +126,7 @@ class TaskWatcher:
         self._rng = rng or _JITTER
         self._on_poll_error = on_poll_error
         self._wakeups = wakeups
+        self._pacer = pacer
         self._started = clock.monotonic()
         self._last_poll = float("-inf")
         self._failures_in_a_row = 0
@@ -147,6 +161,8 @@ class TaskWatcher:
     async def _step(self, deadline: float | None) -> Task | None:
         """Wait, then read the task once; the new snapshot if its status changed."""
         await self._sleep_before_poll(deadline)
+        if self._pacer is not None and not await self._pacer.acquire(self._left(deadline)):
+            raise self._timeout()  # the poll's slot of the rate limit came after the deadline
         task = await self._poll(deadline)
         if task is None:
             return None
@@ -155,6 +171,10 @@ class TaskWatcher:
         if task.is_terminal:
             self._learn(task)
         return task if changed else None
+
+    def _left(self, deadline: float | None) -> float | None:
+        """Seconds until the deadline (never negative); None when there is none."""
+        return None if deadline is None else max(0.0, deadline - self._clock.monotonic())
 
     def _deadline(self) -> float | None:
         timeout = self.policy.timeout
@@ -234,7 +254,7 @@ class TaskWatcher:
         if deadline is None:
             return await self._source.get_task(self.task_id, self.kind)
         try:
-            with anyio.fail_after(max(0.0, deadline - self._clock.monotonic())):
+            with anyio.fail_after(deadline - self._clock.monotonic()):
                 return await self._source.get_task(self.task_id, self.kind)
         except TimeoutError:
             raise self._timeout() from None

@@ -29,7 +29,8 @@ from kling_async import (
     TaskStatus,
     TransportError,
 )
-from kling_async._clock import FakeClock
+from kling_async._clock import FakeClock, SystemClock
+from kling_async._ratelimit import RateLimiter
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -379,11 +380,58 @@ async def test_bad_arguments_send_nothing(
 
 @pytest.mark.parametrize("task_id", ["", "  ", ".", ".."])
 async def test_empty_task_id_sends_nothing(gateway: FakeKlingServer, task_id: str) -> None:
-    """get_task('') (or a path trick) is rejected before sending."""
+    """get_task('') (or a path trick) is rejected before sending; so is watch('')."""
     async with gateway_client(gateway) as client:
         with pytest.raises(InvalidArgumentError):
             await client.get_task(task_id)
+        with pytest.raises(InvalidArgumentError):
+            client.watch(task_id)
     assert gateway.record.requests == []
+
+
+class CountingLimiter(RateLimiter):
+    """A rate limiter that counts the slots asked of it."""
+
+    asked = 0
+
+    async def acquire(self, within: float | None = None) -> bool:
+        self.asked += 1
+        return await super().acquire(within)
+
+
+async def test_every_request_takes_one_slot_of_the_rate_limit(gateway: FakeKlingServer) -> None:
+    """Creates, watchers' polls and their retries each take exactly one slot: a watcher
+    waits for its poll's slot while it sleeps, and the GET then takes no second one."""
+    async with gateway_client(gateway, requests_per_second=1000.0) as client:
+        limiter = CountingLimiter(1000.0, clock=SystemClock())
+        client._transport.limiter = limiter
+        gateway.faults.push(Fault.http_error(500, 5000, "boom"), method="GET")
+        tasks = [await client.extend_video(f"vid-{n}", task_id="p-1") for n in range(3)]
+        async with anyio.create_task_group() as group:
+            for task in tasks:
+                group.start_soon(client.watch(task).result)
+    assert limiter.asked == len(gateway.record.requests) > 3 + 3
+
+
+async def test_watched_snapshots_share_their_keys(gateway: FakeKlingServer) -> None:
+    """What a watcher holds between polls equals the task as read, with keys shared
+    between watchers (thousands of held snapshots need not each own their key strings)."""
+    async with gateway_client(gateway) as client:
+        tasks = [await client.extend_video(f"vid-{n}", task_id="p-1") for n in range(2)]
+        watchers = [client.watch(task) for task in tasks]
+        for watcher in watchers:
+            async for _ in watcher:
+                break
+        read = (await client.get_task(tasks[0].id)).raw
+    first, second = (watcher.last.raw for watcher in watchers if watcher.last is not None)
+    assert first.keys() == read.keys()
+    assert {key: type(value) for key, value in first.items()} == {
+        key: type(value) for key, value in read.items()
+    }
+    shared = dict.fromkeys(second)
+    assert all(any(key is other for other in shared) for key in first)
+    inner = first["task_info"]["parent_video"], second["task_info"]["parent_video"]
+    assert all(any(key is other for other in inner[1]) for key in inner[0])
 
 
 async def test_odd_task_ids_are_quoted(gateway: FakeKlingServer) -> None:

@@ -83,3 +83,22 @@ async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
             scope.cancel()
             await limiter.acquire()
     assert limiter.reserve() == pytest.approx(1.0)
+
+
+async def test_a_slot_beyond_the_deadline_is_not_taken() -> None:
+    """acquire(within=...) waits only `within` and takes no slot when its slot is later."""
+    clock = FakeClock()
+    limiter = RateLimiter(0.1, clock=clock, burst=1)
+    assert await limiter.acquire() is True  # the slot now; the next is 10 s away
+    assert await limiter.acquire(within=4.0) is False
+    assert clock.sleeps == [4.0]
+    assert limiter.reserve() == pytest.approx(6.0)  # still the slot 10 s after the first
+
+
+async def test_a_slot_within_the_deadline_is_taken() -> None:
+    """acquire(within=...) waits for a slot that starts in time, and answers True."""
+    clock = FakeClock()
+    limiter = RateLimiter(0.5, clock=clock, burst=1)
+    await limiter.acquire()
+    assert await limiter.acquire(within=2.0) is True
+    assert clock.sleeps == [2.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from kling_async import (
     WatchTimeoutError,
 )
 from kling_async._clock import FakeClock
+from kling_async._ratelimit import RateLimiter
 from kling_async.policies import CompletionTimes
 
 pytestmark = pytest.mark.anyio
@@ -239,3 +241,40 @@ async def test_adaptive_schedule_learns_and_polls_less() -> None:
         results[name] = (source.polls, source.delay())
     assert results["adaptive"][0] < results["fixed"][0]
     assert results["adaptive"][1] <= results["fixed"][1]
+
+
+class CountingLimiter(RateLimiter):
+    """A rate limiter that counts the slots asked of it."""
+
+    def __init__(self, rate: float, clock: FakeClock) -> None:
+        super().__init__(rate, clock=clock, burst=1)
+        self.asked = 0
+
+    async def acquire(self, within: float | None = None) -> bool:
+        self.asked += 1
+        return await super().acquire(within)
+
+
+async def test_each_poll_waits_for_one_slot_of_the_pacer() -> None:
+    """Given a pacer, a watcher waits there once before each poll, on the client's clock."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["submitted", "processing", "processing", "succeed"])
+    pacer = CountingLimiter(0.1, clock)  # a slot every 10 s: slower than the policy
+    await TaskWatcher(source, "t-1", policy=FAST, clock=clock, pacer=pacer)
+    assert pacer.asked == len(source.calls) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(source.calls)]
+    assert gaps == [pytest.approx(10.0)] * 3
+
+
+async def test_a_pacer_slot_after_the_deadline_times_out_without_a_poll() -> None:
+    """When the rate limit's next slot comes after the deadline, the watch times out at the
+    deadline and sends nothing."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, ["processing"])
+    pacer = CountingLimiter(1 / 100, clock)
+    await pacer.acquire()  # someone else's request: the next slot is 100 s away
+    policy = attrs.evolve(FAST, timeout=30)
+    with pytest.raises(WatchTimeoutError):
+        await TaskWatcher(source, "t-1", policy=policy, clock=clock, pacer=pacer)
+    assert source.calls == []
+    assert clock.monotonic() == pytest.approx(30.0)
