@@ -204,6 +204,21 @@ async def test_cancelling_the_awaiting_coroutine_stops_polling_at_once() -> None
     assert source.polls == 1
 
 
+async def test_a_read_still_hanging_at_the_deadline_ends_the_watch() -> None:
+    """A GET that outlives the deadline is cut short: WatchTimeoutError, not a hang."""
+
+    class Hanging:
+        async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    policy = attrs.evolve(FAST, timeout=0.05)
+    with anyio.fail_after(5):  # the test's own guard: a hang fails here instead
+        with pytest.raises(WatchTimeoutError) as caught:
+            await TaskWatcher(Hanging(), "t-1", policy=policy, clock=FakeClock())
+    assert caught.value.task_id == "t-1"
+
+
 class TimedSource:
     """A task that succeeds `duration` seconds after its creation, on the fake clock."""
 
