@@ -209,7 +209,7 @@ class Transport:
 
     def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
         body = decode_json(raw)
-        code = body.get("code") if isinstance(body, Mapping) else None
+        code = body.get("code") if isinstance(body, dict) else None
         if 200 <= status < 300 and code in (0, "0"):
             return body.get("data")
         # Past here the answer is quoted to a person: scrub credentials before reading it.

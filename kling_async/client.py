@@ -52,6 +52,7 @@ log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
+_PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
 
@@ -270,7 +271,7 @@ class KlingClient:
         try:
             data = await self._transport.request(
                 "POST",
-                self._path(TaskKind.VIDEO_EXTEND),
+                _PATHS[TaskKind.VIDEO_EXTEND],
                 body=self._body(request),
                 resend_safe=False,
                 on_retry=on_retry,
@@ -357,7 +358,7 @@ class KlingClient:
         """GET one task; `paced` when the caller already waited for its rate-limit slot,
         `held` when the snapshot will be kept (by a watcher, until its next poll)."""
         segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
-        data = await self._transport.request("GET", f"{self._path(kind)}/{segment}", paced=paced)
+        data = await self._transport.request("GET", f"{_PATHS[kind]}/{segment}", paced=paced)
         return structure_task(data, kind, share_keys=held)
 
     async def list_tasks(
@@ -377,7 +378,7 @@ class KlingClient:
             raise InvalidArgumentError(f"page_size must be between 1 and 500, not {page_size}.")
         for page in range(1, 1001):
             params = {"pageNum": page, "pageSize": page_size}
-            data = await self._transport.request("GET", self._path(kind), params=params)
+            data = await self._transport.request("GET", _PATHS[kind], params=params)
             tasks = structure_tasks(data, kind)
             for task in tasks:
                 yield task
@@ -521,9 +522,6 @@ class KlingClient:
         elif journal is not None:
             run.journal, run.owns_journal = Journal(journal), True
         return Batch(run, requests, receive, self._tasks.start_soon)
-
-    def _path(self, kind: TaskKind) -> str:
-        return f"/v1/{kind.value}"
 
 
 def _normalise_base_url(base_url: str) -> str:
