@@ -48,8 +48,8 @@ from _common import (
 from kling_async import KlingClient, PollPolicy, TaskWatcher
 
 RATE = 2000.0  # requests per second, the client's `requests_per_second`
-# The default deadline (30 minutes) stays: each watch then reads under a cancel scope, as a
-# user's would; no task reaches it during a run.
+# The default deadline (30 minutes) stays: each read then runs under a timeout, as a user's
+# would; no task reaches it during a run.
 POLICY = PollPolicy(initial_delay=1.0, min_interval=1.0, max_interval=5.0)
 PROBE_INTERVAL = 0.010
 START_CHUNK = 1000  # watchers started per event-loop turn

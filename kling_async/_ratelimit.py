@@ -46,13 +46,14 @@ class RateLimiter:
     async def acquire(self, within: float | None = None) -> bool:
         """Wait for this request's slot; True once it starts.
 
-        With `within`, a slot that starts more than that many seconds from now is not taken:
-        the wait is `within` seconds and the answer False (a watcher whose deadline comes
-        first). A cancelled waiter gives its slot back if no later request took one
-        meanwhile (else the slot stays unused: a short, bounded loss).
+        With `within`, a slot that does not start before that many seconds from now is not
+        taken: the wait is `within` seconds and the answer False (a watcher whose deadline
+        comes first, which would have no time left to use the slot). A cancelled waiter
+        gives its slot back if no later request took one meanwhile (else the slot stays
+        unused: a short, bounded loss).
         """
         now = self._clock.monotonic()
-        if within is not None and self._next_start(now) - now > within:
+        if within is not None and self._next_start(now) - now >= within:
             await self._clock.sleep(within)
             return False
         wait = self.reserve()

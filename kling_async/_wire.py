@@ -132,7 +132,13 @@ def structure_task(data: Any, kind: TaskKind, *, share_keys: bool = False) -> Ta
             raw=_with_shared_keys(data) if share_keys else data,
             external_task_id=_external_id(data),
         )
-    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError) as exc:
+    except (
+        cattrs.BaseValidationError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        RecursionError,  # sharing the keys of an absurdly nested answer
+    ) as exc:
         raise _malformed(f"task {data['task_id']}: {_first_cause(exc)}") from exc
 
 

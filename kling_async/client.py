@@ -122,7 +122,8 @@ class KlingClient:
         self._rng = random.Random()
         self._tasks: TaskGroup | None = None
         self._called_back: OrderedDict[str, None] = OrderedDict()
-        self._watcher_reads = _WatcherReads(self, paced=requests_per_second is not None)
+        # Indexed by "the client has a rate limiter": the watchers then take their own slots.
+        self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
         limiter = (
@@ -406,12 +407,14 @@ class KlingClient:
             policy = attrs.evolve(policy, timeout=timeout)
         if isinstance(task_or_id, Task):
             kind = task_or_id.kind
-            task_id = task_or_id.id
+            task_id = _checked_task_id(task_or_id.id)
+            if task_id != task_or_id.id:
+                task_or_id = attrs.evolve(task_or_id, id=task_id)
         else:
             task_or_id = task_id = _checked_task_id(task_or_id)
         limiter = self._transport.limiter
         return TaskWatcher(
-            self._watcher_reads,
+            self._watcher_reads[limiter is not None],
             task_or_id,
             kind=kind,
             policy=policy,

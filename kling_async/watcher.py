@@ -57,8 +57,8 @@ class Pacer(Protocol):
     """The rate limit a watcher's polls keep to (a `RateLimiter` fits)."""
 
     async def acquire(self, within: float | None = None) -> bool:
-        """Wait for the next request's slot; or, when it starts more than `within` seconds
-        from now, take none, wait `within` seconds and answer False."""
+        """Wait for the next request's slot; or, when it does not start within `within`
+        seconds, take none, wait `within` seconds and answer False."""
         ...
 
 
@@ -261,6 +261,9 @@ class TaskWatcher:
             async with asyncio.timeout(max(0.0, deadline - self._clock.monotonic())):
                 return await self._source.get_task(self.task_id, self.kind)
         except TimeoutError:
+            # A cancellation from outside (an anyio scope) in the same turn reaches the task
+            # one turn later: let it win over the timeout, as it would have with fail_after.
+            await asyncio.sleep(0)
             raise self._timeout() from None
 
     def _lagging(self, exc: Exception) -> bool:

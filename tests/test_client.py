@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import attrs
 import pytest
 
 from kling_async import (
@@ -26,6 +27,8 @@ from kling_async import (
     RateLimitError,
     RetryPolicy,
     ServerError,
+    Task,
+    TaskKind,
     TaskStatus,
     TransportError,
 )
@@ -386,7 +389,18 @@ async def test_empty_task_id_sends_nothing(gateway: FakeKlingServer, task_id: st
             await client.get_task(task_id)
         with pytest.raises(InvalidArgumentError):
             client.watch(task_id)
+        with pytest.raises(InvalidArgumentError):
+            client.watch(Task(task_id, TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED))
     assert gateway.record.requests == []
+
+
+async def test_a_watched_task_id_is_stripped_like_get_task_does(gateway: FakeKlingServer) -> None:
+    """A task whose id came with spaces around it is watched under the bare id."""
+    async with gateway_client(gateway) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        padded = attrs.evolve(created, id=f"  {created.id} ")
+        finished = await client.watch(padded)
+    assert finished.id == created.id
 
 
 class CountingLimiter(RateLimiter):
@@ -406,6 +420,7 @@ async def test_every_request_takes_one_slot_of_the_rate_limit(gateway: FakeKling
         limiter = CountingLimiter(1000.0, clock=SystemClock())
         client._transport.limiter = limiter
         gateway.faults.push(Fault.http_error(500, 5000, "boom"), method="GET")
+        gateway.faults.push(Fault.http_error(401, 1004, "token expired"), method="GET")
         tasks = [await client.extend_video(f"vid-{n}", task_id="p-1") for n in range(3)]
         async with anyio.create_task_group() as group:
             for task in tasks:

@@ -91,8 +91,9 @@ async def test_a_slot_beyond_the_deadline_is_not_taken() -> None:
     limiter = RateLimiter(0.1, clock=clock, burst=1)
     assert await limiter.acquire() is True  # the slot now; the next is 10 s away
     assert await limiter.acquire(within=4.0) is False
-    assert clock.sleeps == [4.0]
-    assert limiter.reserve() == pytest.approx(6.0)  # still the slot 10 s after the first
+    assert await limiter.acquire(within=6.0) is False  # exactly at the deadline: no time left
+    assert clock.sleeps == [4.0, 6.0]
+    assert limiter.reserve() == pytest.approx(0.0)  # still the slot 10 s after the first
 
 
 async def test_a_slot_within_the_deadline_is_taken() -> None:
@@ -100,5 +101,5 @@ async def test_a_slot_within_the_deadline_is_taken() -> None:
     clock = FakeClock()
     limiter = RateLimiter(0.5, clock=clock, burst=1)
     await limiter.acquire()
-    assert await limiter.acquire(within=2.0) is True
+    assert await limiter.acquire(within=2.5) is True
     assert clock.sleeps == [2.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -121,3 +122,29 @@ def test_deeply_nested_garbage_is_not_json() -> None:
     from kling_async._wire import decode_json
 
     assert decode_json(b"[" * 100_000) is None
+
+
+def test_shared_keys_keep_the_object_exactly() -> None:
+    """With share_keys, `raw` equals the object read (nested dicts and lists included) and
+    its keys are the interned ones; without, it is the object itself."""
+    shared = structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND, share_keys=True)
+    assert shared.raw == SUCCEEDED
+    assert isinstance(shared.raw["task_result"]["videos"], list)
+    rebuilt = json.loads(json.dumps(SUCCEEDED))  # fresh key strings, as from a decoder
+    again = structure_task(rebuilt, TaskKind.VIDEO_EXTEND, share_keys=True)
+    assert all(
+        key is other
+        for key, other in zip(shared.raw["task_info"], again.raw["task_info"], strict=True)
+    )
+    assert structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND).raw is SUCCEEDED
+
+
+def test_an_absurdly_nested_answer_is_a_malformed_task() -> None:
+    """A task object nested deeper than the interpreter can walk is a clear transport
+    error, not a RecursionError escaping from the watcher."""
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"d": deep}
+    data = {"task_id": "t", "task_status": "processing", "extra": deep}
+    with pytest.raises(TransportError, match="task t"):
+        structure_task(data, TaskKind.VIDEO_EXTEND, share_keys=True)
