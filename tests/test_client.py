@@ -413,10 +413,13 @@ class CountingLimiter(RateLimiter):
         return await super().acquire(within)
 
 
-async def test_every_request_takes_one_slot_of_the_rate_limit(gateway: FakeKlingServer) -> None:
+@pytest.mark.parametrize("rate", [1000.0, None], ids=["limited", "limiter-added-later"])
+async def test_every_request_takes_one_slot_of_the_rate_limit(
+    gateway: FakeKlingServer, rate: float | None
+) -> None:
     """Creates, watchers' polls and their retries each take exactly one slot: a watcher
     waits for its poll's slot while it sleeps, and the GET then takes no second one."""
-    async with gateway_client(gateway, requests_per_second=1000.0) as client:
+    async with gateway_client(gateway, requests_per_second=rate) as client:
         limiter = CountingLimiter(1000.0, clock=SystemClock())
         client._transport.limiter = limiter
         gateway.faults.push(Fault.http_error(500, 5000, "boom"), method="GET")
