@@ -214,6 +214,22 @@ def test_progress_without_a_terminal() -> None:
     assert "\x1b" not in text
 
 
+def _read_all(controller: int) -> str:
+    """All that was written to a pseudo-terminal whose terminal side is closed: one read
+    may return only the first of several writes."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal side is closed and everything has been read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return b"".join(chunks).decode()
+
+
 def test_progress_on_a_terminal() -> None:
     """On a (pseudo-)terminal the line is redrawn in place."""
     controller, terminal = pty.openpty()
@@ -222,8 +238,7 @@ def test_progress_on_a_terminal() -> None:
         for event in _events():
             progress.on_event(event)
         progress.finish()
-    shown = os.read(controller, 4096).decode()
-    os.close(controller)
+    shown = _read_all(controller)
     assert "\r\x1b[2K" in shown
     assert "1/1 done" in shown
 
@@ -237,8 +252,7 @@ def test_rich_bar_on_a_terminal() -> None:
         for event in _events():
             progress.on_event(event)
         progress.finish()
-    shown = os.read(controller, 65536).decode()
-    os.close(controller)
+    shown = _read_all(controller)
     assert "1/1 done" in shown
     assert "1 succeeded" in shown
     assert "━" in shown
