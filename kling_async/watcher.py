@@ -258,7 +258,7 @@ class TaskWatcher:
         if deadline is None:
             return await self._source.get_task(self.task_id, self.kind)
         try:
-            async with asyncio.timeout(max(0.0, deadline - self._clock.monotonic())):
+            async with asyncio.timeout(self._left(deadline)):
                 return await self._source.get_task(self.task_id, self.kind)
         except TimeoutError:
             # A cancellation from outside (an anyio scope) in the same turn reaches the task

@@ -10,8 +10,9 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -214,9 +215,16 @@ def test_progress_without_a_terminal() -> None:
     assert "\x1b" not in text
 
 
-def _read_all(controller: int) -> str:
-    """All that was written to a pseudo-terminal whose terminal side is closed: one read
-    may return only the first of several writes."""
+def _drawn_on_a_terminal(make: Callable[[TextIO], Progress]) -> tuple[Progress, str]:
+    """The display `make` builds on a pseudo-terminal, after one batch's events, and all it
+    wrote there (read until the terminal side is closed: one read may return only the
+    first of several writes)."""
+    controller, terminal = pty.openpty()
+    with open(terminal, "w", closefd=True) as stream:
+        progress = make(stream)
+        for event in _events():
+            progress.on_event(event)
+        progress.finish()
     chunks = []
     while True:
         try:
@@ -227,32 +235,20 @@ def _read_all(controller: int) -> str:
             break
         chunks.append(chunk)
     os.close(controller)
-    return b"".join(chunks).decode()
+    return progress, b"".join(chunks).decode()
 
 
 def test_progress_on_a_terminal() -> None:
     """On a (pseudo-)terminal the line is redrawn in place."""
-    controller, terminal = pty.openpty()
-    with open(terminal, "w", closefd=True) as stream:
-        progress = Progress(total=1, stream=stream)
-        for event in _events():
-            progress.on_event(event)
-        progress.finish()
-    shown = _read_all(controller)
+    _, shown = _drawn_on_a_terminal(lambda stream: Progress(total=1, stream=stream))
     assert "\r\x1b[2K" in shown
     assert "1/1 done" in shown
 
 
 def test_rich_bar_on_a_terminal() -> None:
     """With rich installed, a terminal gets a bar with the counts; the final state is drawn."""
-    controller, terminal = pty.openpty()
-    with open(terminal, "w", closefd=True) as stream:
-        progress = progress_for(1, stream)
-        assert isinstance(progress, RichProgress)
-        for event in _events():
-            progress.on_event(event)
-        progress.finish()
-    shown = _read_all(controller)
+    progress, shown = _drawn_on_a_terminal(lambda stream: progress_for(1, stream))
+    assert isinstance(progress, RichProgress)
     assert "1/1 done" in shown
     assert "1 succeeded" in shown
     assert "━" in shown

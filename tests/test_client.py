@@ -13,6 +13,7 @@ import aiohttp
 import anyio
 import attrs
 import pytest
+from helpers import CountingLimiter
 
 from kling_async import (
     AmbiguousSubmissionError,
@@ -33,7 +34,6 @@ from kling_async import (
     TransportError,
 )
 from kling_async._clock import FakeClock, SystemClock
-from kling_async._ratelimit import RateLimiter
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -401,16 +401,6 @@ async def test_a_watched_task_id_is_stripped_like_get_task_does(gateway: FakeKli
         padded = attrs.evolve(created, id=f"  {created.id} ")
         finished = await client.watch(padded)
     assert finished.id == created.id
-
-
-class CountingLimiter(RateLimiter):
-    """A rate limiter that counts the slots asked of it."""
-
-    asked = 0
-
-    async def acquire(self, within: float | None = None) -> bool:
-        self.asked += 1
-        return await super().acquire(within)
 
 
 @pytest.mark.parametrize("rate", [1000.0, None], ids=["limited", "limiter-added-later"])

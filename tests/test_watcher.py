@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import anyio
 import attrs
 import pytest
+from helpers import CountingLimiter
 
 from kling_async import (
     NotFoundError,
@@ -24,7 +25,6 @@ from kling_async import (
     WatchTimeoutError,
 )
 from kling_async._clock import FakeClock
-from kling_async._ratelimit import RateLimiter
 from kling_async.policies import CompletionTimes
 
 pytestmark = pytest.mark.anyio
@@ -258,23 +258,11 @@ async def test_adaptive_schedule_learns_and_polls_less() -> None:
     assert results["adaptive"][1] <= results["fixed"][1]
 
 
-class CountingLimiter(RateLimiter):
-    """A rate limiter that counts the slots asked of it."""
-
-    def __init__(self, rate: float, clock: FakeClock) -> None:
-        super().__init__(rate, clock=clock, burst=1)
-        self.asked = 0
-
-    async def acquire(self, within: float | None = None) -> bool:
-        self.asked += 1
-        return await super().acquire(within)
-
-
 async def test_each_poll_waits_for_one_slot_of_the_pacer() -> None:
     """Given a pacer, a watcher waits there once before each poll, on the client's clock."""
     clock = FakeClock()
     source = ScriptedSource(clock, ["submitted", "processing", "processing", "succeed"])
-    pacer = CountingLimiter(0.1, clock)  # a slot every 10 s: slower than the policy
+    pacer = CountingLimiter(0.1, clock=clock, burst=1)  # a slot every 10 s: slower than the policy
     await TaskWatcher(source, "t-1", policy=FAST, clock=clock, pacer=pacer)
     assert pacer.asked == len(source.calls) == 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(source.calls)]
@@ -286,7 +274,7 @@ async def test_a_pacer_slot_after_the_deadline_times_out_without_a_poll() -> Non
     deadline and sends nothing."""
     clock = FakeClock()
     source = ScriptedSource(clock, ["processing"])
-    pacer = CountingLimiter(1 / 100, clock)
+    pacer = CountingLimiter(1 / 100, clock=clock, burst=1)
     await pacer.acquire()  # someone else's request: the next slot is 100 s away
     policy = attrs.evolve(FAST, timeout=30)
     with pytest.raises(WatchTimeoutError):
