@@ -136,27 +136,45 @@ class Transport:
         slot_taken = paced
         while True:
             attempt += 1
+            if self.limiter is not None and not slot_taken:
+                await self.limiter.acquire()
+            slot_taken = False
+            # The exchange is written out here rather than in a helper coroutine: this is the
+            # path of every poll, and each coroutine layer costs every resumption a frame.
             try:
-                return await self._exchange(method, path, body, params, slot_taken=slot_taken)
-            except (APIError, TransportError) as exc:
-                slot_taken = False
-                if _needs_new_token(exc) and not refreshed:
-                    self.auth.invalidate()
-                    refreshed = True
-                    attempt -= 1
-                    continue
-                wait = self._wait_before_retry(exc, attempt, policy, resend_safe)
-                log.info(
-                    "%s %s failed (%s); retry %d of %d in %.2f s",
+                async with self.session.request(
                     method,
-                    path,
-                    exc,
-                    attempt,
-                    policy.max_attempts - 1,
-                    wait,
-                )
-                if on_retry is not None:
-                    on_retry(exc)
+                    self.base_url + path,
+                    json=body,
+                    params=params,
+                    headers={
+                        "Authorization": self.auth.authorization(),
+                        "Accept": "application/json",
+                    },
+                    timeout=self._client_timeout,
+                ) as response:
+                    return self._interpret(response.status, response.headers, await response.read())
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                error: APIError | TransportError = self._transport_error(method, path, exc)
+            except (APIError, TransportError) as exc:
+                error = exc
+            if _needs_new_token(error) and not refreshed:
+                self.auth.invalidate()
+                refreshed = True
+                attempt -= 1
+                continue
+            wait = self._wait_before_retry(error, attempt, policy, resend_safe)
+            log.info(
+                "%s %s failed (%s); retry %d of %d in %.2f s",
+                method,
+                path,
+                error,
+                attempt,
+                policy.max_attempts - 1,
+                wait,
+            )
+            if on_retry is not None:
+                on_retry(error)
             await self.clock.sleep(wait)
 
     def _wait_before_retry(
@@ -177,35 +195,6 @@ class Transport:
         if wait is None:
             raise exc
         return wait
-
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None,
-        params: Mapping[str, str | int] | None,
-        *,
-        slot_taken: bool,
-    ) -> Any:
-        """One attempt: wait for a slot of the rate limiter (unless the caller took it),
-        send, read the whole answer, and interpret it."""
-        if self.limiter is not None and not slot_taken:
-            await self.limiter.acquire()
-        headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
-        timeout = self._client_timeout
-        try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                json=body,
-                params=params,
-                headers=headers,
-                timeout=timeout,
-            ) as response:
-                raw = await response.read()
-                return self._interpret(response.status, response.headers, raw)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._transport_error(method, path, exc) from None
 
     def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
         body = decode_json(raw)

@@ -93,7 +93,7 @@ def _milliseconds(value: int) -> datetime:
 def _videos(result: Any) -> tuple[Video, ...]:
     if not isinstance(result, dict) or not isinstance(result.get("videos"), list):
         return ()
-    return tuple(_video(item) for item in result["videos"])
+    return tuple(map(_video, result["videos"]))
 
 
 def _video(item: Any) -> Video:
@@ -120,17 +120,18 @@ def structure_task(data: Any, kind: TaskKind, *, share_keys: bool = False) -> Ta
     """
     if not isinstance(data, dict) or not data.get("task_id"):
         raise _malformed(f"expected a task object with a task_id, got {type(data).__name__}")
+    get = data.get
     try:
-        return Task(
-            id=str(data["task_id"]),
-            kind=kind,
-            status=_status(data.get("task_status", ""), TaskStatus),
-            status_message=_optional_text(data.get("task_status_msg")),
-            created_at=_optional_time(data.get("created_at")),
-            updated_at=_optional_time(data.get("updated_at")),
-            videos=_videos(data.get("task_result")),
-            raw=_with_shared_keys(data) if share_keys else data,
-            external_task_id=_external_id(data),
+        return Task(  # positionally: this runs for every poll of every watcher
+            str(data["task_id"]),
+            kind,
+            _status(get("task_status", ""), TaskStatus),
+            _optional_text(get("task_status_msg")),
+            _optional_time(get("created_at")),
+            _optional_time(get("updated_at")),
+            _videos(get("task_result")),
+            _with_shared_keys(data) if share_keys else data,
+            _external_id(data),
         )
     except (
         cattrs.BaseValidationError,

@@ -351,16 +351,8 @@ class KlingClient:
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        return await self._read_task(_checked_task_id(task_id), kind)
-
-    async def _read_task(
-        self, task_id: str, kind: TaskKind, *, paced: bool = False, held: bool = False
-    ) -> Task:
-        """GET one task; `paced` when the caller already waited for its rate-limit slot,
-        `held` when the snapshot will be kept (by a watcher, until its next poll)."""
-        segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
-        data = await self._transport.request("GET", f"{_PATHS[kind]}/{segment}", paced=paced)
-        return structure_task(data, kind, share_keys=held)
+        data = await self._transport.request("GET", _task_path(kind, _checked_task_id(task_id)))
+        return structure_task(data, kind)
 
     async def list_tasks(
         self, kind: TaskKind = TaskKind.VIDEO_EXTEND, *, page_size: int = 30
@@ -590,7 +582,15 @@ class _WatcherReads:
     paced: bool
 
     async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
-        return await self.client._read_task(task_id, kind, paced=self.paced, held=True)
+        path = _task_path(kind, task_id)
+        data = await self.client._transport.request("GET", path, paced=self.paced)
+        return structure_task(data, kind, share_keys=True)
+
+
+def _task_path(kind: TaskKind, task_id: str) -> str:
+    """The path of one task (under the dialect's prefix); a plain id needs no quoting."""
+    segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
+    return f"{_PATHS[kind]}/{segment}"
 
 
 def _checked_task_id(task_id: object) -> str:
