@@ -205,10 +205,15 @@ def request_record(request: VideoExtendRequest) -> dict[str, Any]:
 
 
 def decode_json(raw: bytes) -> Any:
-    """The JSON value of a body, or None when it is not JSON."""
+    """The JSON value of a body, or None when it is not JSON.
+
+    JSON between systems is UTF-8 (RFC 8259), so the body is decoded as such (a leading
+    byte order mark allowed) rather than by `json.loads`'s encoding detection, which costs
+    about a tenth of the decoding of a task.
+    """
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return json.loads(raw.decode().removeprefix("\ufeff"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 

@@ -588,16 +588,22 @@ class _WatcherReads:
 
 
 def _task_path(kind: TaskKind, task_id: str) -> str:
-    """The path of one task (under the dialect's prefix); a plain id needs no quoting."""
-    segment = task_id if _PLAIN_ID.fullmatch(task_id) else quote(task_id, safe="")
+    """The path of one task (under the dialect's prefix); a plain id needs no quoting.
+
+    An id of ASCII letters and digits (the official API's are digits) is plain without the
+    regex.
+    """
+    plain = (task_id.isascii() and task_id.isalnum()) or _PLAIN_ID.fullmatch(task_id)
+    segment = task_id if plain else quote(task_id, safe="")
     return f"{_PATHS[kind]}/{segment}"
 
 
 def _checked_task_id(task_id: object) -> str:
     """`task_id` stripped; `InvalidArgumentError` (nothing sent) when it names no task."""
-    if not isinstance(task_id, str) or task_id.strip() in ("", ".", ".."):
+    stripped = task_id.strip() if isinstance(task_id, str) else ""
+    if stripped in ("", ".", ".."):
         raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
-    return task_id.strip()
+    return stripped
 
 
 _CALLED_BACK_KEPT = 100_000

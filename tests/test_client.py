@@ -450,6 +450,23 @@ async def test_odd_task_ids_are_quoted(gateway: FakeKlingServer) -> None:
     assert gateway.record.requests[0].path == "/kling/v1/videos/video-extend/a/b?c#d"
 
 
+@pytest.mark.parametrize(
+    ("task_id", "segment"),
+    [
+        ("874200190", "874200190"),
+        ("a1B2-c3_d4.e5~", "a1B2-c3_d4.e5~"),
+        ("vidéo", "vid%C3%A9o"),  # a letter, but not ASCII: quoted as before
+        ("²", "%C2%B2"),  # a digit to str.isalnum, not to a URL
+        ("a b", "a%20b"),
+    ],
+)
+def test_task_paths_quote_all_but_plain_ids(task_id: str, segment: str) -> None:
+    """Plain ids go into the path as they are, anything else percent-encoded."""
+    from kling_async.client import _task_path
+
+    assert _task_path(TaskKind.VIDEO_EXTEND, task_id) == f"/v1/videos/video-extend/{segment}"
+
+
 async def test_list_tasks_walks_pages(official: FakeKlingServer) -> None:
     """list_tasks yields every task, newest first, across pages."""
     async with official_client(official) as client:

@@ -124,6 +124,16 @@ def test_deeply_nested_garbage_is_not_json() -> None:
     assert decode_json(b"[" * 100_000) is None
 
 
+def test_bodies_are_read_as_utf8() -> None:
+    """A body is UTF-8, with or without a byte order mark; bytes that are not UTF-8 are
+    'not JSON' (None), never an exception."""
+    from kling_async._wire import decode_json
+
+    assert decode_json('{"msg": "vidéo"}'.encode()) == {"msg": "vidéo"}
+    assert decode_json(b'\xef\xbb\xbf{"code": 0}') == {"code": 0}
+    assert decode_json(b'{"msg": "\xff"}') is None
+
+
 def test_shared_keys_keep_the_object_exactly() -> None:
     """With share_keys, `raw` equals the object read (nested dicts and lists included) and
     its keys are the interned ones; without, it is the object itself."""
