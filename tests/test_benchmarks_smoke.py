@@ -8,26 +8,31 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def run_quick(name: str, out: Path) -> dict[str, Any]:
-    """Run ``benchmarks/<name>.py --quick`` into `out`; the JSON it wrote."""
+def run_quick(name: str, out: Path, *options: str, written: str | None = None) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py --quick`` into `out`; the JSON it wrote (`written`.quick.json
+    when the options name it differently)."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out), *options],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    payload: dict[str, Any] = json.loads((out / f"{name}.quick.json").read_text())
-    assert payload["benchmark"] == name
+    written = written or name
+    payload: dict[str, Any] = json.loads((out / f"{written}.quick.json").read_text())
+    assert payload["benchmark"] == written
     assert payload["quick"] is True
     assert {"date", "python", "cpu_count", "platform"} <= payload["machine"].keys()
     return payload
@@ -47,6 +52,25 @@ def test_overhead_measures_all_three_contenders(tmp_path: Path) -> None:
             assert positive(measured[name]["rps_median"])
             assert positive(measured[name]["cpu_us_per_request"])
     assert all(positive(r["ours_over_aiohttp"]) for r in results["ratios"].values())
+
+
+def test_overhead_fetches_a_succeeded_task_on_request(tmp_path: Path) -> None:
+    """``--state succeeded`` measures a finished task and says so in its own file."""
+    payload = run_quick("overhead", tmp_path, "--state", "succeeded", written="overhead-succeeded")
+    assert payload["parameters"]["task_state"] == "succeeded"
+    assert set(payload["results"]["by_concurrency"]) == {"1", "16", "256"}
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind)")
+def test_instructions_counts_both_contenders_in_both_states(tmp_path: Path) -> None:
+    """The instruction count covers raw aiohttp and ours, for a running and a finished task."""
+    results = run_quick("instructions", tmp_path)["results"]
+    assert set(results) == {"processing", "succeeded"}
+    for figures in results.values():
+        counts = figures["instructions_per_request"]
+        assert set(counts) == {"aiohttp", "kling_async"}
+        assert all(count > 10_000 for count in counts.values())  # a request, not a no-op
+        assert positive(figures["aiohttp_over_ours"])
 
 
 def test_polling_compares_the_schedules(tmp_path: Path) -> None:
