@@ -30,6 +30,7 @@ from overhead import STATES, Fetch, check_state, contenders, task_server
 
 CONTENDERS = ("aiohttp", "kling_async")
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+_TIMEOUT = 1800.0  # seconds for one contender under the simulator (a full one takes ~40)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _count_instructions(on: bool) -> None:
     """Switch callgrind's counting in this process on or off."""
     flag = "on" if on else "off"
     command = ["callgrind_control", "-i", flag, str(os.getpid())]
-    subprocess.run(command, check=True, capture_output=True)  # noqa: S603 - valgrind tool, own pid
+    subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: S603
 
 
 async def _child(name: str, url: str, task_id: str, state: str, size: Size) -> None:
@@ -96,7 +97,9 @@ def count(name: str, url: str, task_id: str, state: str, size: Size, scratch: Pa
         str(size.concurrency),
         str(size.warmup),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(  # noqa: S603 - valgrind running this very script
+        command, capture_output=True, text=True, check=False, timeout=_TIMEOUT
+    )
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"{name} under callgrind failed:\n{done.stderr[-2000:]}")

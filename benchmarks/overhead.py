@@ -66,7 +66,7 @@ class TaskState:
 STATES = {
     # What a watcher reads on all but its last poll.
     "processing": TaskState(TaskStatus.PROCESSING, {"submitted_for": 0, "median": 1e9, "sigma": 0}),
-    # Every field modelled, a result video with its duration included.
+    # A result video (with its decimal duration) modelled too; no external id or message.
     "succeeded": TaskState(TaskStatus.SUCCEED, {"submitted_for": 0, "median": 1e-3, "sigma": 0}),
 }
 

@@ -139,6 +139,7 @@ class Transport:
             if self.limiter is not None and not slot_taken:
                 await self.limiter.acquire()
             slot_taken = False
+            headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
             # The exchange is written out here rather than in a helper coroutine: this is the
             # path of every poll, and each coroutine layer costs every resumption a frame.
             try:
@@ -147,10 +148,7 @@ class Transport:
                     self.base_url + path,
                     json=body,
                     params=params,
-                    headers={
-                        "Authorization": self.auth.authorization(),
-                        "Accept": "application/json",
-                    },
+                    headers=headers,
                     timeout=self._client_timeout,
                 ) as response:
                     return self._interpret(response.status, response.headers, await response.read())
@@ -175,6 +173,7 @@ class Transport:
             )
             if on_retry is not None:
                 on_retry(error)
+            del error  # its traceback holds this frame: a cycle, were the retry to succeed
             await self.clock.sleep(wait)
 
     def _wait_before_retry(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -219,6 +222,31 @@ async def test_500_then_200_on_get_succeeds(gateway: FakeKlingServer) -> None:
     assert task.id == created.id
     assert [r.status for r in gateway.record.requests if r.method == "GET"] == [500, 200]
     assert len(clock.sleeps) == 1
+
+
+@pytest.mark.parametrize("fault", [Fault.http_error(500, 5000, "boom"), Fault.malformed()])
+async def test_a_retried_failure_is_freed_at_once(
+    gateway: FakeKlingServer, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the retry succeeds, the failure it replaced is gone by reference counting alone:
+    many watchers riding out a burst of errors must not leave them for the collector."""
+    seen: list[weakref.ref[Exception]] = []
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.push(fault, method="GET")
+        # A captured log record would hold the error (an argument of the retry line).
+        with caplog.at_level(logging.WARNING, logger="kling_async"):
+            gc.disable()
+            try:
+                await client._transport.request(
+                    "GET",
+                    f"/v1/videos/video-extend/{created.id}",
+                    on_retry=lambda error: seen.append(weakref.ref(error)),
+                )
+                assert len(seen) == 1
+                assert seen[0]() is None
+            finally:
+                gc.enable()
 
 
 @pytest.mark.parametrize("fault", [Fault.malformed(), Fault.html(502), Fault.drop()])

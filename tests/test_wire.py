@@ -124,14 +124,31 @@ def test_deeply_nested_garbage_is_not_json() -> None:
     assert decode_json(b"[" * 100_000) is None
 
 
-def test_bodies_are_read_as_utf8() -> None:
-    """A body is UTF-8, with or without a byte order mark; bytes that are not UTF-8 are
-    'not JSON' (None), never an exception."""
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"msg": "vidéo"}'.encode(),
+        '\ufeff{"msg": "vidéo"}'.encode(),  # a byte order mark
+        '{"msg": "vidéo"}'.encode("utf-16-le"),
+        '{"msg": "vidéo"}'.encode("utf-16"),  # with its byte order mark
+        '{"msg": "vidéo"}'.encode("utf-32"),
+    ],
+)
+def test_bodies_are_read_in_every_encoding_json_allows(raw: bytes) -> None:
+    """UTF-8 first (the fast path), else whatever `json.loads` detects."""
     from kling_async._wire import decode_json
 
-    assert decode_json('{"msg": "vidéo"}'.encode()) == {"msg": "vidéo"}
-    assert decode_json(b'\xef\xbb\xbf{"code": 0}') == {"code": 0}
+    assert decode_json(raw) == {"msg": "vidéo"}
+
+
+def test_undecodable_bodies_are_not_json() -> None:
+    """Bytes no encoding makes JSON of read as 'not JSON' (None), never an exception; an
+    encoded surrogate pair (CESU-8) is still read, as `json.loads` reads it."""
+    from kling_async._wire import decode_json
+
     assert decode_json(b'{"msg": "\xff"}') is None
+    assert decode_json(b"\xff\xfe\x00") is None
+    assert decode_json(b'{"m": "\xed\xa0\xbd\xed\xb8\x80"}') == {"m": "\ud83d\ude00"}
 
 
 def test_shared_keys_keep_the_object_exactly() -> None:
