@@ -141,13 +141,7 @@ def main() -> None:
     size = QUICK if args.quick else FULL
     per_state: dict[str, dict[str, float]] = {}
     for state in STATES:
-        with (
-            tempfile.TemporaryDirectory() as folder,
-            task_server(state, Path(folder)) as (
-                server,
-                task_id,
-            ),
-        ):
+        with tempfile.TemporaryDirectory() as folder, task_server(state) as (server, task_id):
             per_state[state] = {
                 name: count(name, server.url, task_id, state, size, Path(folder)) / size.requests
                 for name in CONTENDERS

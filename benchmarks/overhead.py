@@ -12,8 +12,8 @@ of the machine's load between turns cancels out of them, while it can move the r
 the two medians (printed beside it) by several percent.
 
 The task stays in one state for the whole run: ``processing`` by default (what a watcher
-reads on all but its last poll), or ``--state succeeded`` (every field modelled, a result
-video included; written to ``overhead-succeeded.json``).
+reads on all but its last poll), or ``--state succeeded`` (a result video with its
+duration modelled too; written to ``overhead-succeeded.json``).
 
     python benchmarks/overhead.py [--quick] [--state succeeded]
 """
@@ -206,11 +206,12 @@ async def contenders(url: str, task_id: str) -> AsyncIterator[dict[str, Fetch]]:
 
 
 @contextlib.contextmanager
-def task_server(state: str, scratch: Path) -> Iterator[tuple[FakeServer, str]]:
+def task_server(state: str) -> Iterator[tuple[FakeServer, str]]:
     """A fake server (a child process) holding one task in `state`; it and the task's id."""
-    ids_file = scratch / "ids.txt"
-    with fake_server(create=1, ids_file=ids_file, **STATES[state].server) as server:
-        yield server, ids_file.read_text().split()[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        ids_file = Path(scratch) / "ids.txt"
+        with fake_server(create=1, ids_file=ids_file, **STATES[state].server) as server:
+            yield server, ids_file.read_text().split()[0]
 
 
 async def check_state(fetchers: dict[str, Fetch], state: str) -> None:
@@ -274,13 +275,7 @@ def main() -> None:
     """Run the benchmark and write ``results/overhead.json``."""
     args = parse_args(__doc__.splitlines()[0], extra=add_state_option)
     size = QUICK if args.quick else FULL
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        task_server(args.state, Path(scratch)) as (
-            server,
-            task_id,
-        ),
-    ):
+    with task_server(args.state) as (server, task_id):
         results = asyncio.run(run_all(server.url, task_id, args.state, size))
     verdicts = report(results)
     parameters = {
