@@ -30,7 +30,17 @@ from .errors import (
     TransportError,
     WatchTimeoutError,
 )
-from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
+from .models import (
+    DEFAULT_VIDEO_MODEL,
+    EXTENDABLE_MODELS,
+    ImageToVideoRequest,
+    Task,
+    TaskKind,
+    TaskStatus,
+    TextToVideoRequest,
+    Video,
+    VideoExtendRequest,
+)
 from .policies import PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
 
@@ -40,6 +50,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "DEFAULT_VIDEO_MODEL",
+    "EXTENDABLE_MODELS",
     "APIError",
     "AmbiguousSubmissionError",
     "AuthenticationError",
@@ -53,6 +65,7 @@ __all__ = [
     "ContentPolicyError",
     "DownloadError",
     "DownloadProgress",
+    "ImageToVideoRequest",
     "InsufficientBalanceError",
     "InvalidArgumentError",
     "InvalidRequestError",
@@ -70,6 +83,7 @@ __all__ = [
     "TaskKind",
     "TaskStatus",
     "TaskWatcher",
+    "TextToVideoRequest",
     "TransportError",
     "Video",
     "VideoExtendRequest",

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ._wire import request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
-from .models import Task, TaskStatus
+from .models import Task, TaskStatus, subject_of
 
 __all__ = [
     "Progress",
@@ -143,7 +143,7 @@ def print_summary(outcomes: Sequence[BatchOutcome], stream: TextIO) -> None:
         record = outcome_record(outcome)
         result = record.get("error") or (record.get("video_urls") or [""])[0]
         task = record["new_task_id"] or "-"
-        rows.append((outcome.request.video_id, record["status"], task, result))
+        rows.append((subject_of(outcome.request), record["status"], task, result))
     widths = [min(max(len(row[i]) for row in rows), 40) for i in range(3)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]

@@ -19,7 +19,7 @@ import attrs
 import cattrs
 
 from .errors import InvalidArgumentError, TransportError
-from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
+from .models import CreateRequest, Task, TaskKind, TaskStatus, Video, VideoExtendRequest
 
 __all__ = [
     "converter",
@@ -161,11 +161,17 @@ def structure_tasks(data: Any, kind: TaskKind) -> list[Task]:
     return [structure_task(item, kind) for item in data]
 
 
-def request_body(request: VideoExtendRequest) -> dict[str, Any]:
-    """The JSON body of a create request: the API's fields that are set, nothing else."""
-    return {
+def request_body(request: CreateRequest) -> dict[str, Any]:
+    """The JSON body of a create request: the API's fields that are set, nothing else.
+
+    A video's length goes as the API spells it, a string of seconds (``"5"``).
+    """
+    body = {
         name: value for name, value in request_record(request).items() if name not in _LOCAL_FIELDS
     }
+    if "duration" in body:
+        body["duration"] = str(body["duration"])
+    return body
 
 
 _REQUEST_FIELDS = {field.name: field.type for field in attrs.fields(VideoExtendRequest)}
@@ -198,7 +204,7 @@ def request_from_json(value: Any) -> VideoExtendRequest:
     return VideoExtendRequest(**value)
 
 
-def request_record(request: VideoExtendRequest) -> dict[str, Any]:
+def request_record(request: CreateRequest) -> dict[str, Any]:
     """The request's fields that are set, for a results line (the local `key` included)."""
     fields: dict[str, Any] = converter.unstructure(request)
     return {name: value for name, value in fields.items() if value is not None}

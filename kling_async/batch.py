@@ -36,7 +36,7 @@ from .errors import (
     sole_error,
 )
 from .journal import Journal, JournalEntry, JournalError, request_key
-from .models import Task, TaskStatus, VideoExtendRequest
+from .models import CreateRequest, Task, TaskStatus
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
 
@@ -75,7 +75,7 @@ class BatchOutcome:
     succeeded (`ok`) with the `DownloadError` as `error`.
     """
 
-    request: VideoExtendRequest
+    request: CreateRequest
     task: Task | None
     error: Exception | None = None
     files: tuple[Path, ...] = ()
@@ -100,7 +100,7 @@ class BatchEvent:
     """A progress event of a batch, for a CLI, a chat bot or a dashboard."""
 
     kind: BatchEventKind
-    request: VideoExtendRequest
+    request: CreateRequest
     task: Task | None = None
     error: Exception | None = None
     outcome: BatchOutcome | None = None
@@ -109,15 +109,15 @@ class BatchEvent:
 class Extender(Protocol):
     """What a batch needs from the client."""
 
-    async def submit(self, request: VideoExtendRequest, *, retry: RetryPolicy) -> Task: ...
+    async def submit(self, request: CreateRequest, *, retry: RetryPolicy) -> Task: ...
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
 
-    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+    def prepare(self, request: CreateRequest) -> CreateRequest:
         """The request checked and completed as it will be sent (and journaled)."""
         ...
 
-    async def find(self, request: VideoExtendRequest) -> Task | None:
+    async def find(self, request: CreateRequest) -> Task | None:
         """The task an unrecorded create made, None if surely none; raises if it cannot tell."""
         ...
 
@@ -209,7 +209,7 @@ class _NoJournal:
     async def entries(self) -> list[JournalEntry]:
         return []
 
-    async def record_intent(self, key: str, request: VideoExtendRequest) -> None:
+    async def record_intent(self, key: str, request: CreateRequest) -> None:
         return None
 
     async def record_task(self, key: str, task: Task) -> None:
@@ -249,9 +249,7 @@ class _Run:
         default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
     )
 
-    async def run(
-        self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
-    ) -> None:
+    async def run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
         async with self.send:  # closed whatever happens, so the reader always hears the end
             if isinstance(self.journal, Journal):
                 await self.journal.open()
@@ -261,9 +259,7 @@ class _Run:
                 if self.owns_journal and isinstance(self.journal, Journal):
                     await self.journal.close()
 
-    async def _run(
-        self, requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest]
-    ) -> None:
+    async def _run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
         known = {entry.key: entry for entry in await self.journal.entries()}
         keys: set[str] = set()
         async with anyio.create_task_group() as group:
@@ -287,7 +283,7 @@ class _Run:
                 group.start_soon(self._one, request, key, entry, slot)
 
     async def _one(
-        self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
+        self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
     ) -> None:
         """Run one request to its end. Its slot is held until its outcome is taken, so a
         reader who stops reading stops new creates too."""
@@ -315,8 +311,8 @@ class _Run:
             self.window.release(slot)
 
     async def _task_for(
-        self, request: VideoExtendRequest, key: str, entry: JournalEntry | None, slot: _Slot
-    ) -> tuple[VideoExtendRequest, Task]:
+        self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
+    ) -> tuple[CreateRequest, Task]:
         """The request's task: found again from the journal, or created (and journaled)."""
         if entry is None:
             return await self._create(self.extender.prepare(request), key, slot, fresh=True)
@@ -329,8 +325,8 @@ class _Run:
         return await self._create(entry.request, key, slot, fresh=False)
 
     async def _create(
-        self, request: VideoExtendRequest, key: str, slot: _Slot, *, fresh: bool
-    ) -> tuple[VideoExtendRequest, Task]:
+        self, request: CreateRequest, key: str, slot: _Slot, *, fresh: bool
+    ) -> tuple[CreateRequest, Task]:
         """Journal the intent, then create. A fresh create that surely made nothing leaves
         no entry, so the next run sends it anew."""
         await self.journal.record_intent(key, request)
@@ -354,7 +350,7 @@ class _Run:
 
     async def _report(
         self,
-        request: VideoExtendRequest,
+        request: CreateRequest,
         task: Task | None,
         error: Exception | None,
         *,
@@ -383,7 +379,7 @@ class _Run:
         if self.fail_fast and not outcome.ok:
             self.stopping = True
 
-    async def _submit(self, request: VideoExtendRequest, key: str, slot: _Slot) -> Task:
+    async def _submit(self, request: CreateRequest, key: str, slot: _Slot) -> Task:
         """Create the task, retrying refusals that surely made nothing; on 1303 also lower
         the window and give the slot back while waiting.
 
@@ -447,13 +443,13 @@ class _Run:
             return min(retry_after, self.retry.max_retry_after)
         return delay if delay is not None else self.retry.max_delay
 
-    def _retry_hook(self, request: VideoExtendRequest) -> RetryHook:
+    def _retry_hook(self, request: CreateRequest) -> RetryHook:
         def retried(exc: Exception) -> None:
             self._emit(BatchEventKind.RETRIED, request, error=exc)
 
         return retried
 
-    def _emit(self, kind: BatchEventKind, request: VideoExtendRequest, **fields: object) -> None:
+    def _emit(self, kind: BatchEventKind, request: CreateRequest, **fields: object) -> None:
         if self.on_event is None:
             return
         try:
@@ -471,13 +467,13 @@ class Batch:
 
     >>> async with client.extend_many(requests, concurrency=20) as outcomes:  # doctest: +SKIP
     ...     async for outcome in outcomes:
-    ...         print(outcome.request.video_id, outcome.ok)
+    ...         print(outcome.request.key, outcome.ok)
     """
 
     def __init__(
         self,
         run: _Run,
-        requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
+        requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest],
         receive: MemoryObjectReceiveStream[BatchOutcome],
         spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
     ) -> None:
@@ -556,10 +552,10 @@ class Batch:
             await self._receive.aclose()
 
 
-def _edited(request: VideoExtendRequest, journaled: VideoExtendRequest) -> bool:
+def _edited(request: CreateRequest, journaled: CreateRequest) -> bool:
     """Whether the request's API fields differ from those journaled under its key."""
 
-    def digest(one: VideoExtendRequest) -> str:  # the content digest; ids left out
+    def digest(one: CreateRequest) -> str:  # the content digest; ids left out
         return request_key(attrs.evolve(one, key=None, external_task_id=None))
 
     return digest(request) != digest(journaled)
@@ -580,8 +576,8 @@ def _duplicate(key: str) -> InvalidArgumentError:
 
 
 async def _as_async(
-    requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
-) -> AsyncIterator[VideoExtendRequest]:
+    requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest],
+) -> AsyncIterator[CreateRequest]:
     if isinstance(requests, AsyncIterable):
         async for request in requests:
             yield request

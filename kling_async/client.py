@@ -7,6 +7,7 @@ table, and owns the pieces it wires together (transport, rate limiter, session),
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from anyio.abc import TaskGroup
 from ._clock import Clock, SystemClock
 from ._ratelimit import RateLimiter
 from ._transport import Transport, surely_not_created
-from ._validate import extend_problems, is_http_url
+from ._validate import MAX_IMAGE_BYTES, create_problems, is_http_url
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
@@ -42,7 +43,18 @@ from .errors import (
     TransportError,
 )
 from .journal import Journal
-from .models import Task, TaskKind, TaskStatus, Video, VideoExtendRequest
+from .models import (
+    DEFAULT_VIDEO_MODEL,
+    CreateRequest,
+    ImageToVideoRequest,
+    Task,
+    TaskKind,
+    TaskStatus,
+    TextToVideoRequest,
+    Video,
+    VideoExtendRequest,
+    kind_of,
+)
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
 
@@ -256,29 +268,106 @@ class KlingClient:
         )
         return await self.submit(request)
 
+    async def text_to_video(
+        self,
+        prompt: str,
+        *,
+        model_name: str | None = None,
+        negative_prompt: str | None = None,
+        cfg_scale: float | None = None,
+        mode: str | None = None,
+        aspect_ratio: str | None = None,
+        duration: int | None = None,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task:
+        """Submit a text-to-video task; return it (status `submitted`).
+
+        Without `model_name` the video is made by `DEFAULT_VIDEO_MODEL`, a model whose videos
+        can be extended. `duration` is 5 or 10 seconds (the API's default is 5), `mode`
+        ``"std"`` or ``"pro"``, `aspect_ratio` ``"16:9"``, ``"9:16"`` or ``"1:1"``. Checked
+        and sent as `extend_video` is: nothing is sent for a wrong argument, and a create
+        whose answer was lost is never paid twice.
+
+        >>> task = await client.text_to_video("a paper boat on a stream")  # doctest: +SKIP
+        >>> task = await client.watch(task)  # doctest: +SKIP
+        """
+        request = TextToVideoRequest(
+            prompt,
+            model_name=model_name,
+            negative_prompt=negative_prompt,
+            cfg_scale=cfg_scale,
+            mode=mode,
+            aspect_ratio=aspect_ratio,
+            duration=duration,
+            callback_url=callback_url,
+            external_task_id=external_task_id,
+        )
+        return await self.submit(request)
+
+    async def image_to_video(
+        self,
+        image: str | os.PathLike[str],
+        *,
+        prompt: str | None = None,
+        image_tail: str | os.PathLike[str] | None = None,
+        model_name: str | None = None,
+        negative_prompt: str | None = None,
+        cfg_scale: float | None = None,
+        mode: str | None = None,
+        duration: int | None = None,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+    ) -> Task:
+        """Submit an image-to-video task from `image` (the first frame); return the task.
+
+        `image` and `image_tail` (the last frame) are each an http(s) URL, a local file
+        (read and sent as base64; at most 10 MB) or base64 text. The other arguments are
+        those of `text_to_video`.
+
+        >>> task = await client.image_to_video("cat.png", prompt="the cat yawns")  # doctest: +SKIP
+        """
+        request = ImageToVideoRequest(
+            await image_argument(image, "image"),
+            prompt=prompt,
+            image_tail=None
+            if image_tail is None
+            else await image_argument(image_tail, "image_tail"),
+            model_name=model_name,
+            negative_prompt=negative_prompt,
+            cfg_scale=cfg_scale,
+            mode=mode,
+            duration=duration,
+            callback_url=callback_url,
+            external_task_id=external_task_id,
+        )
+        return await self.submit(request)
+
     async def submit(
         self,
-        request: VideoExtendRequest,
+        request: CreateRequest,
         *,
         on_retry: RetryHook | None = None,
         retry: RetryPolicy | None = None,
     ) -> Task:
-        """Submit one `VideoExtendRequest` (what `extend_video` does with its arguments).
+        """Submit one create request: a `VideoExtendRequest` (what `extend_video` does with
+        its arguments), a `TextToVideoRequest` or an `ImageToVideoRequest`.
 
         `on_retry(error)` hears of each retry of the create request; `retry` replaces the
         client's policy for it.
         """
         request = self.prepare(request)
+        kind = kind_of(request)
         try:
             data = await self._transport.request(
                 "POST",
-                _PATHS[TaskKind.VIDEO_EXTEND],
+                _PATHS[kind],
                 body=self._body(request),
                 resend_safe=False,
                 on_retry=on_retry,
                 retry=retry,
             )
-            task = structure_task(data, TaskKind.VIDEO_EXTEND)
+            task = structure_task(data, kind)
         except (APIError, TransportError) as exc:
             if surely_not_created(exc):
                 raise
@@ -287,34 +376,36 @@ class KlingClient:
             _remember(self._called_back, task.id)
         return task
 
-    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+    def prepare(self, request: CreateRequest) -> CreateRequest:
         """`request` checked against this dialect, with an external id added where useful.
 
         Raises `InvalidArgumentError` naming every problem; nothing is sent.
         """
-        problems = extend_problems(request, needs_parent_task=self._dialect.needs_parent_task)
+        problems = create_problems(request, needs_parent_task=self._dialect.needs_parent_task)
         if problems:
             raise InvalidArgumentError(
-                f"Cannot extend video {request.video_id!r}: {'; '.join(problems)}. "
-                "Nothing was sent."
+                f"Cannot {_doing(request)}: {'; '.join(problems)}. Nothing was sent."
             )
         if self._dialect.finds_by_external_id and request.external_task_id is None:
             return attrs.evolve(request, external_task_id=f"ka-{uuid.uuid4().hex}")
         return request
 
-    def _body(self, request: VideoExtendRequest) -> dict[str, Any]:
-        """The create body; the receiver's URL is added here, so it is never journaled."""
+    def _body(self, request: CreateRequest) -> dict[str, Any]:
+        """The create body; the receiver's URL and the default model are added here, so
+        neither is journaled (a resumed request stays equal to the one first given)."""
         body = request_body(request)
+        if not isinstance(request, VideoExtendRequest) and request.model_name is None:
+            body["model_name"] = DEFAULT_VIDEO_MODEL
         if self.callbacks is not None and self._uses_receiver(request):
             body["callback_url"] = self.callbacks.callback_url
         return body
 
-    def _uses_receiver(self, request: VideoExtendRequest) -> bool:
+    def _uses_receiver(self, request: CreateRequest) -> bool:
         """Whether the task will call back this client's receiver (not a URL of its own)."""
         receiving = self.callbacks is not None and self.callbacks.active
         return receiving and request.callback_url is None
 
-    async def _recover(self, request: VideoExtendRequest, exc: Exception) -> Task:
+    async def _recover(self, request: CreateRequest, exc: Exception) -> Task:
         """After an ambiguous create: find the task by its external id, or give up loudly."""
         try:
             task = await self.find_created(request)
@@ -326,10 +417,10 @@ class KlingClient:
         if task is None:
             reason = f"{exc} No task with external id {request.external_task_id} exists yet"
             raise AmbiguousSubmissionError(request, reason) from exc
-        log.warning("recovered task %s of video %s by its external id", task.id, request.video_id)
+        log.warning("recovered task %s (%s) by its external id", task.id, kind_of(request).value)
         return task
 
-    async def find_created(self, request: VideoExtendRequest) -> Task | None:
+    async def find_created(self, request: CreateRequest) -> Task | None:
         """The task a create of `request` made, found by its external id (official API).
 
         None when no such task exists. The API keeps external ids unique per account, so a
@@ -342,7 +433,7 @@ class KlingClient:
                 f"the {self.dialect} dialect cannot look a task up by an external id",
             )
         try:
-            return await self.get_task(request.external_task_id)
+            return await self.get_task(request.external_task_id, kind_of(request))
         except NotFoundError:
             return None
 
@@ -467,7 +558,7 @@ class KlingClient:
 
     def extend_many(
         self,
-        requests: Iterable[VideoExtendRequest] | AsyncIterable[VideoExtendRequest],
+        requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest],
         *,
         concurrency: int = 8,
         fail_fast: bool = False,
@@ -547,16 +638,16 @@ class _BatchExtender:
     poll: PollPolicy | None
     download_to: Path | None = None
 
-    async def submit(self, request: VideoExtendRequest, *, retry: RetryPolicy) -> Task:
+    async def submit(self, request: CreateRequest, *, retry: RetryPolicy) -> Task:
         return await self.client.submit(request, retry=retry)
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
         return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)
 
-    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+    def prepare(self, request: CreateRequest) -> CreateRequest:
         return self.client.prepare(request)
 
-    async def find(self, request: VideoExtendRequest) -> Task | None:
+    async def find(self, request: CreateRequest) -> Task | None:
         return await self.client.find_created(request)
 
     async def fetch(self, task: Task) -> tuple[Path, ...]:
@@ -640,3 +731,46 @@ def _video_of(video_or_task: Video | Task) -> Video:
             "wait for it to succeed first."
         )
     return task.videos[0]
+
+
+def _doing(request: CreateRequest) -> str:
+    """What submitting `request` would do, for an error message."""
+    if isinstance(request, VideoExtendRequest):
+        return f"extend video {request.video_id!r}"
+    if isinstance(request, TextToVideoRequest):
+        return "make a video from text"
+    return "make a video from an image"
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*")
+
+
+async def image_argument(image: str | os.PathLike[str], name: str) -> str:
+    """An image as the API takes it: a URL as it is, a local file read into base64, base64
+    text as it is. Raises `InvalidArgumentError` (nothing sent) for anything else."""
+    if isinstance(image, str) and (is_http_url(image) or image.startswith("data:")):
+        return image  # a data: URL is refused, with a reason, by the request's checks
+    path = Path(image)
+    if await anyio.to_thread.run_sync(path.is_file):
+        return await anyio.to_thread.run_sync(_read_base64, path, name)
+    if isinstance(image, str) and len(image) >= 16 and _BASE64.fullmatch(image):
+        return image
+    raise InvalidArgumentError(
+        f"{name} {str(image)[:60]!r} is neither an http(s) URL, nor a file that exists, nor "
+        "base64 text. Nothing was sent."
+    )
+
+
+def _read_base64(path: Path, name: str) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise InvalidArgumentError(
+                f"{name} {path} is {size / 2**20:.1f} MB; the API takes at most "
+                f"{MAX_IMAGE_BYTES >> 20} MB. Nothing was sent."
+            )
+        return base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"{name} {path} cannot be read ({exc}). Nothing was sent."
+        ) from exc

@@ -189,14 +189,17 @@ class WatchTimeoutError(KlingError, TimeoutError):
 class AmbiguousSubmissionError(KlingError):
     """A create request may or may not have made a (paid) task, so it was not re-sent.
 
-    `request` is the `VideoExtendRequest` that was being submitted.
+    `request` is the request (a `VideoExtendRequest`, or one of the other create kinds) that
+    was being submitted.
     """
 
     def __init__(self, request: Any, reason: str) -> None:
         self.request = request
         self.reason = reason
+        video_id = getattr(request, "video_id", None)
+        what = f"The extension of video {video_id}" if video_id else "The new video's task"
         super().__init__(
-            f"The extension of video {request.video_id} may or may not have been created "
+            f"{what} may or may not have been created "
             f"({reason}); it was not sent again, to avoid paying twice. Look for the task "
             "(list_tasks, or get_task with its external_task_id) before submitting it again."
         )

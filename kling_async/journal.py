@@ -35,7 +35,16 @@ import cattrs
 from ._clock import Clock, SystemClock
 from ._wire import converter, structure_task
 from .errors import KlingError, TransportError
-from .models import Task, TaskKind, Video, VideoExtendRequest
+from .models import (
+    CreateRequest,
+    ImageToVideoRequest,
+    Task,
+    TaskKind,
+    TextToVideoRequest,
+    Video,
+    VideoExtendRequest,
+    kind_of,
+)
 
 __all__ = ["EntryState", "Journal", "JournalEntry", "JournalError", "request_key"]
 
@@ -119,7 +128,7 @@ class JournalEntry:
     """
 
     key: str
-    request: VideoExtendRequest
+    request: CreateRequest
     state: EntryState
     task: Task | None
     error_type: str | None
@@ -127,7 +136,7 @@ class JournalEntry:
     updated_at: float
 
 
-def request_key(request: VideoExtendRequest) -> str:
+def request_key(request: CreateRequest) -> str:
     """The name a request is journaled under: `request.key`, else a digest of its API fields.
 
     The digest is ``sha256:`` + the hex SHA-256 of the canonical JSON of the fields that are
@@ -209,13 +218,13 @@ class Journal:
         """Every entry, in the order first recorded."""
         return [self._entry(row) for row in await self._run(_select_all)]
 
-    async def record_intent(self, key: str, request: VideoExtendRequest) -> None:
+    async def record_intent(self, key: str, request: CreateRequest) -> None:
         """Journal `request` under `key` before it is sent; committed when this returns.
 
         Recording the same key again for the same API fields changes nothing (the entry keeps
         its state and its first `external_task_id`); for different fields it is refused.
         """
-        stored = json.dumps(converter.unstructure(request))
+        stored = json.dumps(_stored_fields(request))
         existing = await self._run(_insert_intent, key, stored, self._clock.time())
         if existing is None:
             return
@@ -330,8 +339,24 @@ class Journal:
 # --- What is stored ------------------------------------------------------------------------
 
 
-def _api_fields(request: VideoExtendRequest) -> dict[str, Any]:
+# A request of another kind than video-extend carries its kind under this name, so an
+# extension's stored form (and digest) stays what it was before other kinds existed.
+_KIND_FIELD = "task_kind"
+_REQUEST_CLASSES: Mapping[TaskKind, type[CreateRequest]] = {
+    TaskKind.VIDEO_EXTEND: VideoExtendRequest,
+    TaskKind.TEXT_TO_VIDEO: TextToVideoRequest,
+    TaskKind.IMAGE_TO_VIDEO: ImageToVideoRequest,
+}
+
+
+def _stored_fields(request: CreateRequest) -> dict[str, Any]:
     fields: dict[str, Any] = converter.unstructure(request)
+    kind = kind_of(request)
+    return fields if kind is TaskKind.VIDEO_EXTEND else {**fields, _KIND_FIELD: kind.value}
+
+
+def _api_fields(request: CreateRequest) -> dict[str, Any]:
+    fields = _stored_fields(request)
     return {
         name: _canonical_value(value)
         for name, value in fields.items()
@@ -346,21 +371,23 @@ def _canonical_value(value: Any) -> Any:
     return value
 
 
-def _canonical_json(request: VideoExtendRequest) -> str:
+def _canonical_json(request: CreateRequest) -> str:
     # ASCII escapes (json's default) make any text encodable, even a lone surrogate that a
     # JSONL file's "\ud800" decodes to.
     return json.dumps(_api_fields(request), sort_keys=True, separators=(",", ":"))
 
 
-def _differing_fields(one: VideoExtendRequest, other: VideoExtendRequest) -> list[str]:
+def _differing_fields(one: CreateRequest, other: CreateRequest) -> list[str]:
     a, b = _api_fields(one), _api_fields(other)
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
-def _structure_request(path: Path, stored: str) -> VideoExtendRequest:
+def _structure_request(path: Path, stored: str) -> CreateRequest:
     try:
-        return converter.structure(json.loads(stored), VideoExtendRequest)
-    except (ValueError, cattrs.BaseValidationError) as exc:
+        fields = json.loads(stored)
+        kind = TaskKind(fields.pop(_KIND_FIELD, TaskKind.VIDEO_EXTEND.value))
+        return converter.structure(fields, _REQUEST_CLASSES[kind])
+    except (ValueError, KeyError, AttributeError, cattrs.BaseValidationError) as exc:
         raise _not_a_journal(path, f"a request cannot be read: {exc}") from exc
 
 

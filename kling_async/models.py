@@ -14,7 +14,26 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Task", "TaskKind", "TaskStatus", "Video", "VideoExtendRequest"]
+__all__ = [
+    "DEFAULT_VIDEO_MODEL",
+    "EXTENDABLE_MODELS",
+    "CreateRequest",
+    "ImageToVideoRequest",
+    "Task",
+    "TaskKind",
+    "TaskStatus",
+    "TextToVideoRequest",
+    "Video",
+    "VideoExtendRequest",
+    "kind_of",
+    "subject_of",
+]
+
+#: The models whose videos the API can extend today (v1.x; kling-v1-5 videos excepted).
+EXTENDABLE_MODELS = ("kling-v1", "kling-v1-6")
+#: What `text_to_video` and `image_to_video` use when no model is named: one whose videos
+#: can be extended, so a source made by this client can always start a chain.
+DEFAULT_VIDEO_MODEL = "kling-v1-6"
 
 
 class TaskStatus(enum.Enum):
@@ -125,3 +144,84 @@ class VideoExtendRequest:
     callback_url: str | None = None
     external_task_id: str | None = None
     key: str | None = None
+
+
+@attrs.frozen
+class TextToVideoRequest:
+    """One text-to-video task to submit: the arguments of `KlingClient.text_to_video`.
+
+    `model_name` None means `DEFAULT_VIDEO_MODEL` (sent explicitly, never left to the API's
+    own default). `duration` is 5 or 10 seconds; `mode` ``"std"`` or ``"pro"``;
+    `aspect_ratio` ``"16:9"``, ``"9:16"`` or ``"1:1"``. `key` is local, as in
+    `VideoExtendRequest`.
+
+    >>> TextToVideoRequest("a lighthouse at dusk", duration=5).prompt
+    'a lighthouse at dusk'
+    """
+
+    prompt: str
+    model_name: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    mode: str | None = None
+    aspect_ratio: str | None = None
+    duration: int | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    key: str | None = None
+
+
+@attrs.frozen
+class ImageToVideoRequest:
+    """One image-to-video task to submit: the arguments of `KlingClient.image_to_video`.
+
+    `image` (the first frame) and `image_tail` (the last) are each an http(s) URL or the
+    image's bytes in base64 without a ``data:`` prefix; `KlingClient.image_to_video` reads a
+    local file into base64 for you. Other fields as in `TextToVideoRequest`.
+
+    >>> ImageToVideoRequest("https://example.com/cat.png", prompt="the cat yawns").image
+    'https://example.com/cat.png'
+    """
+
+    image: str | None
+    prompt: str | None = None
+    image_tail: str | None = None
+    model_name: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    mode: str | None = None
+    duration: int | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    key: str | None = None
+
+
+#: Any request that creates a paid task; each kind has its own path (`kind_of`).
+CreateRequest = VideoExtendRequest | TextToVideoRequest | ImageToVideoRequest
+
+_KIND_OF_REQUEST: Mapping[type[Any], TaskKind] = {
+    VideoExtendRequest: TaskKind.VIDEO_EXTEND,
+    TextToVideoRequest: TaskKind.TEXT_TO_VIDEO,
+    ImageToVideoRequest: TaskKind.IMAGE_TO_VIDEO,
+}
+
+
+def kind_of(request: CreateRequest) -> TaskKind:
+    """The kind of task `request` creates.
+
+    >>> kind_of(TextToVideoRequest("a fox")).value
+    'videos/text2video'
+    """
+    return _KIND_OF_REQUEST[type(request)]
+
+
+def subject_of(request: CreateRequest) -> str:
+    """A short name of what `request` works on, for a table: the video to extend, else the
+    kind of new video (``"text2video"``, ``"image2video"``).
+
+    >>> subject_of(VideoExtendRequest("vid_1"))
+    'vid_1'
+    """
+    if isinstance(request, VideoExtendRequest):
+        return request.video_id
+    return kind_of(request).value.rpartition("/")[2]

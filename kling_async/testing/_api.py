@@ -12,8 +12,13 @@ from typing import Any
 from ._answers import Answer, gateway_error, kling_error, kling_ok
 from ._record import ServerRecord
 from ._tasks import (
+    DEFAULT_MODEL,
     DEFAULT_PARENT_DURATION,
     EXTEND_KIND,
+    EXTENDABLE_MODELS,
+    MAX_ADDED,
+    MAX_VIDEO_SECONDS,
+    VIDEO_LIFETIME,
     FakeTask,
     KnownVideo,
     TaskFactory,
@@ -63,9 +68,16 @@ class KlingBackend:
         """The envelope answering ``problem``."""
         return kling_error(problem.http, problem.code, problem.message, self.request_id())
 
-    def add_video(self, video_id: str, task_id: str | None, duration: float) -> None:
+    def add_video(
+        self,
+        video_id: str,
+        task_id: str | None,
+        duration: float,
+        model: str | None = None,
+        made_at: float | None = None,
+    ) -> None:
         """Make ``video_id`` a known source video (and ``task_id`` a known parent task)."""
-        self._videos[video_id] = KnownVideo(video_id, duration, task_id)
+        self._videos[video_id] = KnownVideo(video_id, duration, task_id, model, made_at)
         if task_id is not None:
             self._seeded_task_ids.add(task_id)
 
@@ -73,7 +85,8 @@ class KlingBackend:
         """The known video ``video_id`` at ``now`` (produced ones once their task succeeded)."""
         task = self._produced.get(video_id)
         if task is not None and task.status(now) == "succeed":
-            return KnownVideo(video_id, task.outcome.video_duration, task.id)
+            made_at = task.created_ms / 1000
+            return KnownVideo(video_id, task.outcome.video_duration, task.id, task.model, made_at)
         return self._videos.get(video_id)
 
     def task(self, task_id: str) -> FakeTask:
@@ -86,12 +99,12 @@ class KlingBackend:
             heapq.heappop(self._ends)
         return len(self._ends)
 
-    def create(self, body: Any, now: float) -> Answer:
-        """Handle a video-extend create at monotonic ``now``."""
-        refusal = self._refusal(body, now)
+    def create(self, kind: str, body: Any, now: float) -> Answer:
+        """Handle a create of a ``kind`` task at monotonic ``now``."""
+        refusal = self._refusal(kind, body, now)
         if refusal is not None:
             return refusal
-        task = self._new_task(body, now)
+        task = self._new_task(kind, body, now)
         return kling_ok(created_wire(task), self.request_id()).with_task(task.id)
 
     def get(self, kind: str, ref: str, now: float, status: str | None) -> Answer:
@@ -119,13 +132,15 @@ class KlingBackend:
         data = [task_wire(t, now, self.base_url) for t in chosen]
         return kling_ok(data, self.request_id())
 
-    def _refusal(self, body: Any, now: float) -> Answer | None:
-        problem = create_problem(body, gateway=self.config.gateway)
+    def _refusal(self, kind: str, body: Any, now: float) -> Answer | None:
+        problem = create_problem(kind, body, gateway=self.config.gateway)
         if problem is None and not self.config.gateway:
             problem = self._duplicate_problem(body.get("external_task_id"))
+        if problem is None and kind == EXTEND_KIND:
+            problem = self._source_problem(body["video_id"], now)
         if problem is not None:
             return self.error(problem)
-        unknown = self._unknown_source(body, now)
+        unknown = self._unknown_source(body, now) if kind == EXTEND_KIND else None
         if unknown is not None:
             return unknown
         limit = self.config.max_concurrent
@@ -139,6 +154,35 @@ class KlingBackend:
             return None
         owner = self._by_external[external]
         return Problem(400, 1201, f"external_task_id {external} is already used by task {owner}")
+
+    def _source_problem(self, video_id: str, now: float) -> Problem | None:
+        """Why a known video cannot be extended: its model, its length, or its age."""
+        video = self.video(video_id, now)
+        if video is None:
+            return None
+        if video.model is not None and video.model not in EXTENDABLE_MODELS:
+            return Problem(
+                400,
+                1201,
+                f"video {video_id} was made by {video.model}, whose videos cannot be "
+                f"extended; only videos of {', '.join(EXTENDABLE_MODELS)} can be",
+            )
+        if video.duration + MAX_ADDED > MAX_VIDEO_SECONDS:
+            return Problem(
+                400,
+                1201,
+                f"video {video_id} is {video.duration:.1f} s long; an extended video cannot "
+                "be longer than 3 minutes",
+            )
+        age = self.config.wall_clock() - video.made_at if video.made_at is not None else 0.0
+        if age > VIDEO_LIFETIME:
+            return Problem(
+                400,
+                1201,
+                f"video {video_id} was made {age / 86400:.0f} days ago; videos older than "
+                "30 days have expired and cannot be extended",
+            )
+        return None
 
     def _unknown_source(self, body: dict[str, Any], now: float) -> Answer | None:
         if not self.config.require_known_videos:
@@ -161,20 +205,17 @@ class KlingBackend:
             return gateway_error(400, "video_not_exist", f"video {video_id} not exist")
         return None
 
-    def _new_task(self, body: dict[str, Any], now: float) -> FakeTask:
-        video_id: str = body["video_id"]
-        parent = self.video(video_id, now) or KnownVideo(
-            video_id, DEFAULT_PARENT_DURATION, body.get("task_id")
-        )
-        # A parent the server accepted is one it can serve, so its URL in task_info works.
-        self._videos.setdefault(video_id, parent)
-        durations = self._factory.durations_for(EXTEND_KIND)
+    def _new_task(self, kind: str, body: dict[str, Any], now: float) -> FakeTask:
+        parent = self._parent(body, now) if kind == EXTEND_KIND else None
+        durations = self._factory.durations_for(kind)
+        length = parent.duration if parent is not None else float(body.get("duration") or 5)
         task = FakeTask(
-            kind=EXTEND_KIND,
-            outcome=self._factory.outcome(durations, parent.duration),
+            kind=kind,
+            outcome=self._factory.outcome(durations, length, new=parent is None),
             durations=durations,
             external_task_id=body.get("external_task_id"),
             parent=parent,
+            model=parent.model if parent is not None else body.get("model_name") or DEFAULT_MODEL,
             created_mono=now,
             created_ms=int(self.config.wall_clock() * 1000),
             speed=self.config.speed,
@@ -182,10 +223,20 @@ class KlingBackend:
         self._store(task, now)
         return task
 
+    def _parent(self, body: dict[str, Any], now: float) -> KnownVideo:
+        video_id: str = body["video_id"]
+        parent = self.video(video_id, now) or KnownVideo(
+            video_id, DEFAULT_PARENT_DURATION, body.get("task_id")
+        )
+        # A parent the server accepted is one it can serve, so its URL in task_info works.
+        self._videos.setdefault(video_id, parent)
+        return parent
+
     def _store(self, task: FakeTask, now: float) -> None:
         self._tasks[task.id] = task
         self._produced[task.outcome.video_id] = task
         if task.external_task_id is not None and not self.config.gateway:
             self._by_external[task.external_task_id] = task.id
         heapq.heappush(self._ends, task.end_mono)
-        self._record._note_created(task.id, task.parent.id, self.running(now))
+        parent = None if task.parent is None else task.parent.id
+        self._record._note_created(task.id, parent, self.running(now))

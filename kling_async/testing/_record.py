@@ -80,9 +80,10 @@ class ServerRecord:
     def _note_request(self, record: RequestRecord) -> None:
         self.requests.append(record)
 
-    def _note_created(self, task_id: str, video_id: str, running: int) -> None:
+    def _note_created(self, task_id: str, video_id: str | None, running: int) -> None:
         self.created.append(task_id)
-        self._creates_by_video[video_id] += 1
+        if video_id is not None:  # an extension (a new video extends nothing)
+            self._creates_by_video[video_id] += 1
         self._peak = max(self._peak, running)
 
     def _note_callback(self, record: CallbackRecord) -> None:

@@ -25,7 +25,7 @@ from ._callbacks import CallbackSender
 from ._faults import ANSWER_FAULTS, Fault, FaultPlan
 from ._files import serve_video, video_bytes
 from ._record import RequestRecord, ServerRecord
-from ._tasks import KINDS, Durations, TaskFactory
+from ._tasks import CREATABLE, KINDS, Durations, TaskFactory
 from ._validate import DEFAULT_FAILURE_MESSAGES, check_server_arguments
 from ._webhooks import CallbackFaults
 
@@ -176,10 +176,21 @@ class FakeKlingServer:
             await asyncio.wait(pending)
 
     def add_video(
-        self, video_id: str, task_id: str | None = None, *, duration: float = 5.0
+        self,
+        video_id: str,
+        task_id: str | None = None,
+        *,
+        duration: float = 5.0,
+        model: str | None = None,
+        made_at: float | None = None,
     ) -> None:
-        """Seed a known source video (``task_id``: the task that made it, for gateways)."""
-        self._backend.add_video(video_id, task_id, duration)
+        """Seed a known source video (``task_id``: the task that made it, for gateways).
+
+        ``model`` (the model that made it) and ``made_at`` (wall-clock seconds) let a test
+        see an extension refused as the real API refuses it: a model whose videos cannot
+        be extended, or a video past 30 days.
+        """
+        self._backend.add_video(video_id, task_id, duration, model, made_at)
 
     def task_status(self, task_id: str) -> str:
         """The real current status of ``task_id`` (KeyError if no such task)."""
@@ -271,11 +282,11 @@ class FakeKlingServer:
             return backend.list(kind, request.query, self._monotonic())
         if request.method != "POST":
             return self._wrong_method(request.method)
-        if kind != "videos/video-extend":
+        if kind not in CREATABLE:
             return kling_error(
                 404, 1203, f"{kind} tasks cannot be created here", backend.request_id()
             )
-        answer = backend.create(body, self._monotonic())
+        answer = backend.create(kind, body, self._monotonic())
         if answer.task_id is not None and body.get("callback_url") is not None:
             self._callbacks.watch(backend.task(answer.task_id), body["callback_url"], self.url)
         return answer

@@ -22,7 +22,29 @@ KINDS = frozenset(
         "images/editing/expand",
     }
 )
+#: The kinds the fake can create tasks of.
+CREATABLE = frozenset({EXTEND_KIND, "videos/text2video", "videos/image2video"})
 DEFAULT_PARENT_DURATION = 5.0
+#: The model the API uses when a create names none.
+DEFAULT_MODEL = "kling-v1"
+#: Models whose videos can be extended (v1.x, except kling-v1-5).
+EXTENDABLE_MODELS = ("kling-v1", "kling-v1-6")
+#: Every model a text2video or image2video create may name.
+MODELS = (
+    "kling-v1",
+    "kling-v1-5",
+    "kling-v1-6",
+    "kling-v2-master",
+    "kling-v2-1",
+    "kling-v2-1-master",
+    "kling-v2-5-turbo",
+    "kling-v2-6",
+)
+#: Most an extension adds; a video longer than the limit minus this cannot be extended.
+MAX_ADDED = 5.0
+MAX_VIDEO_SECONDS = 180.0
+#: Videos are deleted this long after they were made (and cannot be extended after).
+VIDEO_LIFETIME = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +71,8 @@ class KnownVideo:
     id: str
     duration: float
     task_id: str | None
+    model: str | None = None
+    made_at: float | None = None  # wall-clock seconds; None: unknown (treated as fresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +95,8 @@ class FakeTask:
     outcome: Outcome
     durations: Durations
     external_task_id: str | None
-    parent: KnownVideo
+    parent: KnownVideo | None  # the extended video (None for text2video and image2video)
+    model: str | None
     created_mono: float
     created_ms: int
     speed: float
@@ -131,8 +156,11 @@ class TaskFactory:
             return Durations()
         return self._durations.get(kind, Durations())
 
-    def outcome(self, durations: Durations, parent_duration: float) -> Outcome:
-        """Draw the next task's id, duration, fate and result video, always in one order."""
+    def outcome(self, durations: Durations, parent_duration: float, *, new: bool) -> Outcome:
+        """Draw the next task's id, duration, fate and result video, always in one order.
+
+        An extension's video is the parent's plus 4-5 s; a `new` video (text or image to
+        video) is as long as asked, `parent_duration`."""
         rng = self._rng
         task_id = self._fresh(lambda: str(rng.randrange(10**17, 10**18)))
         total = max(
@@ -142,7 +170,8 @@ class TaskFactory:
         message = self._messages[rng.randrange(len(self._messages))]
         video_id = self._fresh(lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4)))
         added = round(rng.uniform(4.0, 5.0), 1)
-        return Outcome(task_id, total, failed, message, video_id, parent_duration + added)
+        length = parent_duration if new else parent_duration + added
+        return Outcome(task_id, total, failed, message, video_id, length)
 
     def _fresh(self, draw: Callable[[], str]) -> str:
         value = draw()
@@ -170,11 +199,12 @@ def task_wire(
     info: dict[str, Any] = {}
     if task.external_task_id is not None:
         info["external_task_id"] = task.external_task_id
-    info["parent_video"] = {
-        "id": task.parent.id,
-        "url": file_url(base_url, task.parent.id),
-        "duration": seconds_text(task.parent.duration),
-    }
+    if task.parent is not None:
+        info["parent_video"] = {
+            "id": task.parent.id,
+            "url": file_url(base_url, task.parent.id),
+            "duration": seconds_text(task.parent.duration),
+        }
     data: dict[str, Any] = {
         "task_id": task.id,
         "task_status": real if status is None else status,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from ._tasks import MODELS
 
 MAX_PROMPT = 2500
 DEFAULT_FAILURE_MESSAGES = (
@@ -79,11 +83,59 @@ def _optional_problem(body: Mapping[str, Any]) -> Problem | None:
     return None
 
 
-def create_problem(body: object, *, gateway: bool) -> Problem | None:
-    """What is wrong with a video-extend create body, if anything (uniqueness aside)."""
+def create_problem(kind: str, body: object, *, gateway: bool) -> Problem | None:
+    """What is wrong with a create body of ``kind``, if anything (uniqueness aside)."""
     if not isinstance(body, dict):
         return Problem(400, 1200, "request body must be a JSON object")
+    if kind == "videos/text2video":
+        return _prompt_problem(body) or _optional_problem(body) or _generation_problem(body)
+    if kind == "videos/image2video":
+        return _images_problem(body) or _optional_problem(body) or _generation_problem(body)
     return _required_problem(body, gateway) or _optional_problem(body)
+
+
+def _prompt_problem(body: Mapping[str, Any]) -> Problem | None:
+    if not _required(body.get("prompt")):
+        return Problem(400, 1200, "prompt is required")
+    return None
+
+
+_CHOICES = {
+    "mode": ("std", "pro"),
+    "aspect_ratio": ("16:9", "9:16", "1:1"),
+    "duration": ("5", "10"),
+}
+
+
+def _generation_problem(body: Mapping[str, Any]) -> Problem | None:
+    model = body.get("model_name")
+    if model is not None and model not in MODELS:
+        return Problem(404, 1203, f"model {model} does not exist")
+    for name, allowed in _CHOICES.items():
+        value = body.get(name)
+        if value is not None and str(value) not in allowed:
+            return Problem(400, 1201, f"{name} must be one of {', '.join(allowed)}")
+    return None
+
+
+def _images_problem(body: Mapping[str, Any]) -> Problem | None:
+    if body.get("image") is None and body.get("image_tail") is None:
+        return Problem(400, 1200, "image or image_tail is required")
+    for name in ("image", "image_tail"):
+        value = body.get(name)
+        if value is not None and not (_absolute_http_url(value) or _is_base64(value)):
+            return Problem(400, 1201, f"{name} must be an image URL or base64 without a prefix")
+    return None
+
+
+def _is_base64(value: object) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def page_param(query: Mapping[str, str], name: str, default: int, top: int) -> int | Problem:
