@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from .errors import InvalidArgumentError, TransportError
+from .errors import InvalidArgumentError, MalformedTaskError, TransportError
 from .models import CreateRequest, Task, TaskKind, TaskStatus, Video, VideoExtendRequest
 
 __all__ = [
@@ -37,6 +37,8 @@ _EXACT_STATUS = {
     **_STATUS_ALIASES,
 }
 _LOCAL_FIELDS = frozenset({"key"})
+#: Kinds whose result is a video: a success of theirs without one is no success.
+_VIDEO_KINDS = frozenset(kind for kind in TaskKind if kind.value.startswith("videos/"))
 
 converter = cattrs.Converter(forbid_extra_keys=False)
 
@@ -107,7 +109,9 @@ def _external_id(data: Mapping[str, Any]) -> str | None:
     return _optional_text(info.get("external_task_id")) if isinstance(info, dict) else None
 
 
-def structure_task(data: Any, kind: TaskKind, *, share_keys: bool = False) -> Task:
+def structure_task(
+    data: Any, kind: TaskKind, *, share_keys: bool = False, stored: bool = False
+) -> Task:
     """The `Task` for one decoded task object (a dict: objects are checked with `dict`, not
     the slower `Mapping`, on this path of every read); the object is kept as `Task.raw`.
 
@@ -116,13 +120,15 @@ def structure_task(data: Any, kind: TaskKind, *, share_keys: bool = False) -> Ta
     each of many watchers; it costs a couple of microseconds.
 
     Raises `TransportError` when the object lacks a task id or holds values of the wrong
-    shape: a body the client cannot trust is a failed exchange, not a task.
+    shape: a body the client cannot trust is a failed exchange, not a task. Raises
+    `MalformedTaskError` for a video task reported succeeded without any video, unless the
+    object is `stored` (a journal's own record, read back as it was kept).
     """
     if not isinstance(data, dict) or not data.get("task_id"):
         raise _malformed(f"expected a task object with a task_id, got {type(data).__name__}")
     get = data.get
     try:
-        return Task(  # positionally: this runs for every poll of every watcher
+        task = Task(  # positionally: this runs for every poll of every watcher
             str(data["task_id"]),
             kind,
             _status(get("task_status", ""), TaskStatus),
@@ -141,6 +147,21 @@ def structure_task(data: Any, kind: TaskKind, *, share_keys: bool = False) -> Ta
         RecursionError,  # sharing the keys of an absurdly nested answer
     ) as exc:
         raise _malformed(f"task {data['task_id']}: {_first_cause(exc)}") from exc
+    if task.status is TaskStatus.SUCCEED and not task.videos and not stored:
+        _check_result(task)
+    return task
+
+
+def _check_result(task: Task) -> None:
+    """A video task that succeeded must hold its video: `videos[0]` must never fail."""
+    if task.kind not in _VIDEO_KINDS:
+        return
+    result = task.raw.get("task_result")
+    if isinstance(result, dict):
+        where = f"task_result.videos is {json.dumps(result.get('videos'), default=str):.40}"
+    else:
+        where = "no task_result"
+    raise MalformedTaskError(task, f"it is reported as succeeded but holds no video ({where})")
 
 
 def _with_shared_keys(value: Any) -> Any:

@@ -24,6 +24,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidRequestError",
     "KlingError",
+    "MalformedTaskError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -168,6 +169,20 @@ class TaskFailedError(KlingError):
         super().__init__(
             f"Task {task.id} ({task.kind.value}) failed: {reason}. "
             "Nothing more will happen to it; submit a new task if the cause is fixed."
+        )
+
+
+class MalformedTaskError(KlingError):
+    """The server described a task in a way that cannot be true: a succeeded video task
+    without any video. `task` is the task as read; its `raw` holds the object as it came.
+    """
+
+    def __init__(self, task: Any, problem: str) -> None:
+        self.task = task
+        self.problem = problem
+        super().__init__(
+            f"Task {task.id} ({task.kind.value}) cannot be used: {problem}. Read it again "
+            "later with get_task; if it stays so, report the task id to the API's provider."
         )
 
 

@@ -322,7 +322,11 @@ class Journal:
     def _entry(self, row: Row) -> JournalEntry:
         key, request, state, raw, kind, error_type, error_message, updated_at = row
         try:
-            task = None if raw is None else structure_task(json.loads(raw), TaskKind(kind))
+            task = (
+                None
+                if raw is None
+                else structure_task(json.loads(raw), TaskKind(kind), stored=True)
+            )
             return JournalEntry(
                 key,
                 _structure_request(self.path, request),

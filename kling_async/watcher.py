@@ -32,6 +32,14 @@ NOT_FOUND_GRACE = 120.0
 # Jitter needs no generator of its own per watcher (each holds 2.5 KiB of state).
 _JITTER = random.Random()
 
+#: How far along its life each known status is; a copy one step back is a stale one.
+_STAGE = {
+    TaskStatus.SUBMITTED: 0,
+    TaskStatus.PROCESSING: 1,
+    TaskStatus.SUCCEED: 2,
+    TaskStatus.FAILED: 2,
+}
+
 
 class TaskSource(Protocol):
     """Where a watcher reads its task from (`KlingClient.get_task` fits)."""
@@ -73,6 +81,9 @@ class TaskWatcher:
     ``async for task in watcher`` yields a snapshot each time the status changes and ends after
     the terminal one (a failed task is yielded, not raised). Each use continues from the latest
     snapshot, so a finished watcher answers at once without another request.
+
+    The stream never goes backwards: a copy from a lagging cache (a status earlier in the
+    task's life than one already seen, or the same status updated earlier) is ignored.
 
     >>> watcher = client.watch(task)                     # doctest: +SKIP
     >>> async for snapshot in watcher:                   # doctest: +SKIP
@@ -163,13 +174,41 @@ class TaskWatcher:
         if self._pacer is not None and not await self._pacer.acquire(self._left(deadline)):
             raise self._timeout()  # the poll's slot of the rate limit came after the deadline
         task = await self._poll(deadline)
-        if task is None:
+        if task is None or self._is_stale(task):
             return None
         changed = self.last is None or task.status_text != self.last.status_text
         self.last = task
         if task.is_terminal:
             self._learn(task)
         return task if changed else None
+
+    def _is_stale(self, task: Task) -> bool:
+        """Whether `task` is an older copy than the snapshot held (a gateway's lagging cache).
+
+        A later status is progress whatever its timestamp says (clocks of a gateway and of
+        the API behind it may differ); timestamps decide only between copies of one status,
+        or where a status is unknown.
+        """
+        last = self.last
+        if last is None:
+            return False
+        before, after = _STAGE.get(last.status), _STAGE.get(task.status)
+        if before is not None and after is not None and before != after:
+            stale = after < before
+        else:
+            stale = (
+                task.updated_at is not None
+                and last.updated_at is not None
+                and task.updated_at < last.updated_at
+            )
+        if stale:
+            log.debug(
+                "ignored a stale copy of task %s (%s after %s)",
+                self.task_id,
+                task.status_text,
+                last.status_text,
+            )
+        return stale
 
     def _left(self, deadline: float | None) -> float | None:
         """Seconds until the deadline (never negative); None when there is none."""

@@ -522,6 +522,39 @@ async def test_status_override(http: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
+async def test_stale_fault_answers_an_older_copy(http: aiohttp.ClientSession, clock: Clock) -> None:
+    """Fault.stale answers the task as it was some service seconds ago (default: created)."""
+    async with stepped(clock) as server:
+        task_id = await create(http, server)
+        clock.now += 100
+        server.faults.push(Fault.stale(50), path_contains=task_id)
+        server.faults.push(Fault.stale(), path_contains=task_id)
+        lagging = await get(http, server, task_id)
+        oldest = await get(http, server, task_id)
+        now = await get(http, server, task_id)
+    assert [lagging["task_status"], oldest["task_status"]] == ["processing", "submitted"]
+    assert oldest["updated_at"] < lagging["updated_at"] < now["updated_at"]
+    assert "task_result" not in lagging
+    assert now["task_status"] == "succeed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("empty_list", "videos"), [(False, None), (True, [])])
+async def test_no_videos_fault(
+    http: aiohttp.ClientSession, clock: Clock, empty_list: bool, videos: list[Any] | None
+) -> None:
+    """Fault.no_videos reports succeed with videos null or []; the task itself goes on."""
+    async with stepped(clock) as server:
+        task_id = await create(http, server)
+        server.faults.push(Fault.no_videos(empty_list=empty_list), path_contains=task_id)
+        broken = await get(http, server, task_id)
+        real = await get(http, server, task_id)
+    assert broken["task_status"] == "succeed"
+    assert broken["task_result"] == {"videos": videos}
+    assert real["task_status"] == "submitted"
+
+
+@pytest.mark.anyio
 async def test_delay_fault(http: aiohttp.ClientSession) -> None:
     """Fault.delay answers normally after the given wall time."""
     async with FakeKlingServer() as server:

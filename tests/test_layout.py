@@ -112,6 +112,7 @@ def test_public_names_are_pinned() -> None:
             "JWTAuth",
             "KlingClient",
             "KlingError",
+            "MalformedTaskError",
             "NotFoundError",
             "PermissionDeniedError",
             "PollPolicy",

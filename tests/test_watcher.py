@@ -29,11 +29,11 @@ from kling_async.policies import CompletionTimes
 
 pytestmark = pytest.mark.anyio
 
-Step = str | Exception
+Step = str | Exception | Task
 
 
 class ScriptedSource:
-    """Answers get_task from a script: a status string, or an exception to raise."""
+    """Answers get_task from a script: a status string, a task, or an exception to raise."""
 
     def __init__(self, clock: FakeClock, script: Iterable[Step], created: float = 0.0) -> None:
         self.clock = clock
@@ -46,7 +46,7 @@ class ScriptedSource:
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if isinstance(step, Exception):
             raise step
-        return _task(task_id, step, self.created)
+        return step if isinstance(step, Task) else _task(task_id, step, self.created)
 
 
 def _task(task_id: str, status: str, created: float = 0.0) -> Task:
@@ -101,6 +101,51 @@ async def test_unknown_status_is_tolerated_until_terminal() -> None:
     source = ScriptedSource(clock, ["submitted", "queueing", "queueing", "succeed"])
     seen = [task.status async for task in _watcher(source, clock)]
     assert seen == [TaskStatus.SUBMITTED, TaskStatus.UNKNOWN, TaskStatus.SUCCEED]
+
+
+async def test_a_stale_lower_status_is_ignored() -> None:
+    """processing, then a lagging copy saying submitted: not a change; the watch goes on."""
+    clock = FakeClock()
+    script = ["submitted", "processing", "submitted", "processing", "submitted", "succeed"]
+    source = ScriptedSource(clock, script)
+    watcher = _watcher(source, clock)
+    seen = [task.status_text async for task in watcher]
+    assert seen == ["submitted", "processing", "succeed"]
+    assert len(source.calls) == 6
+
+
+def _updated(status: str, second: int) -> Task:
+    return attrs.evolve(_task("t-1", status), updated_at=datetime.fromtimestamp(second, tz=UTC))
+
+
+async def test_an_older_copy_of_an_unknown_status_is_ignored() -> None:
+    """Where statuses cannot be compared, a copy updated earlier than the one held is stale."""
+    clock = FakeClock()
+    script = [_updated("queueing", 10), _updated("processing", 20), _updated("queueing", 15)]
+    source = ScriptedSource(clock, [*script, "succeed"])
+    seen = [task.status_text async for task in _watcher(source, clock)]
+    assert seen == ["queueing", "processing", "succeed"]
+
+
+async def test_an_older_copy_does_not_replace_the_snapshot_held() -> None:
+    """The snapshot a watch ends with is the newest one read, not the last one to arrive."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, [_updated("processing", 20), _updated("processing", 10)])
+    watcher = _watcher(source, clock, attrs.evolve(FAST, timeout=10))
+    with pytest.raises(WatchTimeoutError):
+        await watcher
+    assert len(source.calls) > 2
+    assert watcher.last is not None and watcher.last.updated_at == _updated("x", 20).updated_at
+
+
+async def test_a_later_status_counts_whatever_its_timestamp() -> None:
+    """Progress is believed even when the gateway's clock dated it earlier."""
+    clock = FakeClock()
+    source = ScriptedSource(
+        clock, [_updated("submitted", 50), _updated("processing", 5), "succeed"]
+    )
+    seen = [task.status async for task in _watcher(source, clock)]
+    assert seen == [TaskStatus.SUBMITTED, TaskStatus.PROCESSING, TaskStatus.SUCCEED]
 
 
 async def test_deadline_raises_watch_timeout_with_last_status() -> None:

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from kling_async import TaskKind, TaskStatus, TransportError, Video, VideoExtendRequest
+from kling_async import (
+    MalformedTaskError,
+    TaskKind,
+    TaskStatus,
+    TransportError,
+    Video,
+    VideoExtendRequest,
+)
 from kling_async._wire import request_body, structure_task, structure_tasks
 
 SUCCEEDED: dict[str, Any] = {
@@ -59,8 +66,34 @@ def test_unknown_fields_are_kept_on_raw() -> None:
 )
 def test_known_statuses(text: str, status: TaskStatus) -> None:
     """Both spellings of success, any case, read as SUCCEED."""
-    task = structure_task({"task_id": "t", "task_status": text}, TaskKind.VIDEO_EXTEND)
-    assert task.status is status
+    data = {"task_id": "t", "task_status": text, "task_result": SUCCEEDED["task_result"]}
+    assert structure_task(data, TaskKind.VIDEO_EXTEND).status is status
+
+
+@pytest.mark.parametrize(
+    ("result", "says"),
+    [
+        ({"videos": None}, "task_result.videos is null"),
+        ({"videos": []}, "task_result.videos is []"),
+        ({}, "task_result.videos is null"),
+        (None, "no task_result"),
+    ],
+)
+def test_a_success_without_a_video_is_malformed(result: object, says: str) -> None:
+    """A succeeded video task holding no video is an error naming the task, never a task whose
+    videos[0] fails in the caller's code; what came stays on the error's task.raw."""
+    data = {"task_id": "t-9", "task_status": "succeed", "task_result": result}
+    with pytest.raises(MalformedTaskError, match=r"Task t-9 \(videos/video-extend\)") as caught:
+        structure_task(data, TaskKind.VIDEO_EXTEND, share_keys=True)
+    assert says in str(caught.value)
+    assert caught.value.task.raw == data
+
+
+def test_only_video_successes_need_a_video() -> None:
+    """Images have no videos; a journal's own record is read back as it was kept."""
+    bare = {"task_id": "t", "task_status": "succeed"}
+    assert structure_task(bare, TaskKind.IMAGE_GENERATION).status is TaskStatus.SUCCEED
+    assert structure_task(bare, TaskKind.VIDEO_EXTEND, stored=True).videos == ()
 
 
 def test_unknown_status_is_kept_not_fatal() -> None:

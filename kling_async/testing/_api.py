@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._answers import Answer, gateway_error, kling_error, kling_ok
+from ._faults import TASK_FAULTS, Fault
 from ._record import ServerRecord
 from ._tasks import (
     DEFAULT_MODEL,
@@ -107,17 +109,29 @@ class KlingBackend:
         task = self._new_task(kind, body, now)
         return kling_ok(created_wire(task), self.request_id()).with_task(task.id)
 
-    def get(self, kind: str, ref: str, now: float, status: str | None) -> Answer:
-        """Handle a single-task query; ``status`` overrides the reported status."""
+    def get(self, kind: str, ref: str, now: float, fault: Fault | None = None) -> Answer:
+        """Handle a single-task query; a task fault changes what it reports."""
         task = self._tasks.get(ref)
         if task is None and not self.config.gateway and ref in self._by_external:
             task = self._tasks[self._by_external[ref]]
         if task is None or task.kind != kind:
             return self.error(Problem(404, 1203, f"task {ref} does not exist")).with_task(ref)
         self._record._note_poll(task.id)
-        return kling_ok(task_wire(task, now, self.base_url, status), self.request_id()).with_task(
-            task.id
-        )
+        data = self._reported(task, now, fault)
+        return kling_ok(data, self.request_id()).with_task(task.id)
+
+    def _reported(self, task: FakeTask, now: float, fault: Fault | None) -> dict[str, Any]:
+        """The task object a query answers, as the fault (if any) misreports it."""
+        if fault is None or fault.name not in TASK_FAULTS:
+            return task_wire(task, now, self.base_url)
+        if fault.name == "stale":  # the copy a cache kept from `seconds` ago
+            then = max(task.created_mono, now - fault.seconds / self.config.speed)
+            return task_wire(task, then, self.base_url)
+        if fault.name == "no_videos":
+            data = task_wire(task, now, self.base_url, "succeed")
+            data["task_result"] = {"videos": json.loads(fault.text or "null")}
+            return data
+        return task_wire(task, now, self.base_url, fault.text)
 
     def list(self, kind: str, query: Mapping[str, str], now: float) -> Answer:
         """Handle a list query (official dialect): newest first, paged."""

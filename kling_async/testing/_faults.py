@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ ANSWER_FAULTS = frozenset(
 )
 # Faults that mean something for a download; the rest would need an API answer to act on.
 _FILE_FAULTS = ANSWER_FAULTS | {"drop", "delay", "drop_mid_stream"}
+# Faults that change how a single-task GET describes the task.
+TASK_FAULTS = frozenset({"status", "stale", "no_videos"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,20 @@ class Fault:
         return cls("status", text=text)
 
     @classmethod
+    def stale(cls, seconds: float = math.inf) -> Fault:
+        """On a single-task GET, answer as a lagging cache does: the task as it was
+        ``seconds`` service seconds earlier (by default, as it was created)."""
+        if seconds < 0:
+            raise ValueError("a cache cannot lag by a negative time")
+        return cls("stale", seconds=seconds)
+
+    @classmethod
+    def no_videos(cls, *, empty_list: bool = False) -> Fault:
+        """On a single-task GET, report the task ``succeed`` with ``task_result.videos``
+        null (or ``[]`` with ``empty_list``)."""
+        return cls("no_videos", text="[]" if empty_list else "null")
+
+    @classmethod
     def drop_mid_stream(cls, after_bytes: int) -> Fault:
         """On a file download, send the headers and ``after_bytes`` of body, then close."""
         if after_bytes < 0:
@@ -109,7 +126,7 @@ class Fault:
         """Whether this fault means anything for such a request (others never consume it)."""
         if is_file:
             return self.name in _FILE_FAULTS
-        if self.name == "status":
+        if self.name in TASK_FAULTS:
             return method == "GET"
         return self.name != "drop_mid_stream"
 

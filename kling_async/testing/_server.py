@@ -271,8 +271,7 @@ class FakeKlingServer:
             return not_found_page()
         if request.method != "GET":
             return self._wrong_method(request.method)
-        status = fault.text if fault is not None and fault.name == "status" else None
-        return self._backend.get(kind, ref, self._monotonic(), status)
+        return self._backend.get(kind, ref, self._monotonic(), fault)
 
     def _collection(self, request: web.Request, kind: str, body: Any) -> Answer:
         backend = self._backend
