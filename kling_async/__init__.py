@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .auth import BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchEventKind, BatchOutcome
 from .callbacks import CallbackReceiver
+from .chain import Chain, ChainError, ChainEvent, ChainOutcome, ChainRequest
 from .client import KlingClient
 from .download import DownloadError, DownloadProgress
 from .errors import (
@@ -62,6 +63,11 @@ __all__ = [
     "BatchOutcome",
     "BearerAuth",
     "CallbackReceiver",
+    "Chain",
+    "ChainError",
+    "ChainEvent",
+    "ChainOutcome",
+    "ChainRequest",
     "ConfigurationError",
     "ContentPolicyError",
     "DownloadError",

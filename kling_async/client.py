@@ -14,7 +14,17 @@ import random
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,12 +43,23 @@ from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
 from .callbacks import CallbackReceiver
+from .chain import (
+    Chain,
+    ChainEvent,
+    ChainOutcome,
+    ChainRequest,
+    JournalArgument,
+    NewVideo,
+    StepLengths,
+    run_chains,
+)
 from .download import DownloadProgress, download_file, target_path
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
     ConfigurationError,
     InvalidArgumentError,
+    KlingError,
     NotFoundError,
     TransportError,
 )
@@ -131,6 +152,7 @@ class KlingClient:
         self.poll = poll or PollPolicy()
         self.retry = retry or RetryPolicy()
         self._completion: dict[TaskKind, CompletionTimes] = {}
+        self._step_lengths = StepLengths()
         self._rng = random.Random()
         self._tasks: TaskGroup | None = None
         self._called_back: OrderedDict[str, None] = OrderedDict()
@@ -609,6 +631,84 @@ class KlingClient:
             run.journal, run.owns_journal = Journal(journal), True
         return Batch(run, requests, receive, self._tasks.start_soon)
 
+    async def extend_chain(
+        self,
+        video_id: str | TextToVideoRequest | ImageToVideoRequest,
+        *,
+        task_id: str | None = None,
+        steps: int | None = None,
+        until: float | Decimal | None = None,
+        prompt: str | None = None,
+        prompts: Sequence[str] | None = None,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        on_event: Callable[[ChainEvent], object] | None = None,
+    ) -> Chain:
+        """Grow a video step by step: each step extends the video the step before made.
+
+        `video_id` is the video to start from (on a gateway with `task_id`, the task that
+        made it), or a `TextToVideoRequest` / `ImageToVideoRequest` for a new video made
+        first. Say how far with `steps`, with `until` (seconds the video must at least
+        reach) or with `prompts` (one per step); `prompt` serves every step without its own.
+
+        A chain that would pass the API's 3 minutes (from the source's known length and what
+        a step adds, learned or assumed at 4.5 s) is refused before anything is sent, with
+        `InvalidArgumentError` (a ValueError). A step whose source is past 30 days is not
+        sent. A failed step raises `ChainError` naming it; its `chain` holds every earlier
+        step, so the longest video made is still yours. With `journal` (a file or a
+        `Journal`) a chain stopped by a crash or Ctrl-C goes on where it stopped when run
+        again: the step that was running is watched again, never paid twice, and a finished
+        chain is replayed. `on_event` receives a `ChainEvent` (with an `eta`) per step event.
+
+        >>> chain = await client.extend_chain("vid_1", task_id="t_1", steps=6)  # doctest: +SKIP
+        >>> chain.duration, chain.video.url  # doctest: +SKIP
+        """
+        source = video_id if isinstance(video_id, NewVideo) else None
+        request = ChainRequest(
+            video_id=video_id if isinstance(video_id, str) else None,
+            task_id=task_id,
+            steps=steps,
+            until=until,
+            prompt=prompt,
+            prompts=tuple(prompts) if prompts is not None else None,
+            source=source,
+        )
+        outcomes = self.chain_many([request], concurrency=1, journal=journal, on_event=on_event)
+        async with aclosing(outcomes):
+            async for outcome in outcomes:
+                if outcome.error is not None:
+                    raise outcome.error
+                return outcome.chain
+        raise KlingError("The chain ended without an outcome.")  # pragma: no cover
+
+    def chain_many(
+        self,
+        requests: Iterable[ChainRequest],
+        *,
+        concurrency: int = 8,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        on_event: Callable[[ChainEvent], object] | None = None,
+    ) -> AsyncGenerator[ChainOutcome, None]:
+        """Run many chains at once, at most `concurrency` tasks in flight in all (each chain
+        has one at a time); a `ChainOutcome` per chain as each ends.
+
+        Every chain is checked before anything is sent (`InvalidArgumentError` names the
+        problems). Journaled as `extend_chain` is; give each chain a `key` to resume it by
+        name. Use ``contextlib.aclosing`` to stop early cleanly. Needs the client's
+        ``async with``.
+
+        >>> chains = [ChainRequest(v, task_id=t, until=30, key=v) for v, t in ab]  # doctest: +SKIP
+        >>> async for outcome in client.chain_many(chains, concurrency=20):  # doctest: +SKIP
+        ...     print(outcome.request.key, outcome.chain.duration, outcome.error)
+        """
+        return run_chains(
+            _ChainBackend(self),
+            requests,
+            lengths=self._step_lengths,
+            concurrency=concurrency,
+            journal=journal,
+            on_event=on_event,
+        )
+
 
 def _normalise_base_url(base_url: str) -> str:
     if not is_http_url(base_url):
@@ -660,6 +760,39 @@ class _BatchExtender:
             exists = await anyio.to_thread.run_sync(path.exists)
             files.append(path if exists else await self.client.download(video, path))
         return tuple(files)
+
+
+@attrs.frozen
+class _ChainBackend:
+    """The client as the chain engine sees it."""
+
+    client: KlingClient
+
+    @property
+    def needs_parent_task(self) -> bool:
+        return self.client._dialect.needs_parent_task
+
+    def prepare(self, request: CreateRequest) -> CreateRequest:
+        return self.client.prepare(request)
+
+    def run_batch(
+        self,
+        requests: AsyncIterable[CreateRequest],
+        *,
+        concurrency: int,
+        journal: JournalArgument,
+        on_event: Callable[[BatchEvent], object],
+    ) -> Batch:
+        return self.client.extend_many(
+            requests, concurrency=concurrency, journal=journal, on_event=on_event
+        )
+
+    def expected_seconds(self) -> float | None:
+        times = self.client._completion.get(TaskKind.VIDEO_EXTEND)
+        return times.quantile(0.5) if times else None
+
+    def now(self) -> float:
+        return self.client._clock.time()
 
 
 @attrs.frozen
