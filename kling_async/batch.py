@@ -35,7 +35,14 @@ from .errors import (
     TransportError,
     sole_error,
 )
-from .journal import Journal, JournalEntry, JournalError, request_key
+from .journal import (
+    ClaimedElsewhereError,
+    EntryState,
+    JournalEntry,
+    JournalError,
+    JournalStore,
+    request_key,
+)
 from .models import CreateRequest, Task, TaskStatus
 from .policies import RetryPolicy
 from .watcher import TaskWatcher
@@ -206,8 +213,26 @@ def next_step(entry: JournalEntry | None) -> _Step:
 class _NoJournal:
     """Stands in for a journal when the batch keeps none."""
 
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def entry(self, key: str) -> JournalEntry | None:
+        return None
+
     async def entries(self) -> list[JournalEntry]:
         return []
+
+    async def claim(self, key: str, known: JournalEntry | None) -> JournalEntry | None:
+        return known
+
+    async def hold(self) -> None:
+        return None
+
+    async def released(self, key: str) -> JournalEntry | None:
+        return None
 
     async def record_intent(self, key: str, request: CreateRequest) -> None:
         return None
@@ -241,7 +266,7 @@ class _Run:
     retry: RetryPolicy
     fail_fast: bool = False
     on_event: Callable[[BatchEvent], object] | None = None
-    journal: Journal | _NoJournal = attrs.field(factory=_NoJournal)
+    journal: JournalStore = attrs.field(factory=_NoJournal)
     owns_journal: bool = False
     rng: random.Random = attrs.field(factory=random.Random)
     stopping: bool = False
@@ -251,12 +276,14 @@ class _Run:
 
     async def run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
         async with self.send:  # closed whatever happens, so the reader always hears the end
-            if isinstance(self.journal, Journal):
-                await self.journal.open()
+            await self.journal.open()
             try:
-                await self._run(requests)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self.journal.hold)  # a shared journal's leases
+                    await self._run(requests)
+                    group.cancel_scope.cancel()
             finally:
-                if self.owns_journal and isinstance(self.journal, Journal):
+                if self.owns_journal:
                     await self.journal.close()
 
     async def _run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
@@ -265,7 +292,7 @@ class _Run:
         async with anyio.create_task_group() as group:
             async for request in _as_async(requests):
                 key = request_key(request)
-                if isinstance(self.journal, Journal) and key in keys:
+                if not isinstance(self.journal, _NoJournal) and key in keys:
                     group.start_soon(self._report, request, None, _duplicate(key))
                     continue
                 keys.add(key)
@@ -286,29 +313,39 @@ class _Run:
         self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
     ) -> None:
         """Run one request to its end. Its slot is held until its outcome is taken, so a
-        reader who stops reading stops new creates too."""
+        reader who stops reading stops new creates too. A request that another live process
+        holds (a shared journal) is left to it, and adopted if that process dies."""
+        try:
+            await self._run_one(request, key, entry, slot)
+        except ClaimedElsewhereError:
+            self.window.release(slot)
+            await self._elsewhere(request, key)
+        finally:
+            self.window.release(slot)
+
+    async def _run_one(
+        self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
+    ) -> None:
         task: Task | None = None
         watcher: TaskWatcher | None = None
         error: Exception | None = None
         try:
-            try:
-                request, task = await self._task_for(request, key, entry, slot)
-                self._emit(BatchEventKind.SUBMITTED, request, task=task)
-                watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
-                async for snapshot in watcher:
-                    await self.journal.record_status(key, snapshot)
-                    self._emit(BatchEventKind.STATUS, request, task=snapshot)
-            except JournalError:
-                raise  # without a journal to rely on, going on could pay twice: stop
-            except Exception as exc:  # every other failure becomes this request's outcome
-                error = exc
-            if watcher is not None and watcher.last is not None:
-                task = watcher.last
-            if await self._is_journaled(key):
-                await self.journal.record_outcome(key, task, error)
-            await self._report(request, task, error)
-        finally:
-            self.window.release(slot)
+            entry = await self.journal.claim(key, entry)
+            request, task = await self._task_for(request, key, entry, slot)
+            self._emit(BatchEventKind.SUBMITTED, request, task=task)
+            watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
+            async for snapshot in watcher:
+                await self.journal.record_status(key, snapshot)
+                self._emit(BatchEventKind.STATUS, request, task=snapshot)
+        except JournalError:
+            raise  # without a journal to rely on, going on could pay twice: stop
+        except Exception as exc:  # every other failure becomes this request's outcome
+            error = exc
+        if watcher is not None and watcher.last is not None:
+            task = watcher.last
+        if await self._is_journaled(key):
+            await self.journal.record_outcome(key, task, error)
+        await self._report(request, task, error)
 
     async def _task_for(
         self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
@@ -338,7 +375,19 @@ class _Run:
             raise
 
     async def _is_journaled(self, key: str) -> bool:
-        return isinstance(self.journal, Journal) and await self.journal.entry(key) is not None
+        return await self.journal.entry(key) is not None
+
+    async def _elsewhere(self, request: CreateRequest, key: str) -> None:
+        """A request another live process works on (a shared journal): its outcome once that
+        process records it, or the request itself, adopted, once that process's lease ran out.
+        """
+        entry = await self.journal.released(key)
+        if entry is not None and entry.state is EntryState.FINISHED:
+            async with self.replays:  # that process's outcome, as it recorded it
+                await self._report(entry.request, entry.task, _recorded_error(entry), replayed=True)
+            return
+        slot = await self.window.acquire()
+        await self._one(request, key, entry, slot)
 
     async def _replay(self, entry: JournalEntry) -> None:
         """A finished request's outcome from the journal (an old failure stops nothing).
@@ -550,6 +599,13 @@ class Batch:
             if self._started:
                 await self._done.wait()
             await self._receive.aclose()
+
+
+def _recorded_error(entry: JournalEntry) -> KlingError | None:
+    """The error another process recorded as a request's outcome (its class by name)."""
+    if entry.error_type is None or entry.error_type == TaskFailedError.__name__:
+        return None  # none, or the failed task's own (made again from the task)
+    return KlingError(f"{entry.error_message} ({entry.error_type}, recorded by another process)")
 
 
 def _edited(request: CreateRequest, journaled: CreateRequest) -> bool:

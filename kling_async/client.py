@@ -8,6 +8,7 @@ table, and owns the pieces it wires together (transport, rate limiter, session),
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from contextlib import aclosing
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -63,7 +64,7 @@ from .errors import (
     NotFoundError,
     TransportError,
 )
-from .journal import Journal
+from .journal import Journal, JournalStore
 from .models import (
     DEFAULT_VIDEO_MODEL,
     CreateRequest,
@@ -78,6 +79,9 @@ from .models import (
 )
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
+
+if TYPE_CHECKING:
+    from .postgres import Coordination
 
 __all__ = ["DEFAULT_BASE_URL", "KlingClient"]
 
@@ -143,6 +147,8 @@ class KlingClient:
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
         callbacks: CallbackReceiver | None = None,
+        database_url: str | None = None,
+        parallel_tasks: int | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self.callbacks = callbacks
@@ -175,13 +181,18 @@ class KlingClient:
             session=session,
             hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
         )
+        self.coordination = (
+            _coordination(database_url, self._account(), parallel_tasks, self._clock)
+            if database_url
+            else None
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """A client configured from ``KLING_*`` variables; keyword arguments win over them.
 
         Reads ``KLING_API_KEY`` (or ``KLING_ACCESS_KEY`` and ``KLING_SECRET_KEY``),
-        ``KLING_BASE_URL`` and ``KLING_DIALECT``.
+        ``KLING_BASE_URL``, ``KLING_DIALECT`` and ``KLING_DATABASE_URL``.
 
         >>> client = KlingClient.from_env()  # doctest: +SKIP
         """
@@ -189,6 +200,7 @@ class KlingClient:
         settings: dict[str, Any] = {
             "base_url": env.get("KLING_BASE_URL") or None,
             "dialect": env.get("KLING_DIALECT") or None,
+            "database_url": env.get("KLING_DATABASE_URL") or None,
         }
         if env.get("KLING_API_KEY"):
             settings["api_key"] = env["KLING_API_KEY"]
@@ -218,6 +230,12 @@ class KlingClient:
             "secret_key= (KLING_ACCESS_KEY and KLING_SECRET_KEY) for the official API."
         )
 
+    def _account(self) -> str:
+        """The name the account's shared limits go by: a digest of the endpoint and the
+        credential (never the credential itself)."""
+        identity = f"{self.base_url}\n{self._transport.auth.secrets()[0]}"
+        return "account:" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
     def __repr__(self) -> str:
         return (
             f"KlingClient(dialect={self.dialect!r}, base_url={self.base_url!r}, "
@@ -228,6 +246,8 @@ class KlingClient:
         if self._tasks is not None:
             raise RuntimeError("this KlingClient is already open; use one `async with` per client")
         self._transport.closed = False
+        if self.coordination is not None:
+            await self.coordination.open()
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         return self
@@ -254,7 +274,11 @@ class KlingClient:
 
         Background work (batches) stops when the ``async with`` block of the client ends.
         """
-        await self._transport.close()
+        try:
+            await self._transport.close()
+        finally:
+            if self.coordination is not None:
+                await self.coordination.close()
 
     async def extend_video(
         self,
@@ -587,7 +611,7 @@ class KlingClient:
         on_event: Callable[[BatchEvent], object] | None = None,
         poll: PollPolicy | None = None,
         download_to: str | os.PathLike[str] | None = None,
-        journal: Journal | str | os.PathLike[str] | None = None,
+        journal: JournalStore | str | os.PathLike[str] | None = None,
     ) -> Batch:
         """Extend many videos, at most `concurrency` tasks in flight; outcomes as they end.
 
@@ -604,6 +628,10 @@ class KlingClient:
         sent; created tasks are watched again; a create whose answer was never recorded is
         found by its external id (official API) or reported as `AmbiguousSubmissionError`,
         never sent blindly again. Needs the client's ``async with``.
+
+        With a database (``database_url``), `journal` names the batch's namespace in the
+        shared journal (a fresh one when None): every process that runs the same requests
+        under the same name shares the work, and the account's `parallel_tasks` quota.
 
         >>> async with client.extend_many(requests, concurrency=20) as batch:  # doctest: +SKIP
         ...     async for outcome in batch:
@@ -625,10 +653,13 @@ class KlingClient:
             fail_fast=fail_fast,
             on_event=on_event,
         )
-        if isinstance(journal, Journal):
-            run.journal = journal
-        elif journal is not None:
+        if self.coordination is not None and isinstance(journal, str | None):
+            run.journal = self.coordination.journal(journal or f"batch-{uuid.uuid4().hex}")
+            run.owns_journal = True
+        elif isinstance(journal, str | os.PathLike):
             run.journal, run.owns_journal = Journal(journal), True
+        elif journal is not None:
+            run.journal = journal
         return Batch(run, requests, receive, self._tasks.start_soon)
 
     async def extend_chain(
@@ -708,6 +739,13 @@ class KlingClient:
             journal=journal,
             on_event=on_event,
         )
+
+
+def _coordination(url: str, account: str, parallel_tasks: int | None, clock: Clock) -> Coordination:
+    """The database's coordination; its package (and asyncpg) is loaded only here."""
+    from .postgres import Coordination
+
+    return Coordination(url, account=account, parallel_tasks=parallel_tasks, clock=clock)
 
 
 def _normalise_base_url(base_url: str) -> str:

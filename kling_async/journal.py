@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -46,7 +46,15 @@ from .models import (
     kind_of,
 )
 
-__all__ = ["EntryState", "Journal", "JournalEntry", "JournalError", "request_key"]
+__all__ = [
+    "ClaimedElsewhereError",
+    "EntryState",
+    "Journal",
+    "JournalEntry",
+    "JournalError",
+    "JournalStore",
+    "request_key",
+]
 
 #: "KLNG", written into the SQLite header: tells a journal from any other SQLite file.
 APPLICATION_ID = 0x4B4C4E47
@@ -97,9 +105,14 @@ class JournalError(KlingError):
     'b.db is not a kling_async journal.'
     """
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path | str, message: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class ClaimedElsewhereError(JournalError):
+    """Another live process holds this request's key (a shared journal): leave it to that
+    process, and adopt it only once its lease has run out."""
 
 
 class EntryState(enum.Enum):
@@ -134,6 +147,50 @@ class JournalEntry:
     error_type: str | None
     error_message: str | None
     updated_at: float
+
+
+class JournalStore(Protocol):
+    """What a batch needs of a journal: the SQLite `Journal`, or a shared one on a database.
+
+    The `record_*`, `reopen` and `forget` methods keep `Journal`'s rules. A shared journal
+    adds `claim` (take a key for this process, `ClaimedElsewhereError` when another live process
+    holds it), `hold` (renew this process's leases until cancelled) and `released` (wait
+    until another process's work on a key has ended or its lease expired).
+    """
+
+    async def open(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+    async def entry(self, key: str) -> JournalEntry | None: ...
+
+    async def entries(self) -> list[JournalEntry]: ...
+
+    async def claim(self, key: str, known: JournalEntry | None) -> JournalEntry | None:
+        """Take `key` for this process; the entry as it now stands (`known` when unshared)."""
+        ...
+
+    async def hold(self) -> None:
+        """Keep this process's claims alive until cancelled (returns at once when unshared)."""
+        ...
+
+    async def released(self, key: str) -> JournalEntry | None:
+        """Wait until no live process holds `key`; its entry then."""
+        ...
+
+    async def record_intent(self, key: str, request: CreateRequest) -> None: ...
+
+    async def record_task(self, key: str, task: Task) -> None: ...
+
+    async def record_status(self, key: str, task: Task) -> None: ...
+
+    async def record_outcome(
+        self, key: str, task: Task | None, error: BaseException | None
+    ) -> None: ...
+
+    async def reopen(self, key: str) -> None: ...
+
+    async def forget(self, key: str) -> None: ...
 
 
 def request_key(request: CreateRequest) -> str:
@@ -218,24 +275,26 @@ class Journal:
         """Every entry, in the order first recorded."""
         return [self._entry(row) for row in await self._run(_select_all)]
 
+    async def claim(self, key: str, known: JournalEntry | None) -> JournalEntry | None:
+        """`known`: the file's lock makes every key this process's own."""
+        return known
+
+    async def hold(self) -> None:
+        """Nothing to renew: the file's lock lasts as long as the journal is open."""
+
+    async def released(self, key: str) -> JournalEntry | None:
+        """No other process holds a key of an open journal."""
+        return await self.entry(key)
+
     async def record_intent(self, key: str, request: CreateRequest) -> None:
         """Journal `request` under `key` before it is sent; committed when this returns.
 
         Recording the same key again for the same API fields changes nothing (the entry keeps
         its state and its first `external_task_id`); for different fields it is refused.
         """
-        stored = json.dumps(_stored_fields(request))
-        existing = await self._run(_insert_intent, key, stored, self._clock.time())
-        if existing is None:
-            return
-        earlier = _structure_request(self.path, existing)
-        if _canonical_json(earlier) != _canonical_json(request):
-            raise JournalError(
-                self.path,
-                f"Key {key!r} was journaled for a different request in {self.path} "
-                f"(different {', '.join(_differing_fields(earlier, request))}); give each "
-                "request its own key, or start a new journal.",
-            )
+        existing = await self._run(_insert_intent, key, stored_request(request), self._clock.time())
+        if existing is not None:
+            check_same_request(self.path, key, existing, request)
 
     async def record_task(self, key: str, task: Task) -> None:
         """Journal the task created for `key`: its state becomes SUBMITTED."""
@@ -256,13 +315,12 @@ class Journal:
         `error` is kept as its class name and message. When `task` is None the task recorded
         earlier, if any, is kept: a known task id is never forgotten.
         """
-        snapshot = _snapshot(task) if task is not None else (None, None, None, None)
-        error_type = type(error).__name__ if error is not None else None
-        message = str(error) if error is not None else None
+        snapshot = task_snapshot(task) if task is not None else (None, None, None, None)
+        error_type, message = error_fields(error)
         found = await self._run(
             _update_outcome, key, snapshot, error_type, message, self._clock.time()
         )
-        self._check_update(key, found, task)
+        check_update(self.path, key, found, task)
 
     async def reopen(self, key: str) -> None:
         """Take a FINISHED entry back to INTENT (no task yet) or SUBMITTED (a task known), in
@@ -277,34 +335,11 @@ class Journal:
         """
         running = await self._run(_delete, key)
         if running is not None:
-            raise JournalError(
-                self.path,
-                f"Key {key!r} has a running task {running} in the journal {self.path}; "
-                "record its outcome before forgetting it.",
-            )
+            raise still_running(self.path, key, running)
 
     async def _record_snapshot(self, key: str, task: Task) -> None:
-        found = await self._run(_update_snapshot, key, _snapshot(task), self._clock.time())
-        self._check_update(key, found, task)
-
-    def _check_update(self, key: str, found: Row | None, task: Task | None) -> None:
-        """Explain an update that changed no row (`found` holds the entry's task id)."""
-        if found is None:
-            return
-        if not found:
-            raise JournalError(
-                self.path,
-                f"Key {key!r} has no intent in the journal {self.path}; "
-                "record_intent must come first.",
-            )
-        (task_id,) = found
-        if task is not None and task_id is not None and task_id != task.id:
-            raise JournalError(
-                self.path,
-                f"Key {key!r} is journaled with task {task_id} in {self.path}, not {task.id}: "
-                "two tasks for one request. Check both tasks before running again.",
-            )
-        # What is left is a late snapshot of a FINISHED entry: its outcome already stands.
+        found = await self._run(_update_snapshot, key, task_snapshot(task), self._clock.time())
+        check_update(self.path, key, found, task)
 
     async def _run(self, operation: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -320,27 +355,80 @@ class Journal:
                 raise _explain(self.path, exc, "read or written") from exc
 
     def _entry(self, row: Row) -> JournalEntry:
-        key, request, state, raw, kind, error_type, error_message, updated_at = row
-        try:
-            task = (
-                None
-                if raw is None
-                else structure_task(json.loads(raw), TaskKind(kind), stored=True)
-            )
-            return JournalEntry(
-                key,
-                _structure_request(self.path, request),
-                EntryState(state),
-                task,
-                error_type,
-                error_message,
-                updated_at,
-            )
-        except (ValueError, TransportError) as exc:
-            raise _not_a_journal(self.path, f"its entry {key!r} cannot be read: {exc}") from exc
+        return entry_from_row(self.path, row)
 
 
-# --- What is stored ------------------------------------------------------------------------
+# --- What is stored (shared by every journal store) ------------------------------------------
+
+
+def entry_from_row(where: Path | str, row: Row) -> JournalEntry:
+    """An entry from its stored columns: key, request, state, task object, task kind, error
+    type, error message, updated_at."""
+    key, request, state, raw, kind, error_type, error_message, updated_at = row
+    try:
+        task = None if raw is None else structure_task(json.loads(raw), TaskKind(kind), stored=True)
+        return JournalEntry(
+            key,
+            _structure_request(where, request),
+            EntryState(state),
+            task,
+            error_type,
+            error_message,
+            updated_at,
+        )
+    except (ValueError, TransportError) as exc:
+        raise _not_a_journal(where, f"its entry {key!r} cannot be read: {exc}") from exc
+
+
+def stored_request(request: CreateRequest) -> str:
+    """The request as a journal stores it."""
+    return json.dumps(_stored_fields(request))
+
+
+def check_same_request(where: Path | str, key: str, stored: str, request: CreateRequest) -> None:
+    """Refuse `request` under `key` when the request `stored` there has other API fields."""
+    earlier = _structure_request(where, stored)
+    if _canonical_json(earlier) != _canonical_json(request):
+        raise JournalError(
+            where,
+            f"Key {key!r} was journaled for a different request in {where} "
+            f"(different {', '.join(_differing_fields(earlier, request))}); give each "
+            "request its own key, or start a new journal.",
+        )
+
+
+def check_update(where: Path | str, key: str, found: Row | None, task: Task | None) -> None:
+    """Explain an update that changed no row (`found` holds the entry's task id, or is empty
+    when there is no entry; None when the update was stored)."""
+    if found is None:
+        return
+    if not found:
+        raise JournalError(
+            where,
+            f"Key {key!r} has no intent in the journal {where}; record_intent must come first.",
+        )
+    (task_id,) = found
+    if task is not None and task_id is not None and task_id != task.id:
+        raise JournalError(
+            where,
+            f"Key {key!r} is journaled with task {task_id} in {where}, not {task.id}: "
+            "two tasks for one request. Check both tasks before running again.",
+        )
+    # What is left is a late snapshot of a FINISHED entry: its outcome already stands.
+
+
+def still_running(where: Path | str, key: str, task_id: str) -> JournalError:
+    """The refusal to forget a key whose task runs."""
+    return JournalError(
+        where,
+        f"Key {key!r} has a running task {task_id} in the journal {where}; "
+        "record its outcome before forgetting it.",
+    )
+
+
+def error_fields(error: BaseException | None) -> tuple[str | None, str | None]:
+    """An outcome's error as stored: its class name and message."""
+    return (type(error).__name__, str(error)) if error is not None else (None, None)
 
 
 # A request of another kind than video-extend carries its kind under this name, so an
@@ -386,7 +474,7 @@ def _differing_fields(one: CreateRequest, other: CreateRequest) -> list[str]:
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
-def _structure_request(path: Path, stored: str) -> CreateRequest:
+def _structure_request(path: Path | str, stored: str) -> CreateRequest:
     try:
         fields = json.loads(stored)
         kind = TaskKind(fields.pop(_KIND_FIELD, TaskKind.VIDEO_EXTEND.value))
@@ -395,7 +483,7 @@ def _structure_request(path: Path, stored: str) -> CreateRequest:
         raise _not_a_journal(path, f"a request cannot be read: {exc}") from exc
 
 
-def _snapshot(task: Task) -> tuple[str, str, str, str]:
+def task_snapshot(task: Task) -> tuple[str, str, str, str]:
     """The task's id, kind, status and object, as stored."""
     raw = json.dumps(_task_object(task), default=str)
     return task.id, task.kind.value, task.status.value, raw
@@ -614,7 +702,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
     db.execute("COMMIT")
 
 
-def _not_a_journal(path: Path, reason: str) -> JournalError:
+def _not_a_journal(path: Path | str, reason: str) -> JournalError:
     return JournalError(path, f"{path} is not a kling_async journal ({reason}); {_MOVE_AWAY}.")
 
 

@@ -7,8 +7,11 @@ use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -48,3 +51,70 @@ def _no_secret_in_any_log_line() -> Iterator[None]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+# Coordination tests run against a real server on 127.0.0.1:5432 (trust auth). Each test gets
+# a schema of its own in the `test` database, dropped afterwards. Without a server they skip,
+# saying why; under CI (CI=true) they fail instead, so a missing server cannot pass unseen.
+
+_PG_HOST = os.environ.get("KLING_TEST_PGHOST", "127.0.0.1:5432")
+_PG_CANDIDATES = [f"postgresql://{user}@{_PG_HOST}/test" for user in ("postgres", "root")]
+
+
+def _reachable_server() -> tuple[str | None, str]:
+    """The first admin URL that connects, or None and why none did."""
+    try:
+        import asyncpg
+    except ImportError:
+        return None, "asyncpg is not installed (pip install -e '.[dev]')"
+    reasons = []
+    for url in _PG_CANDIDATES:
+
+        async def probe(url: str = url) -> None:
+            connection = await asyncpg.connect(url, timeout=5)
+            await connection.close()
+
+        try:
+            asyncio.run(probe())
+        except Exception as exc:
+            reasons.append(f"{url}: {exc or type(exc).__name__}")
+            continue
+        return url, ""
+    return None, "; ".join(reasons)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The URL of a reachable PostgreSQL server, or a skip (a failure under CI)."""
+    url, reason = _reachable_server()
+    if url is None:
+        message = f"no PostgreSQL server reachable on {_PG_HOST}: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def _admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str) -> Iterator[str]:
+    """A database URL whose tables live in a schema of this test's own."""
+    schema = f"kt_{uuid.uuid4().hex[:16]}"
+    _admin(postgres_admin_url, f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{postgres_admin_url}?search_path={schema}"
+    finally:
+        _admin(postgres_admin_url, f"DROP SCHEMA {schema} CASCADE")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -37,6 +39,7 @@ from kling_async.journal import (
     EntryState,
     Journal,
     JournalError,
+    JournalStore,
     request_key,
 )
 
@@ -58,6 +61,41 @@ RAW: dict[str, Any] = {
     "updated_at": 1722769616324,
     "brand_new_field": {"nested": True},
 }
+
+
+@attrs.define
+class Stores:
+    """Opens the journal under test: a file, or one namespace of a database. Each `open`
+    in a test reaches the same file or namespace."""
+
+    path: Path
+    url: str | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.url is None else "namespace 'ns'"
+
+    @contextlib.asynccontextmanager
+    async def open(self, clock: FakeClock | None = None) -> AsyncIterator[JournalStore]:
+        if self.url is None:
+            async with Journal(self.path, clock=clock) as journal:
+                yield journal
+            return
+        from kling_async.postgres import Coordination
+
+        async with (
+            Coordination(self.url, account="acct", clock=clock) as coordination,
+            coordination.journal("ns") as shared,
+        ):
+            yield shared
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    """Each journal test that states a rule of every journal runs on both stores."""
+    if request.param == "sqlite":
+        return Stores(tmp_path / "j.db")
+    return Stores(tmp_path / "j.db", request.getfixturevalue("database_url"))
 
 
 def task(status: TaskStatus, task_id: str = "t-1", message: str | None = None) -> Task:
@@ -101,10 +139,10 @@ async def test_new_journal_is_created_empty(tmp_path: Path) -> None:
     assert (tmp_path / "j.db").exists()
 
 
-async def test_every_state_round_trips(tmp_path: Path) -> None:
+async def test_every_state_round_trips(stores: Stores) -> None:
     """Intent, submitted and finished entries come back with request, task and error."""
     clock = FakeClock(start=1_700_000_000.0)
-    async with Journal(tmp_path / "j.db", clock=clock) as journal:
+    async with stores.open(clock) as journal:
         await journal.record_intent("k", REQUEST)
         entry = await journal.entry("k")
         assert entry is not None
@@ -131,10 +169,10 @@ async def test_every_state_round_trips(tmp_path: Path) -> None:
         assert entry.error_message == str(TaskFailedError(failed))
 
 
-async def test_server_task_keeps_its_raw_object(tmp_path: Path) -> None:
+async def test_server_task_keeps_its_raw_object(stores: Stores) -> None:
     """A task read from the server comes back equal, unknown fields and decimals included."""
     received = structure_task(RAW, TaskKind.VIDEO_EXTEND)
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_outcome("k", received, None)
         entry = await journal.entry("k")
@@ -144,7 +182,7 @@ async def test_server_task_keeps_its_raw_object(tmp_path: Path) -> None:
     assert (entry.error_type, entry.error_message) == (None, None)
 
 
-async def test_hand_made_task_round_trips(tmp_path: Path) -> None:
+async def test_hand_made_task_round_trips(stores: Stores) -> None:
     """A task with an empty raw (a fake's) comes back with every modelled field."""
     made = Task(
         "t-2",
@@ -156,33 +194,32 @@ async def test_hand_made_task_round_trips(tmp_path: Path) -> None:
         videos=(Video("v", "https://cdn.example/v.mp4", Decimal("5.1")), Video("w", "u")),
         external_task_id="ext-2",
     )
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_task("k", made)
         entry = await journal.entry("k")
     assert entry is not None and entry.task == made
 
 
-async def test_entries_come_in_first_recorded_order(tmp_path: Path) -> None:
+async def test_entries_come_in_first_recorded_order(stores: Stores) -> None:
     """entries() lists keys in the order their intents were recorded, whatever came after."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         for key in ("c", "a", "b"):
             await journal.record_intent(key, VideoExtendRequest(f"vid_{key}"))
         await journal.record_task("a", task(TaskStatus.SUBMITTED))
         assert [entry.key for entry in await journal.entries()] == ["c", "a", "b"]
 
 
-async def test_a_new_journal_object_sees_everything(tmp_path: Path) -> None:
+async def test_a_new_journal_object_sees_everything(stores: Stores) -> None:
     """What one Journal recorded, another opened on the same file reads back whole."""
-    path = tmp_path / "j.db"
-    async with Journal(path) as journal:
+    async with stores.open() as journal:
         await journal.record_intent("i", VideoExtendRequest("vid_i"))
         await journal.record_intent("s", VideoExtendRequest("vid_s"))
         await journal.record_task("s", task(TaskStatus.PROCESSING, "t-s"))
         await journal.record_intent("f", REQUEST)
         await journal.record_outcome("f", None, AmbiguousSubmissionError(REQUEST, "timed out"))
         before = await journal.entries()
-    async with Journal(path) as reopened:
+    async with stores.open() as reopened:
         after = await reopened.entries()
     assert after == before
     assert [(e.key, e.state) for e in after] == [
@@ -193,9 +230,9 @@ async def test_a_new_journal_object_sees_everything(tmp_path: Path) -> None:
     assert after[2].error_type == "AmbiguousSubmissionError" and after[2].task is None
 
 
-async def test_same_key_and_request_again_changes_nothing(tmp_path: Path) -> None:
+async def test_same_key_and_request_again_changes_nothing(stores: Stores) -> None:
     """Re-recording an intent keeps the entry's state and its first external_task_id."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_task("k", task(TaskStatus.SUBMITTED))
         await journal.record_intent("k", attrs.evolve(REQUEST, external_task_id="ext-new"))
@@ -204,29 +241,29 @@ async def test_same_key_and_request_again_changes_nothing(tmp_path: Path) -> Non
     assert entry.request.external_task_id == "ext-1"
 
 
-async def test_same_key_for_another_request_is_refused(tmp_path: Path) -> None:
+async def test_same_key_for_another_request_is_refused(stores: Stores) -> None:
     """A key journaled for one request cannot be reused for different API fields."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         with pytest.raises(JournalError, match="Key 'k' was journaled for a different") as info:
             await journal.record_intent("k", attrs.evolve(REQUEST, prompt="zoom in"))
-        assert "(different prompt)" in str(info.value) and str(tmp_path) in str(info.value)
+        assert "(different prompt)" in str(info.value) and stores.where in str(info.value)
         entry = await journal.entry("k")
     assert entry is not None and entry.request == REQUEST
 
 
-async def test_records_for_an_unknown_key_are_refused(tmp_path: Path) -> None:
+async def test_records_for_an_unknown_key_are_refused(stores: Stores) -> None:
     """A task or outcome without an intent first is an engine bug, not silently dropped."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         with pytest.raises(JournalError, match="no intent"):
             await journal.record_task("ghost", task(TaskStatus.SUBMITTED))
         with pytest.raises(JournalError, match="no intent"):
             await journal.record_outcome("ghost", None, RuntimeError("x"))
 
 
-async def test_a_second_task_for_one_key_is_refused(tmp_path: Path) -> None:
+async def test_a_second_task_for_one_key_is_refused(stores: Stores) -> None:
     """A key holds one task: another task id means two paid tasks, which must be seen."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-1"))
         with pytest.raises(JournalError, match="two tasks for one request"):
@@ -235,9 +272,9 @@ async def test_a_second_task_for_one_key_is_refused(tmp_path: Path) -> None:
             await journal.record_outcome("k", task(TaskStatus.SUCCEED, "t-2"), None)
 
 
-async def test_a_late_status_does_not_reopen_a_finished_entry(tmp_path: Path) -> None:
+async def test_a_late_status_does_not_reopen_a_finished_entry(stores: Stores) -> None:
     """A snapshot arriving after the outcome leaves the outcome as it was."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_outcome("k", task(TaskStatus.SUCCEED), None)
         await journal.record_status("k", task(TaskStatus.PROCESSING))
@@ -246,9 +283,9 @@ async def test_a_late_status_does_not_reopen_a_finished_entry(tmp_path: Path) ->
     assert entry.task == task(TaskStatus.SUCCEED)
 
 
-async def test_an_outcome_without_a_task_keeps_the_known_task(tmp_path: Path) -> None:
+async def test_an_outcome_without_a_task_keeps_the_known_task(stores: Stores) -> None:
     """An error outcome after the task was known never forgets the task id."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_task("k", task(TaskStatus.PROCESSING))
         await journal.record_outcome("k", None, TimeoutError("gave up watching"))
@@ -257,9 +294,9 @@ async def test_an_outcome_without_a_task_keeps_the_known_task(tmp_path: Path) ->
     assert (entry.error_type, entry.error_message) == ("TimeoutError", "gave up watching")
 
 
-async def test_forget_removes_an_intent_but_not_a_running_task(tmp_path: Path) -> None:
+async def test_forget_removes_an_intent_but_not_a_running_task(stores: Stores) -> None:
     """forget drops an intent (and is a no-op for absent keys); a running task stays."""
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         await journal.record_intent("i", VideoExtendRequest("vid_i"))
         await journal.record_intent("s", VideoExtendRequest("vid_s"))
         await journal.record_task("s", task(TaskStatus.PROCESSING, "t-s"))
@@ -423,20 +460,20 @@ async def test_writes_survive_a_killed_process(tmp_path: Path) -> None:
     assert entries[0].task == Task("t-a", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED)
 
 
-async def test_concurrent_writes_all_land(tmp_path: Path) -> None:
+async def test_concurrent_writes_all_land(stores: Stores) -> None:
     """200 requests each recorded four times from their own coroutines: nothing is lost."""
 
-    async def one(journal: Journal, n: int) -> None:
+    async def one(journal: JournalStore, n: int) -> None:
         key = f"k{n}"
         await journal.record_intent(key, VideoExtendRequest(f"vid_{n}"))
         await journal.record_task(key, task(TaskStatus.SUBMITTED, f"t{n}"))
         await journal.record_status(key, task(TaskStatus.PROCESSING, f"t{n}"))
         await journal.record_outcome(key, task(TaskStatus.SUCCEED, f"t{n}"), None)
 
-    async with Journal(tmp_path / "j.db") as journal, anyio.create_task_group() as group:
+    async with stores.open() as journal, anyio.create_task_group() as group:
         for n in range(200):
             group.start_soon(one, journal, n)
-    async with Journal(tmp_path / "j.db") as journal:
+    async with stores.open() as journal:
         entries = {entry.key: entry for entry in await journal.entries()}
     assert len(entries) == 200
     for n in range(200):
@@ -540,9 +577,9 @@ def test_digest_is_stable(
     assert request_key(converter.structure(stored, VideoExtendRequest)) == key
 
 
-async def test_reopen_lets_a_finished_entry_record_again(tmp_path: Path) -> None:
+async def test_reopen_lets_a_finished_entry_record_again(stores: Stores) -> None:
     """A finished entry without a task, reopened, records the task found on resume."""
-    async with Journal(tmp_path / "j") as journal:
+    async with stores.open() as journal:
         request = VideoExtendRequest("v1", external_task_id="ext-1")
         await journal.record_intent("k", request)
         await journal.record_outcome("k", None, RuntimeError("answer lost"))

@@ -26,6 +26,7 @@ ORDER = [
     "callbacks",
     "download",
     "chain",
+    "postgres",  # the coordination on a database: loaded by the client only when asked for
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
     "_display",
@@ -63,16 +64,48 @@ def test_every_module_has_a_place_in_the_layout() -> None:
     assert modules <= set(ORDER), modules - set(ORDER)
 
 
+def _ranked_files() -> list[tuple[Path, str]]:
+    """Each module file with its place in the layout (a package's files take the package's)."""
+    files = [(p, p.stem) for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    return files + [(p, "postgres") for p in (PACKAGE / "postgres").glob("*.py")]
+
+
 def test_imports_point_up_the_layout() -> None:
     """No module imports one below it in the layout."""
-    for path in PACKAGE.glob("*.py"):
-        if path.stem in ("__init__", "__main__"):
+    for path, name in _ranked_files():
+        rank = ORDER.index(name)
+        imports = _imports_of(path) - {name}
+        if path.parent.name == "postgres":  # `..x` is a module of ours; `.x` is its own
+            imports = _parent_imports_of(path)
+        for imported in imports:
+            if name in INDEPENDENT:
+                assert imported not in ORDER, f"{name} must import nothing of ours"
+            assert ORDER.index(imported) < rank, f"{path.name} imports {imported}"
+
+
+def _parent_imports_of(path: Path) -> set[str]:
+    """The kling_async modules a file of a subpackage imports (``from ..x import``)."""
+    return {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level == 2
+    }
+
+
+def test_only_the_postgres_package_imports_asyncpg() -> None:
+    """asyncpg is an optional extra: nothing outside `postgres/` may import it."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "postgres":
             continue
-        rank = ORDER.index(path.stem)
-        for imported in _imports_of(path):
-            if path.stem in INDEPENDENT:
-                assert imported not in ORDER, f"{path.stem} must import nothing of ours"
-            assert ORDER.index(imported) < rank, f"{path.stem} imports {imported}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "asyncpg" for n in names), path
 
 
 def test_testing_package_never_imports_the_client() -> None:

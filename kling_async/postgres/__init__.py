@@ -1,0 +1,204 @@
+"""Coordination of many processes on PostgreSQL: the journal of record, the account's
+parallel-task quota, and the connections they share.
+
+Loaded only when a database URL is given (``KlingClient(database_url=...)`` or
+``KLING_DATABASE_URL``); asyncpg is imported here and nowhere else. Install it with
+``pip install 'kling-async[postgres]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+from .._clock import Clock, SystemClock
+from ..errors import ConfigurationError
+from ..journal import JournalError
+from ._schema import SCHEMA_VERSION, prepare
+from .journal import PostgresJournal
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
+    raise ConfigurationError(
+        "A database URL needs the asyncpg driver: pip install 'kling-async[postgres]'."
+    ) from exc
+
+__all__ = ["SCHEMA_VERSION", "Coordination", "PostgresJournal"]
+
+#: Seconds a claim lasts without renewal: a process silent for this long is taken for dead.
+DEFAULT_LEASE = 30.0
+_SLOT_FREED = "kling_slots"
+
+
+class Coordination:
+    """The processes of one Kling account meeting in one database.
+
+    `account` names the account whose limits are shared (the client derives it from the
+    credentials); `parallel_tasks` is its quota of tasks in flight (None keeps the one
+    stored, or none); `lease` how long a silent process keeps its claims.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        account: str,
+        parallel_tasks: int | None = None,
+        lease: float = DEFAULT_LEASE,
+        clock: Clock | None = None,
+    ) -> None:
+        if parallel_tasks is not None and parallel_tasks < 1:
+            raise ConfigurationError(f"parallel_tasks must be at least 1, not {parallel_tasks}")
+        if lease <= 0:
+            raise ConfigurationError(f"lease must be positive, not {lease!r}")
+        self.url = url
+        self.where = _without_password(url)
+        self.account = account
+        self.parallel_tasks = parallel_tasks
+        self.lease = lease
+        #: How often leases are renewed and waited-for keys looked at.
+        self.tick = min(lease / 3, 1.0)
+        self.clock = clock or SystemClock()
+        #: Statements sent to the database (each one round trip), for benchmarks.
+        self.round_trips = 0
+        self._pool: Any = None
+        self._listener: Any = None
+        self._slot_freed = anyio.Event()
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Coordination {self.where} account={self.account!r}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def open(self) -> Self:
+        """Connect, create the schema on first use (or check its version); idempotent."""
+        async with self._lock:
+            if self._pool is None:
+                await self._connect()
+        return self
+
+    async def _connect(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(self.url, min_size=1, max_size=10)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _unreachable(self.where, exc) from None
+        try:
+            async with pool.acquire() as connection:
+                await prepare(connection, self.where)
+                await connection.execute(
+                    "INSERT INTO kling_account (name, quota) VALUES ($1, $2) "
+                    "ON CONFLICT (name) DO UPDATE "
+                    "SET quota = coalesce(EXCLUDED.quota, kling_account.quota)",
+                    self.account,
+                    self.parallel_tasks,
+                )
+            listener = await pool.acquire()
+            await listener.add_listener(_SLOT_FREED, self._on_slot_freed)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool, self._listener = pool, listener
+
+    async def close(self) -> None:
+        """Close the connections; idempotent."""
+        with anyio.CancelScope(shield=True):
+            pool, self._pool = self._pool, None
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                await listener.remove_listener(_SLOT_FREED, self._on_slot_freed)
+                await pool.release(listener)
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def journal(self, namespace: str) -> PostgresJournal:
+        """The journal of `namespace` (a batch's name, an application's own)."""
+        if not namespace:
+            raise ConfigurationError("A journal's namespace must be a non-empty name.")
+        return PostgresJournal(self, namespace)
+
+    # -- the account's slots ----------------------------------------------------------------
+
+    def slot_freed(self) -> anyio.Event:
+        """An event set at the next release of a slot of any account in this database."""
+        return self._slot_freed
+
+    async def wait_for_slot(self, freed: anyio.Event) -> None:
+        """Wait for `freed`, or a tick at most (a release this process did not hear of)."""
+        with anyio.move_on_after(self.tick):
+            await freed.wait()
+
+    def _on_slot_freed(self, *_: object) -> None:
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    async def slots_in_use(self) -> int:
+        """Tasks of this account that hold a slot now."""
+        used = await self.fetchval(
+            "SELECT count(*) FROM kling_entry WHERE account = $1 AND holds_slot", self.account
+        )
+        return int(used)
+
+    # -- statements -------------------------------------------------------------------------
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._call("execute", query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self._call("fetch", query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._call("fetchrow", query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._call("fetchval", query, *args)
+
+    async def _call(self, method: str, query: str, *args: Any) -> Any:
+        if self._pool is None:
+            raise JournalError(
+                self.where,
+                f"The database {self.where} is not open; use the client's `async with`.",
+            )
+        self.round_trips += 1
+        try:
+            return await getattr(self._pool, method)(query, *args)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            raise _unreachable(self.where, exc) from None
+        except asyncpg.PostgresError as exc:
+            raise JournalError(
+                self.where,
+                f"The database {self.where} refused a statement ({exc}); nothing more is "
+                "sent until it is fixed.",
+            ) from exc
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be shown: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _unreachable(where: str, exc: BaseException) -> JournalError:
+    reason = str(exc) or type(exc).__name__
+    return JournalError(
+        where,
+        f"The database {where} cannot be reached ({reason}); nothing was sent that could "
+        "not be journaled. Check the URL (KLING_DATABASE_URL) and that the server runs.",
+    )

@@ -1,0 +1,328 @@
+"""Coordination on PostgreSQL: schema, claims, leases and fencing, the account's slots, and
+batches of several clients sharing one database. Runs against a real server (see conftest)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import asyncpg
+import pytest
+
+from kling_async import (
+    KlingClient,
+    PollPolicy,
+    RetryPolicy,
+    Task,
+    TaskKind,
+    TaskStatus,
+    VideoExtendRequest,
+)
+from kling_async._clock import FakeClock
+from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError
+from kling_async.postgres import SCHEMA_VERSION, Coordination
+from kling_async.testing import Durations, FakeKlingServer
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test-api-key"
+REQUEST = VideoExtendRequest("vid_1", task_id="task_0", key="k")
+FAST = Durations(submitted_for=5.0, median=60.0, sigma=0.3)
+QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.04, timeout=30)
+PATIENT = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, rate_limit_floor=0.01)
+
+
+def task(status: TaskStatus, task_id: str = "t-1") -> Task:
+    return Task(task_id, TaskKind.VIDEO_EXTEND, status)
+
+
+@asynccontextmanager
+async def coordination(url: str, **options: object) -> AsyncIterator[Coordination]:
+    settings: dict[str, object] = {"account": "acct", **options}
+    async with Coordination(url, **settings) as opened:  # type: ignore[arg-type]
+        yield opened
+
+
+async def sql(url: str, statement: str, *args: object) -> object:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(statement, *args)
+    finally:
+        await connection.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until `condition` holds: a condition of the database, not a time."""
+    while not await condition():  # noqa: ASYNC110 - the database cannot set an Event
+        await anyio.sleep(0.01)
+
+
+async def expire_leases(url: str) -> None:
+    """Time passing for the leases, without waiting: every lease ran out a second ago."""
+    await sql(url, "UPDATE kling_entry SET lease_until = clock_timestamp() - interval '1 s'")
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+async def test_schema_is_created_on_first_use_with_its_version(database_url: str) -> None:
+    """An empty database gets the tables and the version on first use; reopening keeps them."""
+    async with coordination(database_url):
+        pass
+    async with coordination(database_url):
+        pass
+    assert await sql(database_url, "SELECT version FROM kling_meta") == SCHEMA_VERSION
+    assert await sql(database_url, "SELECT count(*) FROM kling_meta") == 1
+
+
+async def test_a_newer_schema_is_refused_clearly(database_url: str) -> None:
+    """A database set up by a newer version is refused, naming both versions; nothing sent."""
+    async with coordination(database_url):
+        pass
+    await sql(database_url, "UPDATE kling_meta SET version = $1", SCHEMA_VERSION + 1)
+    with pytest.raises(JournalError, match=f"schema {SCHEMA_VERSION + 1}; this version reads"):
+        async with coordination(database_url):
+            pass
+
+
+async def test_an_unreachable_database_is_a_clear_error_and_nothing_is_sent() -> None:
+    """No server on the URL: the client's `async with` fails with words; the fake saw nothing.
+    The password in the URL is never shown."""
+    url = "postgresql://kling:hunter2@127.0.0.1:1/nowhere"
+    async with FakeKlingServer(api_key=KEY) as server:
+        client = KlingClient(api_key=KEY, base_url=server.url, database_url=url)
+        with pytest.raises(JournalError, match="cannot be reached") as info:
+            async with client:
+                pass
+        assert server.record.requests == []
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_the_package_imports_and_runs_without_asyncpg() -> None:
+    """Without asyncpg: the package imports, a client without a database works, and one
+    with a database URL says which extra to install."""
+    script = """
+import sys
+sys.modules["asyncpg"] = None  # as if it were not installed
+import kling_async
+from kling_async import KlingClient, ConfigurationError
+KlingClient(api_key="k", base_url="https://gw.example")
+assert "kling_async.postgres" not in sys.modules
+try:
+    KlingClient(api_key="k", base_url="https://gw.example", database_url="postgresql://x/y")
+except ConfigurationError as exc:
+    print(exc)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "kling-async[postgres]" in result.stdout
+
+
+# --- claims, leases, fencing ---------------------------------------------------------------
+
+
+async def test_a_key_is_claimed_by_one_process_at_a_time(database_url: str) -> None:
+    """While A's lease lives, B's intent and claim are refused; B may not write either."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        mine, theirs = a.journal("ns"), b.journal("ns")
+        await mine.record_intent("k", REQUEST)
+        with pytest.raises(ClaimedElsewhereError):
+            await theirs.record_intent("k", REQUEST)
+        entry = await theirs.entry("k")
+        with pytest.raises(ClaimedElsewhereError):
+            await theirs.claim("k", entry)
+        with pytest.raises(ClaimedElsewhereError):
+            await theirs.record_task("k", task(TaskStatus.SUBMITTED))
+        await mine.record_task("k", task(TaskStatus.SUBMITTED))
+
+
+async def test_an_expired_lease_is_adopted_and_the_old_owner_is_fenced_off(
+    database_url: str,
+) -> None:
+    """B adopts A's key once A's lease ran out; A (paused meanwhile) can write nothing more."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        paused, adopter = a.journal("ns"), b.journal("ns")
+        await paused.record_intent("k", REQUEST)
+        await paused.record_task("k", task(TaskStatus.SUBMITTED))
+        await expire_leases(database_url)
+        adopted = await adopter.claim("k", await adopter.entry("k"))
+        assert adopted is not None and adopted.task == task(TaskStatus.SUBMITTED)
+        with pytest.raises(ClaimedElsewhereError):
+            await paused.record_status("k", task(TaskStatus.PROCESSING))
+        with pytest.raises(ClaimedElsewhereError):
+            await paused.record_outcome("k", task(TaskStatus.SUCCEED), None)
+        await adopter.record_outcome("k", task(TaskStatus.SUCCEED), None)
+        entry = await adopter.entry("k")
+    assert entry is not None and entry.state is EntryState.FINISHED
+
+
+async def test_leases_are_renewed_by_one_statement_and_given_up_on_close(
+    database_url: str,
+) -> None:
+    """hold() keeps every claim of the process alive, one statement per tick for all of
+    them; close() frees them for adoption."""
+    clock = FakeClock()
+    async with coordination(database_url, clock=clock) as a, coordination(database_url) as b:
+        holder = a.journal("ns")
+        for n in range(5):
+            await holder.record_intent(f"k{n}", VideoExtendRequest(f"v{n}", task_id="p"))
+        await expire_leases(database_url)
+        before = a.round_trips
+
+        async def all_renewed() -> bool:
+            live = "SELECT count(*) FROM kling_entry WHERE lease_until > clock_timestamp()"
+            return await sql(database_url, live) == 5
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.hold)
+            await until(all_renewed)
+            group.cancel_scope.cancel()
+        assert 1 <= a.round_trips - before <= len(clock.sleeps)  # one statement per tick
+        other = b.journal("ns")
+        for n in range(5):
+            with pytest.raises(ClaimedElsewhereError):
+                await other.claim(f"k{n}", await other.entry(f"k{n}"))
+        await holder.close()
+        assert await other.claim("k0", await other.entry("k0")) is not None
+
+
+async def test_a_waiter_hears_when_the_holder_finishes(database_url: str) -> None:
+    """released() returns once the holder recorded its outcome (seen by hold's look)."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        holder, waiter = a.journal("ns"), b.journal("ns")
+        await holder.record_intent("k", REQUEST)
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter.hold)
+            await holder.record_outcome("k", task(TaskStatus.SUCCEED), None)
+            entry = await waiter.released("k")
+            group.cancel_scope.cancel()
+    assert entry is not None and entry.state is EntryState.FINISHED
+
+
+# --- the account's slots --------------------------------------------------------------------
+
+
+async def test_the_intent_takes_a_slot_and_waits_when_the_account_is_full(
+    database_url: str,
+) -> None:
+    """Quota 1, shared by two processes: B's intent waits until A's task ended."""
+    async with (
+        coordination(database_url, parallel_tasks=1) as a,
+        coordination(database_url) as b,
+    ):
+        first, second = a.journal("ns-a"), b.journal("ns-b")  # namespaces share the account
+        await first.record_intent("k1", REQUEST)
+        assert await a.slots_in_use() == 1
+        done = anyio.Event()
+
+        async def wait_for_room() -> None:
+            await second.record_intent("k2", REQUEST)
+            done.set()
+
+        async with anyio.create_task_group() as group:
+            before = b.round_trips
+
+            async def asked_twice() -> bool:  # refused once, and asking again
+                return b.round_trips >= before + 2
+
+            group.start_soon(wait_for_room)
+            await until(asked_twice)
+            assert not done.is_set() and await second.entry("k2") is None
+            await first.record_outcome("k1", task(TaskStatus.SUCCEED), None)
+        assert await a.slots_in_use() == 1 and await second.entry("k2") is not None
+
+
+async def test_a_slot_outlives_its_lease_and_is_freed_only_by_an_outcome(
+    database_url: str,
+) -> None:
+    """A dead process's task keeps its slot through adoption; the adopter's outcome frees it."""
+    async with coordination(database_url, parallel_tasks=3) as a, coordination(database_url) as b:
+        dead, adopter = a.journal("ns"), b.journal("ns")
+        await dead.record_intent("k", REQUEST)
+        await dead.record_task("k", task(TaskStatus.PROCESSING))
+        await expire_leases(database_url)
+        assert await b.slots_in_use() == 1
+        await adopter.claim("k", await adopter.entry("k"))
+        assert await b.slots_in_use() == 1
+        await adopter.record_outcome("k", task(TaskStatus.SUCCEED), None)
+        assert await b.slots_in_use() == 0
+
+
+async def test_forgetting_a_create_that_made_nothing_frees_its_slot(database_url: str) -> None:
+    async with coordination(database_url, parallel_tasks=1) as a:
+        journal = a.journal("ns")
+        await journal.record_intent("k", REQUEST)
+        await journal.forget("k")
+        assert await a.slots_in_use() == 0
+        await journal.record_intent("k2", REQUEST)  # the freed slot is taken at once
+
+
+# --- batches of several clients ------------------------------------------------------------
+
+
+def client_for(server: FakeKlingServer, url: str, **options: object) -> KlingClient:
+    return KlingClient(
+        api_key=KEY,
+        base_url=server.url,
+        dialect=server.dialect,
+        poll=QUICK,
+        retry=PATIENT,
+        database_url=url,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_two_clients_share_one_batch_each_request_created_once(database_url: str) -> None:
+    """Two clients (two processes' worth) run the same batch under one name at once: every
+    request is created once in all, both hear every outcome, and the account's quota of 4
+    holds across both (the fake refuses a fifth task, and never had to)."""
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"p-{i}", key=f"row-{i}") for i in range(30)]
+    async with FakeKlingServer(api_key=KEY, durations=FAST, max_concurrent=4) as server:
+        heard: list[list[str]] = []
+
+        async def worker() -> None:
+            outcomes = []
+            async with (
+                client_for(server, database_url, parallel_tasks=4) as client,
+                client.extend_many(items, concurrency=4, journal="nightly") as batch,
+            ):
+                async for outcome in batch:
+                    assert outcome.ok, outcome.error
+                    outcomes.append(outcome.request.key)
+            heard.append(outcomes)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker)
+            group.start_soon(worker)
+        assert server.record.create_count == 30
+        assert all(server.record.creates_for(f"vid-{i}") == 1 for i in range(30))
+        assert server.record.peak_concurrent <= 4
+    assert [Counter(keys) for keys in heard] == [Counter(r.key for r in items)] * 2
+
+
+async def test_a_batch_without_a_name_still_keeps_to_the_account_quota(
+    database_url: str,
+) -> None:
+    """With a database, even an unnamed batch journals its intents, so the quota holds."""
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"p-{i}") for i in range(12)]
+    async with FakeKlingServer(api_key=KEY, durations=FAST, max_concurrent=3) as server:
+        async with (
+            client_for(server, database_url, parallel_tasks=3) as one,
+            client_for(server, database_url) as other,
+        ):
+            results: list[bool] = []
+
+            async def run(client: KlingClient, part: list[VideoExtendRequest]) -> None:
+                async with client.extend_many(part, concurrency=8) as batch:
+                    results.extend([outcome.ok async for outcome in batch])
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(run, one, items[:6])
+                group.start_soon(run, other, items[6:])
+        assert results == [True] * 12
+        assert server.record.peak_concurrent <= 3 and server.record.create_count == 12
