@@ -9,20 +9,34 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from attrs import validators as v
 
-__all__ = ["CompletionTimes", "PollPolicy", "RetryPolicy"]
+__all__ = ["CompletionTimes", "PollPlan", "PollPolicy", "RetryPolicy", "plan_polls"]
 
 # Past this many doublings every schedule is at its ceiling; capping avoids float overflow.
 _MAX_DOUBLINGS = 64
 
-# The adaptive wait is sqrt(horizon * median * _SPACING); 1/40 was chosen on a log-normal
-# mix like the real service's (benchmarks/polling.py): about a sixth fewer polls than a
-# fixed 5 s loop with a lower mean and a like p95 detection delay.
-_SPACING = 1.0 / 40.0
+# The adaptive schedule prices a second of detection delay at _DELAY_PRICE / median reads
+# (scaled by (0.1 / completion_step) ** 2): on the mixes of benchmarks/polling.py this keeps
+# the mean detection delay near 2 % of the median duration, as the schedule before it did.
+_DELAY_PRICE = 1000.0
+
+# The plan's grid of poll times: steps of a quarter of the floor, growing by 1 % of the age.
+_GRID_FLOOR_SHARE = 0.25
+_GRID_GROWTH = 0.01
+
+# Learned durations are smoothed in log space by a Gaussian kernel, integrated over these
+# nodes (in kernel widths) with these weights; the width is Silverman's rule of thumb.
+_NODES = tuple(k / 2.0 for k in range(-5, 6))
+_WEIGHTS = tuple(math.exp(-z * z / 2.0) for z in _NODES)
+_WEIGHTS = tuple(w / math.fsum(_WEIGHTS) for w in _WEIGHTS)
+
+# Plans whose costs differ by less than this (in reads) are taken as equal.
+_TIE = 1e-9
 
 _positive = v.gt(0.0)
 _non_negative = v.ge(0.0)
@@ -82,11 +96,11 @@ class PollPolicy:
     the watch starts and the interval grows from `min_interval` by `multiplier` up to
     `max_interval`. With `adaptive`, the client learns from the tasks it sees finish and
     places polls where completion is likely instead (see `next_delay`; `completion_step`
-    tunes the spacing, and `min_samples` is the number of finished tasks needed before
-    learning is trusted). When callbacks wake the watcher, polls are only a safety net,
-    every `callback_interval`. `jitter` makes each wait up to 10 % shorter (never longer), so
-    watchers started together drift apart. `timeout` (seconds, or None for no deadline)
-    bounds the whole watch.
+    scales the spacing of those polls, and `min_samples` is the number of finished tasks
+    needed before learning is trusted). When callbacks wake the watcher, polls are only a
+    safety net, every `callback_interval`. `jitter` makes each wait up to 10 % shorter (never
+    longer, and never below `min_interval`), so watchers started together drift apart.
+    `timeout` (seconds, or None for no deadline) bounds the whole watch.
 
     Defaults suit the real service, where an extension takes one to four minutes: a first
     look after 10 s catches an instant failure (a policy refusal) early, a 2 s floor keeps the
@@ -137,24 +151,29 @@ class PollPolicy:
     ) -> float:
         """Seconds until the next poll of a task `age` seconds old, before jitter.
 
-        Adaptive rule: let ``h`` be the time until a further `completion_step` share of the
-        tasks still running at this age would have finished, going by the learned durations.
-        The wait is ``sqrt(h * median / 40)``: the square-root spacing that balances the cost
-        of a poll against the cost of noticing late. Polls are therefore sparse while
-        completion is unlikely and dense where tasks usually end. A task older than every
+        Adaptive rule: follow the optimal plan for the learned durations (see
+        `CompletionTimes.plan`), which places the fewest polls for its expected detection
+        delay: sparse while completion is unlikely, dense where tasks usually end, none
+        wasted in a gap between quick failures and slow successes. A second of delay is
+        priced at ``1000 / median * (0.1 / completion_step) ** 2`` reads, so the spacing
+        scales with the durations (and with `completion_step`). A task older than every
         learned duration backs off from the `previous` wait by `multiplier`. Before
-        `min_samples` durations are known, the fixed schedule applies. The result always lies
-        within ``[min_interval, max_interval]``, except the very first poll of a task with no
-        history, which comes after `initial_delay`.
+        `min_samples` durations are known, the fixed schedule applies. The result always
+        lies within ``[min_interval, max_interval]``, except the very first poll of a task
+        with no history, which comes after `initial_delay`.
         """
         if not self.adaptive or learned is None or len(learned) < self.min_samples:
             return self.fixed_delay(polls_done)
-        remaining = learned.survival(age)
-        if remaining <= 0.0:
+        plan = learned.plan(self.delay_price, self.min_interval, self.max_interval)
+        following = plan.next_poll(age) if learned.survival(age) > 0.0 else None
+        if following is None:
             return self.clamp((previous or self.min_interval) * self.multiplier)
-        horizon = learned.quantile(1.0 - remaining * (1.0 - self.completion_step)) - age
-        scale = learned.quantile(0.5) * _SPACING
-        return self.clamp(math.sqrt(max(horizon, 0.0) * scale))
+        return self.clamp(following - age)
+
+    @property
+    def delay_price(self) -> float:
+        """Reads a second of detection delay is worth, times the median duration."""
+        return _DELAY_PRICE * (0.1 / self.completion_step) ** 2
 
     def spread(self, delay: float, draw: float) -> float:
         """`delay` shortened by up to 10 % (`draw` uniform in [0, 1)) when jitter is on.
@@ -162,15 +181,118 @@ class PollPolicy:
         Only ever earlier: watchers started together still drift apart, and none notices
         its task later than the schedule meant.
         """
-        return delay * (1.0 - 0.1 * draw) if self.jitter else delay
+        if not self.jitter:
+            return delay
+        return max(min(delay, self.min_interval), delay * (1.0 - 0.1 * draw))
+
+
+@attrs.frozen
+class PollPlan:
+    """The best next poll after a poll at each of a grid of ages (seconds since creation).
+
+    >>> PollPlan(ages=(0.0, 10.0, 20.0), following=(20.0, 30.0, 30.0)).next_poll(9.0)
+    30.0
+    """
+
+    ages: tuple[float, ...]
+    following: tuple[float, ...]
+
+    def next_poll(self, age: float) -> float | None:
+        """The age of the next poll after one at `age` (the nearest grid age's); None past
+        the end of the plan."""
+        ages = self.ages
+        index = bisect.bisect_right(ages, age)
+        if index == len(ages):
+            return None
+        if index > 0 and age - ages[index - 1] < ages[index] - age:
+            index -= 1
+        return self.following[index]
+
+
+def plan_polls(durations: Sequence[float], price: float, floor: float, ceiling: float) -> PollPlan:
+    """The poll plan that minimises expected reads + `price` x expected detection delay for
+    tasks whose durations are distributed as the sorted `durations` (smoothed), with every
+    wait within ``[floor, ceiling]``.
+
+    A dynamic program over a grid of ages, from the last back to 0: the best plan after a
+    poll at age ``t`` (the task still running) is the best next poll ``u``, costing the
+    chance of running at ``t`` (one read) plus the price of the lateness of the tasks that
+    end between ``t`` and ``u``, plus the best plan after ``u``.
+    """
+    ended = _Smoothed(durations)
+    ages = _grid(ended.end, floor)
+    shares = [ended(age) for age in ages]
+    lateness = [0.0]  # the integral of the share ended, from 0 to each age
+    for i in range(1, len(ages)):
+        step = ages[i] - ages[i - 1]
+        lateness.append(lateness[-1] + (shares[i] + shares[i - 1]) / 2.0 * step)
+    last = len(ages) - 1
+    cost = [0.0] * len(ages)
+    following = [ages[last]] * len(ages)
+    for i in range(last - 1, -1, -1):
+        age, share, late = ages[i], shares[i], lateness[i]
+        best, choice = math.inf, last
+        for j in range(i + 1, len(ages)):
+            wait = ages[j] - age
+            if wait > ceiling and best < math.inf:
+                break
+            if wait >= floor or j == last:
+                value = price * (lateness[j] - late - share * wait) + cost[j]
+                if value <= best + _TIE:  # of equal plans, the one that waits longest
+                    best, choice = min(best, value), j
+        cost[i] = (1.0 - share) + best
+        following[i] = ages[choice]
+    return PollPlan(tuple(ages), tuple(following))
+
+
+def _grid(end: float, floor: float) -> list[float]:
+    """Ages from 0 past `end`, a quarter of the `floor` apart, the steps growing with age."""
+    ages = [0.0]
+    while ages[-1] < end:
+        ages.append(ages[-1] + max(floor * _GRID_FLOOR_SHARE, ages[-1] * _GRID_GROWTH))
+    return ages
+
+
+class _Smoothed:
+    """The share of tasks ended by an age: `durations` smoothed in log space."""
+
+    def __init__(self, durations: Sequence[float]) -> None:
+        logs = [math.log(max(d, 1e-3)) for d in durations]
+        count = len(logs)
+        mean = math.fsum(logs) / count
+        spread = math.sqrt(math.fsum((x - mean) ** 2 for x in logs) / max(1, count - 1))
+        quartiles = (logs[(3 * count) // 4] - logs[count // 4]) / 1.34
+        width = 0.9 * min(spread, quartiles or spread) * count**-0.2
+        self._durations = durations
+        self._scales = tuple(math.exp(-width * z) for z in _NODES)
+        self.end = durations[-1] * math.exp(width * _NODES[-1])
+
+    def __call__(self, age: float) -> float:
+        return math.fsum(
+            w * _interpolated_share(self._durations, age * s)
+            for w, s in zip(_WEIGHTS, self._scales, strict=True)
+        )
+
+
+def _interpolated_share(durations: Sequence[float], age: float) -> float:
+    """The share of the sorted `durations` below `age`, interpolated between them."""
+    above = bisect.bisect_right(durations, age)
+    if above == 0:
+        return 0.0
+    if above == len(durations):
+        return 1.0
+    low, high = durations[above - 1], durations[above]
+    return (above - 1 + (age - low) / (high - low)) / (len(durations) - 1)
 
 
 class CompletionTimes:
     """A running record of how long tasks of one kind took, for placing polls.
 
     Keeps the last `window` durations in sorted order, so quantiles and survival are a binary
-    search away. Pure state, no I/O: the client keeps one per task kind, shared by its
-    watchers, and feeds it each finished task's duration.
+    search away, and the poll plan made from them (`plan`). Pure state, no I/O: the client
+    keeps one per task kind, shared by its watchers, and feeds it each finished task's
+    duration. A thousand durations pin the shape of a distribution well enough for the plan
+    to come within a few percent of the optimum for the true one (benchmarks/polling.py).
 
     >>> times = CompletionTimes()
     >>> for seconds in (100, 110, 120, 130, 140):
@@ -179,12 +301,14 @@ class CompletionTimes:
     120.0
     """
 
-    def __init__(self, window: int = 256) -> None:
+    def __init__(self, window: int = 1024) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         self._window = window
         self._arrivals: deque[float] = deque()
         self._sorted: list[float] = []
+        self._observed = 0
+        self._plan: tuple[int, tuple[float, float, float], PollPlan] | None = None
 
     def __len__(self) -> int:
         return len(self._sorted)
@@ -198,10 +322,29 @@ class CompletionTimes:
             del self._sorted[bisect.bisect_left(self._sorted, oldest)]
         self._arrivals.append(seconds)
         bisect.insort(self._sorted, seconds)
+        self._observed += 1
+
+    def plan(self, price: float, floor: float, ceiling: float) -> PollPlan:
+        """The optimal poll plan (`plan_polls`) for the recorded durations, where a second
+        of delay costs `price` / median reads and every wait lies in ``[floor, ceiling]``.
+
+        Made again once an eighth of the record is new, so its cost (milliseconds) is
+        shared by that many finished tasks.
+        """
+        key = (price, floor, ceiling)
+        if self._plan is not None:
+            made_at, made_for, plan = self._plan
+            if made_for == key and self._observed - made_at < max(1, len(self._sorted) // 8):
+                return plan
+        per_second = price / max(self.quantile(0.5), floor)
+        plan = plan_polls(self._sorted, per_second, floor, ceiling)
+        self._plan = (self._observed, key, plan)
+        return plan
 
     def survival(self, age: float) -> float:
-        """The share of recorded tasks that took longer than `age` seconds."""
-        return 1.0 - bisect.bisect_right(self._sorted, age) / len(self._sorted)
+        """The share of recorded tasks that took longer than `age` seconds (interpolated
+        between the recorded durations, as `quantile`)."""
+        return 1.0 - _interpolated_share(self._sorted, age)
 
     def quantile(self, p: float) -> float:
         """The duration below which a share `p` of recorded tasks finished (interpolated)."""

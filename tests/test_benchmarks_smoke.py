@@ -74,9 +74,18 @@ def test_instructions_counts_both_contenders_in_both_states(tmp_path: Path) -> N
 
 
 def test_polling_compares_the_schedules(tmp_path: Path) -> None:
-    """The polling run reports every schedule; the oracle polls once with no delay."""
+    """The polling run reports every schedule on three mixes, each beside the optimal reads
+    at its delay; the oracle polls once with no delay."""
     results = run_quick("polling", tmp_path)["results"]
-    schedules = results["schedules"]
+    runs = results["distributions"]
+    assert len(runs) == 3
+    for rows in runs.values():
+        learned = rows["default PollPolicy(), learned"]
+        assert learned["optimal_polls_per_task"] >= 1
+        assert learned["over_optimal"] == pytest.approx(
+            learned["polls_per_task"] / learned["optimal_polls_per_task"]
+        )
+    schedules = next(iter(runs.values()))
     assert schedules["oracle (one poll at completion)"]["polls_per_task"] == 1
     assert schedules["oracle (one poll at completion)"]["delay_mean_s"] == 0
     for name in ("default PollPolicy(), learned", "fixed 5 s loop", "fixed 15 s loop"):

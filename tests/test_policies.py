@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kling_async import PollPolicy, RetryPolicy
-from kling_async.policies import CompletionTimes
+from kling_async.policies import CompletionTimes, plan_polls
 
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
@@ -150,3 +150,67 @@ def test_schedules_never_overflow() -> None:
     """Thousands of retries or polls stay at the ceiling instead of overflowing."""
     assert RetryPolicy(jitter=False).backoff(5000, 0.5) == 20.0
     assert PollPolicy(jitter=False).fixed_delay(100_000) == 30.0
+
+
+@given(
+    samples=st.lists(st.floats(min_value=1, max_value=600), min_size=5, max_size=60),
+    slower=st.floats(min_value=2, max_value=50),
+    draws=st.lists(draws, min_size=1, max_size=20),
+)
+def test_a_task_slower_than_anything_seen_is_still_found(
+    samples: list[float], slower: float, draws: list[float]
+) -> None:
+    """Polled from creation, a task far past every learned duration is found within the
+    ceiling of its end, no wait ever under the floor (jitter included)."""
+    policy = PollPolicy(min_interval=2, max_interval=30)
+    learned = _learned(*samples)
+    end = max(samples) * slower
+    age, previous, polls = 0.0, None, 0
+    while age < end:
+        delay = policy.next_delay(age=age, polls_done=polls, learned=learned, previous=previous)
+        wait = policy.spread(delay, draws[polls % len(draws)])
+        assert 2 <= wait <= 30
+        age, previous, polls = age + wait, delay, polls + 1
+    assert age - end <= 30
+
+
+@given(delay=st.floats(min_value=0, max_value=1e4), draw=draws)
+def test_jitter_never_lengthens_a_wait_nor_shortens_it_below_the_floor(
+    delay: float, draw: float
+) -> None:
+    """Spread waits lie in [min(delay, floor), delay]."""
+    policy = PollPolicy(min_interval=2, max_interval=30)
+    assert min(delay, 2.0) <= policy.spread(delay, draw) <= delay
+
+
+def test_no_poll_is_wasted_between_quick_failures_and_slow_successes() -> None:
+    """Between the last quick failure and the first slow success the plan waits long: 85 s
+    in which nothing ends cost at most five polls (the square-root rule spent eight)."""
+    policy = PollPolicy(min_interval=2, max_interval=30, jitter=False)
+    learned = _learned(*[3 + i * 0.4 for i in range(30)], *[100 + i * 0.5 for i in range(90)])
+    age, polls = 15.0, 0
+    while age < 100:
+        age += policy.next_delay(age=age, polls_done=polls + 1, learned=learned)
+        polls += 1
+    assert polls <= 5
+
+
+def test_the_plan_follows_what_is_learned() -> None:
+    """Once the record has turned over, the plan is made again from the new durations."""
+    policy = PollPolicy(min_interval=2, max_interval=30, jitter=False)
+    learned = CompletionTimes(window=40)
+    for seconds in range(100, 140):
+        learned.observe(seconds)
+    amid_before = policy.next_delay(age=120, polls_done=5, learned=learned)
+    for seconds in range(400, 440):
+        learned.observe(seconds)
+    assert amid_before < 10
+    assert policy.next_delay(age=120, polls_done=5, learned=learned) > 25
+
+
+def test_the_plan_is_optimal_on_a_known_case() -> None:
+    """Tasks that all end at 60 s: the best plan with a 30 s ceiling polls at 30 and 60."""
+    plan = plan_polls([60.0] * 10, price=1.0, floor=2.0, ceiling=30.0)
+    first = plan.next_poll(0.0)
+    assert first is not None
+    assert plan.next_poll(first) == pytest.approx(60.0, abs=0.5)
