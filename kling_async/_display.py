@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ._wire import request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
+from .errors import NotSentError
 from .models import Task, TaskStatus, subject_of
 
 __all__ = [
@@ -172,6 +173,8 @@ def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:
 
 
 def _failure_status(outcome: BatchOutcome) -> str:
+    if isinstance(outcome.error, NotSentError):
+        return "not sent"
     if outcome.task is not None and outcome.task.status is TaskStatus.FAILED:
         return "failed"
     if outcome.task is not None and outcome.task.status is TaskStatus.SUCCEED:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -30,6 +37,7 @@ from .errors import (
     InsufficientBalanceError,
     InvalidArgumentError,
     KlingError,
+    NotSentError,
     RateLimitError,
     TaskFailedError,
     TransportError,
@@ -53,16 +61,11 @@ __all__ = [
     "BatchEventKind",
     "BatchOutcome",
     "ConcurrencyWindow",
-    "NotSentError",
 ]
 
 log = logging.getLogger("kling_async")
 
 RetryHook = Callable[[Exception], object]
-
-
-class NotSentError(KlingError):
-    """The request was not sent (its last attempt was refused) because the batch stopped."""
 
 
 #: The batch retries refused creates itself, between shielded attempts (see `_Run._submit`).
@@ -269,7 +272,8 @@ class _Run:
     journal: JournalStore = attrs.field(factory=_NoJournal)
     owns_journal: bool = False
     rng: random.Random = attrs.field(factory=random.Random)
-    stopping: bool = False
+    stopping: bool = False  # nothing more is sent
+    stopped_by: Exception | None = None  # the error that stopped the batch
     replays: anyio.CapacityLimiter = attrs.field(
         default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
     )
@@ -288,26 +292,31 @@ class _Run:
 
     async def _run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
         known = {entry.key: entry for entry in await self.journal.entries()}
-        keys: set[str] = set()
+        keys = _Keys(self.journaled)
         async with anyio.create_task_group() as group:
             async for request in _as_async(requests):
+                if self.stopping and self.fail_fast:
+                    break  # take no more requests
                 key = request_key(request)
-                if not isinstance(self.journal, _NoJournal) and key in keys:
-                    group.start_soon(self._report, request, None, _duplicate(key))
-                    continue
-                keys.add(key)
                 entry = known.get(key)
-                if entry is not None and _edited(request, entry.request):
-                    group.start_soon(self._report, request, None, _edited_error(key))
-                    continue
-                if entry is not None and next_step(entry) is _Step.REPLAY:
+                refusal = keys.refusal(request, key) or _edited_refusal(request, entry, key)
+                if refusal is not None:
+                    group.start_soon(self._report, request, None, refusal)
+                elif entry is not None and next_step(entry) is _Step.REPLAY:
                     group.start_soon(self._replay, entry)
-                    continue
-                slot = await self.window.acquire()
-                if self.stopping:  # fail_fast: a failure came while this request waited
-                    self.window.release(slot)
-                    break
-                group.start_soon(self._one, request, key, entry, slot)
+                elif self.stopping and entry is None:  # every request still gets its outcome
+                    await self._report(request, None, NotSentError(request, self.stopped_by))
+                else:
+                    slot = await self.window.acquire()
+                    if self.stopping and self.fail_fast:  # a failure came while it waited
+                        self.window.release(slot)
+                        break
+                    group.start_soon(self._one, request, key, entry, slot)
+
+    @property
+    def journaled(self) -> bool:
+        """Whether the batch keeps a journal (which tells requests apart by key)."""
+        return not isinstance(self.journal, _NoJournal)
 
     async def _one(
         self, request: CreateRequest, key: str, entry: JournalEntry | None, slot: _Slot
@@ -421,12 +430,14 @@ class _Run:
         await self.send.send(outcome)
 
     def _stop_after(self, outcome: BatchOutcome) -> None:
-        """Stop taking requests after an account error, or any failure with fail_fast."""
-        if isinstance(outcome.error, _ACCOUNT_ERRORS) and not self.stopping:
-            log.warning("stopping the batch: %s", outcome.error)  # each next would fail too
-            self.stopping = True
-        if self.fail_fast and not outcome.ok:
-            self.stopping = True
+        """Send nothing more after an account error (each next request would fail alike),
+        or after any failure with fail_fast."""
+        account = isinstance(outcome.error, _ACCOUNT_ERRORS)
+        if self.stopping or not (account or (self.fail_fast and not outcome.ok)):
+            return
+        if account:
+            log.warning("stopping the batch: %s", outcome.error)
+        self.stopping, self.stopped_by = True, outcome.error
 
     async def _submit(self, request: CreateRequest, key: str, slot: _Slot) -> Task:
         """Create the task, retrying refusals that surely made nothing; on 1303 also lower
@@ -439,6 +450,8 @@ class _Run:
         """
         refusals = 0
         while True:
+            if self.stopping:  # the batch stopped before this attempt: send nothing more
+                raise NotSentError(request, self.stopped_by)
             try:
                 with anyio.CancelScope(shield=True):
                     task = await self.extender.submit(request, retry=_ONE_ATTEMPT)
@@ -465,11 +478,6 @@ class _Run:
         await self.clock.sleep(self._backoff(refusals, exc))
         if over_limit:
             await self.window.acquire(slot)
-        if self.stopping:  # the batch stopped meanwhile: send nothing more
-            raise NotSentError(
-                "Not sent: the batch stopped while this request waited to be sent again. "
-                "Run the batch again to send it."
-            ) from exc
 
     async def _journal_task(self, key: str, task: Task) -> None:
         """Record a new task; if that fails, the error names it so it is not lost."""
@@ -617,18 +625,62 @@ def _edited(request: CreateRequest, journaled: CreateRequest) -> bool:
     return digest(request) != digest(journaled)
 
 
-def _edited_error(key: str) -> InvalidArgumentError:
+def _edited_refusal(
+    request: CreateRequest, entry: JournalEntry | None, key: str
+) -> InvalidArgumentError | None:
+    if entry is None or not _edited(request, entry.request):
+        return None
     return InvalidArgumentError(
         f"Key {key!r} was journaled for a different request (its fields were edited since); "
         "nothing was sent for it. Give the edited request a new key, or use a new journal."
     )
 
 
-def _duplicate(key: str) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        f"Key {key!r} appears twice in this batch; with a journal each request needs its own "
-        "key (identical requests need explicit, distinct keys). Nothing was sent for this one."
-    )
+def refuse_shared_keys(
+    requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest], *, journaled: bool
+) -> None:
+    """Raise `InvalidArgumentError`, before anything is sent, when two requests of a
+    collection share a key (see `_Keys`); a stream is checked as it is read."""
+    if not isinstance(requests, Collection):
+        return
+    keys = _Keys(journaled)
+    for request in requests:
+        refusal = keys.refusal(request, before_start=True)
+        if refusal is not None:
+            raise refusal
+
+
+@attrs.define
+class _Keys:
+    """The requests of one batch must be told apart: by their `key` when they have one
+    (outcomes and results are matched by it), and with a journal, which files each request
+    under its key, by their content when they have none. Two identical requests without keys
+    are fine without a journal: two takes of one extension."""
+
+    journaled: bool
+    firsts: dict[str, int] = attrs.field(factory=dict)
+    read: int = 0
+
+    def refusal(
+        self, request: CreateRequest, key: str | None = None, *, before_start: bool = False
+    ) -> InvalidArgumentError | None:
+        """The error for `request` (journaled under `key`, computed when not given) when an
+        earlier request had its key; None when it is the first."""
+        index, self.read = self.read, self.read + 1
+        if request.key is None and not self.journaled:
+            return None
+        first = self.firsts.setdefault(key or request_key(request), index)
+        if first == index:
+            return None
+        if request.key is not None:
+            what = f"share the key {request.key!r}: each request of a batch needs its own key"
+        else:
+            what = (
+                "are the same request without a key: a journal files requests by key, so "
+                "give each its own key to send it twice"
+            )
+        sent = "Nothing was sent." if before_start else f"Nothing was sent for requests[{index}]."
+        return InvalidArgumentError(f"requests[{first}] and requests[{index}] {what}. {sent}")
 
 
 async def _as_async(

@@ -24,7 +24,8 @@ from ._display import outcome_record, print_summary, progress_for, show_task
 from ._wire import request_from_json
 from .batch import BatchOutcome
 from .client import KlingClient, download_folder
-from .errors import ConfigurationError, KlingError, sole_error
+from .errors import ConfigurationError, KlingError, NotSentError, sole_error
+from .journal import request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import PollPolicy
 
@@ -302,24 +303,26 @@ async def _batch(args: argparse.Namespace) -> int:
             journal=journal,
             download_to=args.download,
         )
-    missing = len(requests) - len(outcomes)
-    if missing:
+    unsent = sum(isinstance(o.error, NotSentError) for o in outcomes)
+    if unsent:
         print(
-            f"kling-async: {missing} request(s) were not sent because the batch stopped; "
+            f"kling-async: {unsent} request(s) were not sent because the batch stopped; "
             "fix the cause and run the same command again",
             file=sys.stderr,
         )
-    succeeded = not missing and all(o.ok and o.error is None for o in outcomes)
-    return EXIT_OK if succeeded else EXIT_FAILED
+    every = len(outcomes) == len(requests)
+    return EXIT_OK if every and all(o.ok and o.error is None for o in outcomes) else EXIT_FAILED
 
 
 def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> list[Any]:
     """The requests of a JSONL file, each checked as the client would before sending.
 
-    A bad line is named by its number; unless `skip_invalid`, any bad line stops the run
-    before anything is sent.
+    A bad line is named by its number, and so is a line whose request has the key of an
+    earlier line (the journal files requests by key); unless `skip_invalid`, any bad line
+    stops the run before anything is sent.
     """
     requests, problems = [], []
+    lines_by_key: dict[str, int] = {}
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -332,6 +335,10 @@ def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> lis
                 continue
             except (ValueError, KlingError) as exc:
                 problems.append(f"{path}:{number}: {_first_line(exc)}")
+                continue
+            first = lines_by_key.setdefault(request_key(request), number)
+            if first != number:
+                problems.append(f"{path}:{number}: {_same_key(request, first)}")
                 continue
             requests.append(request)
     for problem in problems:
@@ -354,6 +361,12 @@ def _results_file(path: Path) -> Iterator[TextIO]:
         ) from None
     with stream:
         yield stream
+
+
+def _same_key(request: VideoExtendRequest, first: int) -> str:
+    if request.key is not None:
+        return f"key {request.key!r} is already used on line {first}"
+    return f'the same request as line {first} (give each its own "key" to send both)'
 
 
 def _first_line(exc: BaseException) -> str:

@@ -42,7 +42,15 @@ from ._transport import Transport, surely_not_created
 from ._validate import MAX_IMAGE_BYTES, create_problems, is_http_url
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
-from .batch import Batch, BatchEvent, BatchOutcome, ConcurrencyWindow, RetryHook, _Run
+from .batch import (
+    Batch,
+    BatchEvent,
+    BatchOutcome,
+    ConcurrencyWindow,
+    RetryHook,
+    _Run,
+    refuse_shared_keys,
+)
 from .callbacks import CallbackReceiver
 from .chain import (
     Chain,
@@ -618,10 +626,17 @@ class KlingClient:
         Returns a `Batch`: ``async for outcome in client.extend_many(requests)`` yields one
         `BatchOutcome` per request in completion order. A failure does not stop the others
         unless `fail_fast` (then no further request is taken; tasks already created are
-        still watched to their end and reported). `on_event` receives `BatchEvent`s (submitted,
-        status, retried, finished) for progress displays. With `download_to` (a folder), each
-        result video is downloaded as its task succeeds (`BatchOutcome.files`; a failed
-        download is the outcome's `error`).
+        still watched to their end and reported). An authentication or balance error stops
+        the sending, since every next create would fail alike: each request not sent yet
+        still gets its outcome, with `NotSentError`. `on_event` receives `BatchEvent`s
+        (submitted, status, retried, finished) for progress displays. With `download_to` (a
+        folder), each result video is downloaded as its task succeeds (`BatchOutcome.files`;
+        a failed download is the outcome's `error`).
+
+        Requests are told apart by `key`: two requests with one key (or, with a journal, two
+        identical requests without keys) raise `InvalidArgumentError` here, before anything
+        is sent; from a stream (an iterator, an async iterable) the later one is refused as
+        its outcome.
 
         With `journal` (a `Journal` or a file path), every request is journaled before it is
         sent, and a run over the same journal resumes: finished requests are replayed, not
@@ -642,6 +657,8 @@ class KlingClient:
                 "extend_many runs inside the client's context: "
                 "`async with KlingClient(...) as client:`."
             )
+        journaled = journal is not None or self.coordination is not None  # as chosen below
+        refuse_shared_keys(requests, journaled=journaled)
         # No buffer: a reader who stops reading holds every slot, so no new task is created.
         send, receive = anyio.create_memory_object_stream[BatchOutcome](0)
         run = _Run(

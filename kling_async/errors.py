@@ -26,6 +26,7 @@ __all__ = [
     "KlingError",
     "MalformedTaskError",
     "NotFoundError",
+    "NotSentError",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
@@ -169,6 +170,25 @@ class TaskFailedError(KlingError):
         super().__init__(
             f"Task {task.id} ({task.kind.value}) failed: {reason}. "
             "Nothing more will happen to it; submit a new task if the cause is fixed."
+        )
+
+
+class NotSentError(KlingError):
+    """A request of a batch was never sent: the batch had stopped taking requests (after an
+    authentication or balance error, or a failure with ``fail_fast``). Nothing was paid for
+    it. `request` is the request, `reason` the error that stopped the batch.
+    """
+
+    def __init__(self, request: Any, reason: BaseException | None) -> None:
+        self.request = request
+        self.reason = reason
+        video_id = getattr(request, "video_id", None)
+        what = f"the extension of video {video_id}" if video_id else "the request"
+        key = f" (key {request.key!r})" if request.key is not None else ""
+        why = "the batch stopped" if reason is None else f"the batch stopped after: {reason}"
+        super().__init__(
+            f"Not sent: {what}{key} was not sent because {why.rstrip('.')}. Nothing was "
+            "paid for it; fix the cause and run the batch again to send it."
         )
 
 

@@ -14,12 +14,15 @@ import pytest
 
 from kling_async import (
     AmbiguousSubmissionError,
+    AuthenticationError,
     BatchEvent,
     BatchEventKind,
     BatchOutcome,
     ConfigurationError,
+    InsufficientBalanceError,
     InvalidArgumentError,
     KlingClient,
+    NotSentError,
     PollPolicy,
     RetryPolicy,
     TaskFailedError,
@@ -27,7 +30,6 @@ from kling_async import (
     VideoExtendRequest,
     WatchTimeoutError,
 )
-from kling_async.batch import NotSentError
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -154,7 +156,8 @@ async def test_fail_fast_stops_taking_requests() -> None:
         outcomes = await run_batch(server, requests(50), concurrency=3, fail_fast=True)
         created = server.record.create_count
     assert created < 50
-    assert len(outcomes) == created
+    sent = [o for o in outcomes if not isinstance(o.error, NotSentError)]
+    assert len(sent) == created  # and a request started as the failure came was not sent
     assert not any(o.ok for o in outcomes)
 
 
@@ -316,11 +319,81 @@ async def test_a_finished_batch_iterates_as_empty(server: FakeKlingServer) -> No
 
 
 async def test_an_account_error_stops_the_batch(server: FakeKlingServer) -> None:
-    """A refused key fails every request alike: the batch stops taking more."""
+    """A refused key fails every request alike: the batch sends no more, and each request
+    not sent still gets its outcome, saying so."""
     server.faults.rate(Fault.openai_error(401, "Invalid API key provided"), 1.0, method="POST")
-    outcomes = await run_batch(server, requests(40), concurrency=2)
-    assert 1 <= len(outcomes) <= 3
-    assert all(o.error is not None for o in outcomes)
+    items = requests(40)
+    outcomes = await run_batch(server, items, concurrency=2)
+    assert_one_outcome_each(items, outcomes)
+    refused = [o for o in outcomes if isinstance(o.error, AuthenticationError)]
+    unsent = [o for o in outcomes if isinstance(o.error, NotSentError)]
+    assert 1 <= len(refused) <= 3
+    assert len(refused) + len(unsent) == 40
+    assert len([r for r in server.record.requests if r.method == "POST"]) == len(refused)
+
+
+async def consume(items: list[VideoExtendRequest]) -> AsyncIterator[VideoExtendRequest]:
+    for item in items:
+        yield item
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_balance_stop_gives_every_request_one_outcome(
+    server: FakeKlingServer, streamed: bool
+) -> None:
+    """1102 on the first create: 10 requests, 10 outcomes; the 9 unsent say they were not
+    sent and why, and nothing more reaches the API."""
+    server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+    items = requests(10)
+    async with client_for(server) as client:
+        given = consume(items) if streamed else items
+        outcomes = [o async for o in client.extend_many(given, concurrency=1)]
+    assert_one_outcome_each(items, outcomes)
+    assert isinstance(outcomes[0].error, InsufficientBalanceError)
+    for outcome in outcomes[1:]:
+        assert outcome.task is None
+        assert isinstance(outcome.error, NotSentError)
+        assert outcome.error.request is outcome.request
+        assert outcome.error.reason is outcomes[0].error
+        assert str(outcome.error).startswith(
+            f"Not sent: the extension of video {outcome.request.video_id} (key "
+        )
+        assert "resource pack used up" in str(outcome.error)
+    assert [r.method for r in server.record.requests] == ["POST"]
+
+
+async def test_requests_sharing_a_key_are_refused_before_sending(server: FakeKlingServer) -> None:
+    """A list in which two requests share a key is refused at once, naming both."""
+    items = [*requests(3), VideoExtendRequest("vid-9", task_id="parent-9", key="1")]
+    async with client_for(server) as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            client.extend_many(items)
+    assert str(caught.value) == (
+        "requests[1] and requests[3] share the key '1': each request of a batch needs its own "
+        "key. Nothing was sent."
+    )
+    assert server.record.requests == []
+
+
+async def test_a_streamed_request_sharing_a_key_is_refused_alone(server: FakeKlingServer) -> None:
+    """Requests from a stream are checked as they come: the later one is refused, unsent."""
+    items = [*requests(2), VideoExtendRequest("vid-9", task_id="parent-9", key="0")]
+    async with client_for(server) as client:
+        outcomes = [o async for o in client.extend_many(consume(items))]
+    refused = [o for o in outcomes if o.error is not None]
+    assert [o.request.video_id for o in refused] == ["vid-9"]
+    assert isinstance(refused[0].error, InvalidArgumentError)
+    assert "requests[0] and requests[2] share the key '0'" in str(refused[0].error)
+    assert "Nothing was sent for requests[2]." in str(refused[0].error)
+    assert server.record.create_count == 2
+
+
+async def test_identical_requests_without_keys_are_two_takes(server: FakeKlingServer) -> None:
+    """Without a journal, the same extension twice (no keys) is sent twice."""
+    items = [VideoExtendRequest("vid-1", task_id="p", prompt="on")] * 2
+    outcomes = await run_batch(server, items)
+    assert [o.ok for o in outcomes] == [True, True]
+    assert server.record.create_count == 2
 
 
 async def test_closing_a_batch_does_not_wait_out_retry_after(server: FakeKlingServer) -> None:

@@ -13,6 +13,7 @@ from kling_async import (
     BatchOutcome,
     InvalidArgumentError,
     KlingClient,
+    NotSentError,
     PollPolicy,
     RetryPolicy,
     Task,
@@ -202,16 +203,33 @@ async def test_request_that_made_nothing_is_sent_again(tmp_path: Path) -> None:
     assert second[0].ok
 
 
-async def test_duplicate_keys_are_refused_with_a_journal(tmp_path: Path) -> None:
-    """Two requests with one key would share a journal entry: the second is refused."""
+async def test_identical_requests_are_refused_with_a_journal(tmp_path: Path) -> None:
+    """Two identical requests without keys would share a journal entry: refused, unsent."""
     async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
         items = [VideoExtendRequest("v", task_id="p"), VideoExtendRequest("v", task_id="p")]
-        outcomes = await run(server, items, tmp_path / "j")
-        assert server.record.create_count == 1
-    errors = [o.error for o in outcomes if o.error is not None]
-    assert len(errors) == 1
-    assert isinstance(errors[0], InvalidArgumentError)
-    assert "appears twice" in str(errors[0])
+        with pytest.raises(InvalidArgumentError, match="give each its own key") as caught:
+            await run(server, items, tmp_path / "j")
+        assert server.record.requests == []
+    assert "requests[0] and requests[1] are the same request without a key" in str(caught.value)
+
+
+async def test_requests_not_sent_after_a_stop_are_sent_by_the_next_run(tmp_path: Path) -> None:
+    """After a balance stop the unsent requests are not journaled as done: a re-run sends
+    each of them once."""
+    async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+        async with (
+            client_for(server) as client,
+            client.extend_many(requests(10), concurrency=1, journal=journal) as batch,
+        ):
+            first = [o async for o in batch]
+        assert sum(isinstance(o.error, NotSentError) for o in first) == 9
+        assert server.record.create_count == 0
+        again = await run(server, requests(10), journal)
+        assert server.record.create_count == 10
+    assert len(again) == 10
+    assert all(o.ok for o in again)
 
 
 async def test_journal_records_every_step(tmp_path: Path) -> None:

@@ -380,8 +380,55 @@ def test_a_wrong_key_stops_a_batch_early(fake_server: str, tmp_path: Path) -> No
     done = run_cli("batch", str(source), "--out", str(out), "--concurrency", "2", env=env)
     assert done.returncode == 1
     assert "stopping the batch" in done.stderr
-    assert "were not sent because the batch stopped" in done.stderr
-    assert len(out.read_text().splitlines()) <= 3
+    assert "request(s) were not sent because the batch stopped" in done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["video_id"] for line in lines) == sorted(f"v{n}" for n in range(30))
+    unsent = [line for line in lines if line["status"] == "not sent"]
+    assert len(unsent) >= 27
+    assert all(line["error"].startswith("Not sent: ") for line in unsent)
+
+
+@pytest.mark.parametrize(
+    ("third", "says"),
+    [
+        ({"video_id": "v3", "task_id": "p", "key": "a"}, "key 'a' is already used on line 1"),
+        (
+            {"video_id": "v2", "task_id": "p"},
+            'the same request as line 2 (give each its own "key" to send both)',
+        ),
+    ],
+)
+def test_batch_refuses_shared_keys_before_sending(
+    fake_server: str, tmp_path: Path, third: dict[str, str], says: str
+) -> None:
+    """A line with the key (or the very request) of an earlier line is a bad line: both line
+    numbers named, nothing sent, exit code 2."""
+    lines = [{"video_id": "v1", "task_id": "p", "key": "a"}, {"video_id": "v2", "task_id": "p"}]
+    source = _batch_input(tmp_path, [json.dumps(line) for line in [*lines, third]])
+    out = tmp_path / "out.jsonl"
+    done = run_cli("batch", str(source), "--out", str(out), env=env_for(fake_server))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"kling-async: {source}:3: {says}",
+        f"kling-async: error: 1 invalid line(s) in {source}; nothing was sent "
+        "(fix them, or pass --skip-invalid)",
+    ]
+    assert not out.exists()
+
+
+def test_batch_skips_a_line_sharing_a_key(fake_server: str, tmp_path: Path) -> None:
+    """With --skip-invalid the later line is skipped and named; the first one runs."""
+    lines = [{"video_id": "v1", "task_id": "p", "key": "a"}, {"video_id": "v2", "task_id": "p"}]
+    lines.append({"video_id": "v3", "task_id": "p", "key": "a"})
+    source = _batch_input(tmp_path, [json.dumps(line) for line in lines])
+    out = tmp_path / "out.jsonl"
+    done = run_cli(
+        "batch", str(source), "--out", str(out), "--skip-invalid", *QUICK, env=env_for(fake_server)
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"kling-async: skipped {source}:3: key 'a' is already used on line 1" in done.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["video_id"] for line in results) == ["v1", "v2"]
 
 
 def test_download_folders_are_made_before_sending(fake_server: str, tmp_path: Path) -> None:

@@ -208,3 +208,29 @@ def test_ctrl_c_stops_cleanly_and_resumes(official: ThreadedServer, tmp_path: Pa
     finished = run_to_end(command, env)
     assert finished.returncode == 0, finished.stderr
     assert_created_once_each(official, 60)
+
+
+def test_a_balance_stop_reports_every_request_and_the_next_run_sends_the_rest(
+    gateway: ThreadedServer, tmp_path: Path
+) -> None:
+    """1102 on the first create: one result line per request (the unsent ones say so), exit
+    code 1; the same command again sends each unsent request once and exits 0."""
+    keys = write_input(tmp_path / "in.jsonl", 10)
+    gateway.call(
+        lambda: gateway.server.faults.push(
+            Fault.http_error(429, 1102, "resource pack used up"), method="POST"
+        )
+    )
+    command, env = batch_command(tmp_path, gateway)
+    command[command.index("--concurrency") + 1] = "1"
+    first = run_to_end(command, env)
+    assert first.returncode == 1, first.stderr
+    assert "9 request(s) were not sent because the batch stopped" in first.stderr
+    lines = results(tmp_path)
+    assert sorted(line["key"] for line in lines) == sorted(keys)
+    assert sorted(line["status"] for line in lines) == ["error"] + ["not sent"] * 9
+    assert gateway.call(lambda: gateway.server.record.create_count) == 0
+    again = run_to_end(command, env)
+    assert again.returncode == 0, again.stderr
+    assert [line["status"] for line in results(tmp_path)] == ["succeeded"] * 10
+    assert_created_once_each(gateway, 10)

@@ -153,6 +153,7 @@ def test_public_names_are_pinned() -> None:
             "KlingError",
             "MalformedTaskError",
             "NotFoundError",
+            "NotSentError",
             "PermissionDeniedError",
             "PollPolicy",
             "RateLimitError",
