@@ -395,8 +395,10 @@ class _Run:
             async with self.replays:  # that process's outcome, as it recorded it
                 await self._report(entry.request, entry.task, _recorded_error(entry), replayed=True)
             return
-        slot = await self.window.acquire()
-        await self._one(request, key, entry, slot)
+        # Adopted work takes no room of this process's window: every process could have
+        # filled its window with requests waiting for the account's slots, which the dead
+        # process's tasks hold until someone watches them to their end.
+        await self._one(request, key, entry, _Slot(epoch=-1, held=False))
 
     async def _replay(self, entry: JournalEntry) -> None:
         """A finished request's outcome from the journal (an old failure stops nothing).

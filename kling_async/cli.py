@@ -171,7 +171,12 @@ def _add_batch(commands: Any) -> None:
     )
     command.add_argument("input", metavar="INPUT.jsonl")
     command.add_argument("--out", required=True, metavar="RESULTS.jsonl")
-    command.add_argument("--journal", metavar="FILE", help="default: RESULTS.jsonl.journal")
+    command.add_argument(
+        "--journal",
+        metavar="FILE|NAME",
+        help="default: RESULTS.jsonl.journal; with a database, the batch's name "
+        "(default: the input file's name)",
+    )
     command.add_argument("--concurrency", type=int, default=8, help="tasks in flight (8)")
     command.add_argument("--rate", type=float, help="at most this many requests a second")
     command.add_argument("--download", metavar="DIR", help="download each result into DIR")
@@ -179,6 +184,24 @@ def _add_batch(commands: Any) -> None:
         "--skip-invalid",
         action="store_true",
         help="skip invalid input lines instead of stopping before anything is sent",
+    )
+    shared = command.add_argument_group(
+        "several hosts, one account",
+        "Run the same command on every host with the same database: each request is sent "
+        "once in all, a host that dies has its work taken over, and every host reports and "
+        "exports the whole batch.",
+    )
+    shared.add_argument(
+        "--database-url", metavar="URL", help="postgresql://... (KLING_DATABASE_URL)"
+    )
+    shared.add_argument(
+        "--parallel-tasks", type=int, metavar="N", help="the account's quota of tasks in flight"
+    )
+    shared.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="how long a silent host keeps its requests before another takes them (30)",
     )
     command.set_defaults(handler=_batch)
 
@@ -290,9 +313,16 @@ async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> Task:
 async def _batch(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
-    client = _client(args, requests_per_second=args.rate)
+    shared = {
+        name: value
+        for name in ("database_url", "parallel_tasks", "lease")
+        if (value := getattr(args, name)) is not None
+    }
+    client = _client(args, requests_per_second=args.rate, **shared)
     requests = read_requests(Path(args.input), client, skip_invalid=args.skip_invalid)
-    journal = Path(args.journal or f"{args.out}.journal")
+    journal: str | Path = Path(args.journal or f"{args.out}.journal")
+    if client.coordination is not None:  # the batch's name, the same on every host
+        journal = args.journal or Path(args.input).name
     with _results_file(Path(args.out)) as results:
         outcomes = await _run_batch(
             client,

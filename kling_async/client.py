@@ -157,6 +157,7 @@ class KlingClient:
         callbacks: CallbackReceiver | None = None,
         database_url: str | None = None,
         parallel_tasks: int | None = None,
+        lease: float | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self.callbacks = callbacks
@@ -190,7 +191,7 @@ class KlingClient:
             hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
         )
         self.coordination = (
-            _coordination(database_url, self._account(), parallel_tasks, self._clock)
+            _coordination(database_url, self._account(), parallel_tasks, lease, self._clock)
             if database_url
             else None
         )
@@ -758,11 +759,19 @@ class KlingClient:
         )
 
 
-def _coordination(url: str, account: str, parallel_tasks: int | None, clock: Clock) -> Coordination:
+def _coordination(
+    url: str, account: str, parallel_tasks: int | None, lease: float | None, clock: Clock
+) -> Coordination:
     """The database's coordination; its package (and asyncpg) is loaded only here."""
-    from .postgres import Coordination
+    from .postgres import DEFAULT_LEASE, Coordination
 
-    return Coordination(url, account=account, parallel_tasks=parallel_tasks, clock=clock)
+    return Coordination(
+        url,
+        account=account,
+        parallel_tasks=parallel_tasks,
+        lease=DEFAULT_LEASE if lease is None else lease,
+        clock=clock,
+    )
 
 
 def _normalise_base_url(base_url: str) -> str:

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed wherever
         "A database URL needs the asyncpg driver: pip install 'kling-async[postgres]'."
     ) from exc
 
-__all__ = ["SCHEMA_VERSION", "Coordination", "PostgresJournal"]
+__all__ = ["DEFAULT_LEASE", "SCHEMA_VERSION", "Coordination", "PostgresJournal"]
 
 #: Seconds a claim lasts without renewal: a process silent for this long is taken for dead.
 DEFAULT_LEASE = 30.0

@@ -14,6 +14,8 @@ never frees it, since the task goes on running on Kling's side.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from typing import Any, Self
 
@@ -49,7 +51,8 @@ class PostgresJournal:
     def __init__(self, coordination: Any, namespace: str) -> None:
         self.namespace = namespace
         self._co = coordination
-        self.owner = uuid.uuid4().hex
+        # Names the process (host and pid) for whoever looks at the table, and this journal.
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self.where = f"{coordination.where} (namespace {namespace!r})"
         self._fences: dict[str, int] = {}
         self._waiting: dict[str, anyio.Event] = {}
