@@ -62,7 +62,13 @@ from .chain import (
     StepLengths,
     run_chains,
 )
-from .download import DownloadProgress, download_file, target_path
+from .download import (
+    EXPIRED_LINK_STATUSES,
+    DownloadError,
+    DownloadProgress,
+    download_file,
+    target_path,
+)
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
@@ -596,20 +602,52 @@ class KlingClient:
 
         Given a task, its first video is downloaded (the task must have succeeded). The file
         appears under its final name only when complete; a cut connection resumes where it
-        stopped. Result URLs expire: download soon after the task ends.
+        stopped. Result URLs expire: given a task, a link answered 403, 404 or 410 is
+        refreshed by reading the task again, and the download tried once more (a `Video`
+        alone has no task to read).
 
         >>> path = await client.download(task, "videos/")  # doctest: +SKIP
         """
         video = _video_of(video_or_task)
         path = await anyio.to_thread.run_sync(target_path, dest, video.id)
-        return await download_file(
-            self._transport.session,
-            video.url,
-            path,
-            retry=self.retry,
-            clock=self._clock,
-            on_progress=on_progress,
-        )
+        task = video_or_task if isinstance(video_or_task, Task) else None
+        return await self._download(video, path, task, on_progress)
+
+    async def _download(
+        self,
+        video: Video,
+        path: Path,
+        task: Task | None,
+        on_progress: Callable[[DownloadProgress], object] | None = None,
+    ) -> Path:
+        """Download `video` of `task`; an expired link is refreshed from the task once."""
+
+        async def fetch(url: str) -> Path:
+            return await download_file(
+                self._transport.session,
+                url,
+                path,
+                retry=self.retry,
+                clock=self._clock,
+                on_progress=on_progress,
+            )
+
+        try:
+            return await fetch(video.url)
+        except DownloadError as exc:
+            if task is None or exc.http_status not in EXPIRED_LINK_STATUSES:
+                raise
+            fresh = await self._fresh_link(task, video, exc)
+        log.info("the link of video %s had expired; retrying with a fresh one", video.id)
+        return await fetch(fresh.url)
+
+    async def _fresh_link(self, task: Task, video: Video, error: DownloadError) -> Video:
+        """`video` as `task` describes it now; the download's error when it is gone."""
+        current = await self.get_task(task.id, task.kind)
+        for candidate in current.videos:
+            if candidate.id == video.id:
+                return candidate
+        raise error
 
     def extend_many(
         self,
@@ -822,7 +860,7 @@ class _BatchExtender:
         for video in task.videos:
             path = await anyio.to_thread.run_sync(target_path, self.download_to, video.id)
             exists = await anyio.to_thread.run_sync(path.exists)
-            files.append(path if exists else await self.client.download(video, path))
+            files.append(path if exists else await self.client._download(video, path, task))
         return tuple(files)
 
 

@@ -31,7 +31,13 @@ from ._transport import parse_retry_after
 from .errors import InvalidArgumentError, KlingError
 from .policies import RetryPolicy
 
-__all__ = ["DownloadError", "DownloadProgress", "download_file", "target_path"]
+__all__ = [
+    "EXPIRED_LINK_STATUSES",
+    "DownloadError",
+    "DownloadProgress",
+    "download_file",
+    "target_path",
+]
 
 log = logging.getLogger("kling_async")
 
@@ -56,6 +62,9 @@ _EXPIRED = (
     "The URL may have expired: result URLs expire, so download promptly, or read the task "
     "again for a fresh URL."
 )
+#: The answers of a file server to a signed result URL past its expiry: a fresh URL, read
+#: from the task again, may still work.
+EXPIRED_LINK_STATUSES = frozenset({403, 404, 410})
 #: What a permanent 4xx answer means for a result URL.
 _HINTS: Mapping[int, str] = {401: _EXPIRED, 403: _EXPIRED, 404: _EXPIRED, 410: _EXPIRED}
 _OTHER_4XX = "The same request will fail again; check the URL."

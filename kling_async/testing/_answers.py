@@ -142,3 +142,9 @@ def drop_connection(request: web.Request) -> web.StreamResponse:
         request.transport.close()
     # Never delivered: aiohttp fails to write it to the closed transport and moves on quietly.
     return web.Response(status=500)
+
+
+def expired_link() -> Answer:
+    """What a file server answers for a signed link past its expiry: 403, an XML error."""
+    body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    return Answer(403, body, content_type="application/xml")

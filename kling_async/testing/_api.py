@@ -39,6 +39,7 @@ class BackendConfig:
     max_concurrent: int | None
     require_known_videos: bool
     wall_clock: Callable[[], float]
+    link_lifetime: float | None = None  # wall seconds a result link works; None: forever
 
 
 class KlingBackend:
@@ -122,16 +123,29 @@ class KlingBackend:
 
     def _reported(self, task: FakeTask, now: float, fault: Fault | None) -> dict[str, Any]:
         """The task object a query answers, as the fault (if any) misreports it."""
+        expires = self.link_expiry()
         if fault is None or fault.name not in TASK_FAULTS:
-            return task_wire(task, now, self.base_url)
+            return task_wire(task, now, self.base_url, expires=expires)
         if fault.name == "stale":  # the copy a cache kept from `seconds` ago
             then = max(task.created_mono, now - fault.seconds / self.config.speed)
-            return task_wire(task, then, self.base_url)
+            return task_wire(task, then, self.base_url, expires=expires)
         if fault.name == "no_videos":
             data = task_wire(task, now, self.base_url, "succeed")
             data["task_result"] = {"videos": json.loads(fault.text or "null")}
             return data
-        return task_wire(task, now, self.base_url, fault.text)
+        return task_wire(task, now, self.base_url, fault.text, expires=expires)
+
+    def link_expiry(self) -> int | None:
+        """When a result link handed out now stops working (Unix seconds), if ever."""
+        lifetime = self.config.link_lifetime
+        return None if lifetime is None else int(self.config.wall_clock() + lifetime)
+
+    def link_expired(self, query: Mapping[str, str]) -> bool:
+        """Whether a result link with this query string no longer works."""
+        if self.config.link_lifetime is None:
+            return False
+        expires = query.get("expires", "")
+        return not expires.isdigit() or self.config.wall_clock() > int(expires)
 
     def list(self, kind: str, query: Mapping[str, str], now: float) -> Answer:
         """Handle a list query (official dialect): newest first, paged."""
@@ -143,7 +157,8 @@ class KlingBackend:
             return self.error(size)
         newest = [t for t in reversed(self._tasks.values()) if t.kind == kind]
         chosen = newest[(page - 1) * size : page * size]
-        data = [task_wire(t, now, self.base_url) for t in chosen]
+        expires = self.link_expiry()
+        data = [task_wire(t, now, self.base_url, expires=expires) for t in chosen]
         return kling_ok(data, self.request_id())
 
     def _refusal(self, kind: str, body: Any, now: float) -> Answer | None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from ._answers import (
     Answer,
     drop_connection,
+    expired_link,
     fault_answer,
     kling_error,
     not_found_page,
@@ -77,13 +78,16 @@ class FakeKlingServer:
         video_size: int = 262144,
         webhook_secret: str | None = None,
         callback_faults: CallbackFaults | None = None,
+        link_lifetime: float | None = None,
     ) -> None:
         """Configure the server; nothing listens until `start` (or ``async with``).
 
         ``wall_clock`` (Unix seconds) dates tasks and checks JWT times; ``monotonic`` drives
         task progress and `RequestRecord.at` (a test may pass a hand-moved clock, but it must
         never move backwards). Callbacks are timed on the event loop, from the delay known at
-        creation, so a hand-moved ``monotonic`` does not hurry them.
+        creation, so a hand-moved ``monotonic`` does not hurry them. With ``link_lifetime``
+        (wall seconds) a result URL is signed when a task is read and answers 403 once
+        expired, as real signed links do: read the task again for a fresh one.
         """
         check_server_arguments(dialect, speed, fail_rate, failure_messages)
         if (access_key is None) != (secret_key is None):
@@ -97,7 +101,12 @@ class FakeKlingServer:
         self._bind = (host, port)
         self._video_size = video_size
         config = BackendConfig(
-            dialect == "gateway", speed, max_concurrent, require_known_videos, wall_clock
+            dialect == "gateway",
+            speed,
+            max_concurrent,
+            require_known_videos,
+            wall_clock,
+            link_lifetime,
         )
         factory = TaskFactory(seed, durations, fail_rate, failure_messages)
         self._backend = KlingBackend(config, factory, self.record, seed)
@@ -302,6 +311,8 @@ class FakeKlingServer:
         known = name.endswith(".mp4") and self._backend.video(video_id, self._monotonic())
         if not known or request.method not in ("GET", "HEAD"):
             return self._send(not_found_page(), note)
+        if self._backend.link_expired(request.query):
+            return self._send(expired_link(), note)
         drop_after = (
             fault.after_bytes if fault is not None and fault.name == "drop_mid_stream" else None
         )

@@ -192,9 +192,18 @@ def file_url(base_url: str, video_id: str) -> str:
 
 
 def task_wire(
-    task: FakeTask, now: float, base_url: str, status: str | None = None
+    task: FakeTask,
+    now: float,
+    base_url: str,
+    status: str | None = None,
+    *,
+    expires: int | None = None,
 ) -> dict[str, Any]:
-    """The task object a GET answers; ``status`` overrides the reported status only."""
+    """The task object a GET answers; ``status`` overrides the reported status only.
+
+    ``expires`` (Unix seconds) signs the result video's URL with the moment it stops working,
+    as real result links are signed.
+    """
     real = task.status(now)
     info: dict[str, Any] = {}
     if task.external_task_id is not None:
@@ -214,16 +223,17 @@ def task_wire(
         "updated_at": task.updated_ms(real),
     }
     if real == "succeed":
-        data["task_result"] = {"videos": [_result_video(task, base_url)]}
+        data["task_result"] = {"videos": [_result_video(task, base_url, expires)]}
         data["final_unit_deduction"] = "1"
     return data
 
 
-def _result_video(task: FakeTask, base_url: str) -> dict[str, str]:
+def _result_video(task: FakeTask, base_url: str, expires: int | None) -> dict[str, str]:
     video_id = task.outcome.video_id
+    signature = "" if expires is None else f"?expires={expires}"
     return {
         "id": video_id,
-        "url": file_url(base_url, video_id),
+        "url": file_url(base_url, video_id) + signature,
         "duration": seconds_text(task.outcome.video_duration),
     }
 
