@@ -273,19 +273,23 @@ class _ChainState:
         return until is not None and duration is not None and duration >= until
 
     def record(self, task: Task) -> None:
-        if self.step == 0:
-            self.chain = Chain(source=task)
-        else:
-            self.chain = Chain((*self.chain.tasks, task), self.chain.source)
+        self.chain = self.with_task(task)
 
-    def planned(self, lengths: StepLengths) -> int | None:
-        """The number of steps, known or expected."""
+    def with_task(self, task: Task) -> Chain:
+        """The chain once `task`, the current step's, is part of it."""
+        if self.step == 0:
+            return Chain(source=task)
+        return Chain((*self.chain.tasks, task), self.chain.source)
+
+    def planned(self, lengths: StepLengths, chain: Chain) -> int | None:
+        """The number of steps, known or expected once `chain` is made."""
         if self.steps is not None:
             return self.steps
-        until, duration = self.request.until, self.chain.duration
+        until, duration = self.request.until, chain.duration
         if until is None or duration is None:
             return None
-        return self.step + max(0, math.ceil((until - duration) / lengths.estimate()))
+        done = len(chain.tasks)
+        return done + max(0, math.ceil((until - duration) / lengths.estimate()))
 
 
 class _ChainRun:
@@ -393,25 +397,31 @@ class _ChainRun:
             return
         state = self._state_of(event.request)
         step = int((event.request.key or "/0").rpartition("/")[2])
-        planned = state.planned(self.lengths)
+        chain = state.chain
+        if event.outcome is not None and event.outcome.ok and event.outcome.task is not None:
+            chain = state.with_task(event.outcome.task)  # the step that just ended counts
+        planned = state.planned(self.lengths, chain)
         self.on_event(
             ChainEvent(
                 event.kind,
                 state.request,
                 step,
                 planned,
-                state.chain,
+                chain,
                 event,
-                self._eta(state, planned, event.task),
+                self._eta(state, chain, planned, event.task),
             )
         )
 
-    def _eta(self, state: _ChainState, planned: int | None, task: Task | None) -> float | None:
-        """Seconds left: the steps not ended times the expected step, less the current's age."""
+    def _eta(
+        self, state: _ChainState, chain: Chain, planned: int | None, task: Task | None
+    ) -> float | None:
+        """Seconds left: the tasks not ended times the expected task, less the current's age."""
         expected = self.backend.expected_seconds()
         if expected is None or planned is None:
             return None
-        left = max(0, planned - state.step + 1) * expected
+        source_left = state.request.source is not None and chain.source is None
+        left = max(0, planned - len(chain.tasks) + source_left) * expected
         if task is not None and task.created_at is not None and not task.is_terminal:
             left -= min(expected, max(0.0, self.backend.now() - task.created_at.timestamp()))
         return max(0.0, left)

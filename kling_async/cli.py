@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import anyio
 
 from . import __version__
+from ._chain_cli import add_chain_command, demo_chains, run_chain_command
 from ._display import outcome_record, print_summary, progress_for, show_task
 from ._wire import request_from_json
 from .batch import BatchOutcome
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return anyio.run(handler, args, backend="asyncio")
     except KeyboardInterrupt:
-        resume = "; run the same command again to resume" if handler is _batch else ""
+        resumable = handler in (_batch, _chain)
+        resume = "; run the same command again to resume" if resumable else ""
         print(f"kling-async: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_watch(commands)
     _add_batch(commands)
+    add_chain_command(commands, [_connection_options()]).set_defaults(handler=_chain)
     _add_fake_server(commands)
     _add_demo(commands)
     return parser
@@ -226,6 +229,9 @@ def _add_demo(commands: Any) -> None:
         "demo", help="extend a batch of videos on the embedded fake server, with progress"
     )
     command.add_argument("--count", type=int, default=24, help="extensions to run (default 24)")
+    command.add_argument(
+        "--chains", type=int, default=3, help="videos grown to 30 s by chains (default 3)"
+    )
     command.add_argument("--concurrency", type=int, default=6, help="tasks in flight (6)")
     command.add_argument(
         "--speed", type=float, default=60.0, help="how much faster than real tasks run (60)"
@@ -308,6 +314,10 @@ async def _follow(client: KlingClient, task: Task | str, as_json: bool) -> Task:
     if final is None:  # pragma: no cover - a watch ends on a terminal snapshot only
         raise KlingError(f"the watch of task {task} ended without a status")
     return final
+
+
+async def _chain(args: argparse.Namespace) -> int:
+    return await run_chain_command(args, _client)
 
 
 async def _batch(args: argparse.Namespace) -> int:
@@ -426,13 +436,14 @@ async def _fake_server(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from .testing import Durations, FakeKlingServer
 
-    if args.count < 1 or args.concurrency < 1 or args.speed <= 0:
+    if args.count < 1 or args.concurrency < 1 or args.speed <= 0 or args.chains < 0:
         raise ConfigurationError("--count, --concurrency and --speed must be positive")
     # Two service minutes per extension, played 60 times faster by default: about 2 s each.
+    durations = Durations(submitted_for=5.0, median=120.0, sigma=0.3)
     server = FakeKlingServer(
         speed=args.speed,
         seed=int(time.time()),
-        durations=Durations(submitted_for=5.0, median=120.0, sigma=0.3),
+        durations=durations,
         fail_rate=0.1,
         max_concurrent=args.concurrency,
     )
@@ -461,6 +472,10 @@ async def _demo(args: argparse.Namespace) -> int:
             f"{len(server.record.requests) - server.record.create_count} status reads.",
             file=sys.stderr,
         )
+    if args.chains:  # many tasks each: on a server that fails rarely, so most reach 30 s
+        chain_server = FakeKlingServer(speed=args.speed, durations=durations, fail_rate=0.02)
+        async with chain_server:
+            await demo_chains(chain_server.url, key, poll, count=args.chains, as_json=args.json)
     return EXIT_OK if outcomes else EXIT_FAILED
 
 

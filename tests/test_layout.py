@@ -30,6 +30,7 @@ ORDER = [
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
     "_display",
+    "_chain_cli",
     "cli",
 ]
 INDEPENDENT = {"models", "errors", "policies"}
