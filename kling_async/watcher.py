@@ -186,11 +186,12 @@ class TaskWatcher:
         """Whether `task` is an older copy than the snapshot held (a gateway's lagging cache).
 
         A later status is progress whatever its timestamp says (clocks of a gateway and of
-        the API behind it may differ); timestamps decide only between copies of one status,
-        or where a status is unknown.
+        the API behind it may differ), and so is an end, which no copy can be older than
+        while the watch goes on; timestamps decide only between copies of one status, or
+        where a status is unknown.
         """
         last = self.last
-        if last is None:
+        if last is None or task.is_terminal:
             return False
         before, after = _STAGE.get(last.status), _STAGE.get(task.status)
         if before is not None and after is not None and before != after:

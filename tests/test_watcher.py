@@ -127,6 +127,15 @@ async def test_an_older_copy_of_an_unknown_status_is_ignored() -> None:
     assert seen == ["queueing", "processing", "succeed"]
 
 
+async def test_an_end_counts_after_an_unknown_status_dated_later() -> None:
+    """A gateway dating its own 'queueing' later than the API dates the end cannot hold a
+    watch back: an end is never a stale copy."""
+    clock = FakeClock()
+    source = ScriptedSource(clock, [_updated("queueing", 50), _updated("succeed", 10)])
+    seen = [task.status_text async for task in _watcher(source, clock)]
+    assert seen == ["queueing", "succeed"]
+
+
 async def test_an_older_copy_does_not_replace_the_snapshot_held() -> None:
     """The snapshot a watch ends with is the newest one read, not the last one to arrive."""
     clock = FakeClock()
