@@ -95,7 +95,7 @@ from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskWatcher
 
 if TYPE_CHECKING:
-    from .postgres import Coordination
+    from .postgres import Coordination, PostgresJournal
 
 __all__ = ["DEFAULT_BASE_URL", "KlingClient"]
 
@@ -164,6 +164,7 @@ class KlingClient:
         database_url: str | None = None,
         parallel_tasks: int | None = None,
         lease: float | None = None,
+        namespace: str = "default",
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self.callbacks = callbacks
@@ -196,6 +197,8 @@ class KlingClient:
             session=session,
             hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
         )
+        self.namespace = namespace
+        self._keyed: PostgresJournal | None = None
         self.coordination = (
             _coordination(database_url, self._account(), parallel_tasks, lease, self._clock)
             if database_url
@@ -281,6 +284,7 @@ class KlingClient:
                 # would wrap it in an ExceptionGroup, and `except NotFoundError` would miss it.
                 await tasks.__aexit__(None, None, None)
         finally:
+            self._keyed = None  # its lease keeper stopped with the task group
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
@@ -305,6 +309,7 @@ class KlingClient:
         cfg_scale: float | None = None,
         callback_url: str | None = None,
         external_task_id: str | None = None,
+        key: str | None = None,
     ) -> Task:
         """Submit the extension of `video_id`; return the new task (status `submitted`).
 
@@ -316,6 +321,10 @@ class KlingClient:
         `AmbiguousSubmissionError` when the server may have made the task but the client
         cannot tell (it is never re-sent blindly).
 
+        With a database (``database_url``), a `key` makes the submission idempotent across
+        processes: the task already submitted under that key (by any process of the
+        database, in the client's `namespace`) is returned instead of paying again.
+
         >>> task = await client.extend_video("vid_1", prompt="the sun sets")  # doctest: +SKIP
         """
         request = VideoExtendRequest(
@@ -326,8 +335,27 @@ class KlingClient:
             cfg_scale=cfg_scale,
             callback_url=callback_url,
             external_task_id=external_task_id,
+            key=key,
         )
+        if key is not None and self.coordination is not None:
+            return await self._submit_once(key, request)
         return await self.submit(request)
+
+    async def _submit_once(self, key: str, request: CreateRequest) -> Task:
+        """Submit under `key` through the database: one task per key in all processes."""
+        from .postgres.keyed import submit_once
+
+        if self._keyed is None:
+            if self._tasks is None:
+                raise ConfigurationError(
+                    "A keyed submission runs inside the client's context: "
+                    "`async with KlingClient(...) as client:`."
+                )
+            self._keyed = self.coordination.journal(self.namespace)  # type: ignore[union-attr]
+            self._tasks.start_soon(self._keyed.hold)  # its claims live as long as the client
+        return await submit_once(
+            self._keyed, key, self.prepare(request), submit=self.submit, find=self.find_created
+        )
 
     async def text_to_video(
         self,

@@ -25,7 +25,7 @@ from kling_async import (
 from kling_async._clock import FakeClock
 from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError
 from kling_async.postgres import SCHEMA_VERSION, Coordination
-from kling_async.testing import Durations, FakeKlingServer
+from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
 
@@ -326,3 +326,74 @@ async def test_a_batch_without_a_name_still_keeps_to_the_account_quota(
                 group.start_soon(run, other, items[6:])
         assert results == [True] * 12
         assert server.record.peak_concurrent <= 3 and server.record.create_count == 12
+
+
+# --- one task per key, across processes --------------------------------------------------
+
+ONE_SUBMISSION = """
+import asyncio, sys
+from kling_async import KlingClient
+
+async def main():
+    key, url, database = sys.argv[1:4]
+    async with KlingClient(api_key=key, base_url=url, dialect="official",
+                           database_url=database) as client:
+        task = await client.extend_video("vid-1", prompt="on and on", key="order-42")
+    print(task.id, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_submitting_one_key_at_once_make_one_task(
+    database_url: str,
+) -> None:
+    """Two processes send the same keyed extension at once (the first create is slow to be
+    answered): one task is created, and both get it."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        server.faults.push(Fault.delay(1.0), method="POST")
+        command = [sys.executable, "-c", ONE_SUBMISSION, KEY, server.url, database_url]
+        ids: list[str] = []
+
+        async def one() -> None:
+            result = await anyio.run_process(command)
+            ids.append(result.stdout.decode().strip())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(one)
+            group.start_soon(one)
+        assert server.record.create_count == 1
+    assert ids[0] == ids[1] == server.record.created[0]
+
+
+async def test_a_key_returns_its_task_to_any_client_and_refuses_another_request(
+    database_url: str,
+) -> None:
+    async with (
+        FakeKlingServer(api_key=KEY, durations=FAST) as server,
+        client_for(server, database_url) as a,
+        client_for(server, database_url) as b,
+    ):
+        first = await a.extend_video("vid-1", task_id="p-1", key="order-7")
+        again = await b.extend_video("vid-1", task_id="p-1", key="order-7")
+        assert again.id == first.id and server.record.create_count == 1
+        with pytest.raises(JournalError, match="different prompt"):
+            await b.extend_video("vid-1", task_id="p-1", prompt="zoom", key="order-7")
+        other = await b.extend_video("vid-1", task_id="p-1", key="order-8")
+        assert other.id != first.id and server.record.create_count == 2
+
+
+async def test_a_key_whose_holder_died_mid_create_is_found_by_its_external_id(
+    database_url: str,
+) -> None:
+    """The holder journaled its intent, sent the create and died before recording the
+    task: the next process asking for the key finds that task instead of paying again."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        async with client_for(server, database_url) as dead, client_for(server, database_url) as b:
+            request = dead.prepare(VideoExtendRequest("vid-1", key="order-9"))
+            assert dead.coordination is not None
+            await dead.coordination.journal("default").record_intent("order-9", request, slot=False)
+            made = await dead.submit(request)  # sent; its answer never journaled
+            await expire_leases(database_url)
+            found = await b.extend_video("vid-1", key="order-9")
+        assert found.id == made.id and server.record.create_count == 1

@@ -86,11 +86,12 @@ async def prepare(connection: Any, where: str) -> None:
 # Taking a slot and recording the intent are one transaction: this function, called as one
 # statement. The advisory lock per account serialises slot takers, so the count it reads is
 # the count it acts on. Answers 'inserted', 'adopted' (an entry of this owner and fence that
-# now holds a slot), 'kept' (it held one already), 'full', or 'exists' (someone else's).
+# now holds a slot), 'kept' (it held one already, or needs none: `p_slot` false), 'full',
+# or 'exists' (someone else's).
 _FUNCTIONS = """
 CREATE FUNCTION kling_intent(
     p_namespace text, p_key text, p_account text, p_request text, p_now double precision,
-    p_owner text, p_fence bigint, p_lease double precision,
+    p_owner text, p_fence bigint, p_lease double precision, p_slot boolean,
     OUT outcome text, OUT stored text, OUT fence bigint
 ) LANGUAGE plpgsql AS $$
 DECLARE
@@ -110,14 +111,14 @@ BEGIN
             outcome := 'exists';
             RETURN;
         END IF;
-        IF found_row.holds_slot THEN
+        IF found_row.holds_slot OR NOT p_slot THEN
             outcome := 'kept';
             RETURN;
         END IF;
     END IF;
     SELECT coalesce(least(window_size, quota), quota, window_size) INTO room
         FROM kling_account WHERE name = p_account;
-    IF room IS NOT NULL THEN
+    IF room IS NOT NULL AND p_slot THEN
         SELECT count(*) INTO used FROM kling_entry WHERE account = p_account AND holds_slot;
         IF used >= greatest(1, floor(room)) THEN
             outcome := 'full';
@@ -132,7 +133,7 @@ BEGIN
     INSERT INTO kling_entry (namespace, key, account, request, state, updated_at, owner, fence,
                              lease_until, holds_slot)
         VALUES (p_namespace, p_key, p_account, p_request, 'intent', p_now, p_owner, 1,
-                clock_timestamp() + make_interval(secs => p_lease), true);
+                clock_timestamp() + make_interval(secs => p_lease), p_slot);
     outcome := 'inserted';
     fence := 1;
 END;

@@ -159,6 +159,22 @@ class PostgresJournal:
         await event.wait()
         return await self.entry(key)
 
+    async def settled(self, key: str) -> JournalEntry | None:
+        """Wait until `key`'s entry knows its task, is finished, or its holder's lease ran
+        out (or it is gone: None)."""
+        while True:
+            row = await self._co.fetchrow(
+                f"SELECT {_COLUMNS}, (owner IS NULL OR lease_until < clock_timestamp()) AS free "
+                "FROM kling_entry WHERE namespace = $1 AND key = $2",
+                self.namespace,
+                key,
+            )
+            if row is None:
+                return None
+            if row["free"] or row["task_raw"] is not None or row["state"] == "finished":
+                return self._entry(row)
+            await self._co.clock.sleep(self._co.tick)
+
     def _elsewhere(self, key: str) -> ClaimedElsewhereError:
         self._fences.pop(key, None)
         return ClaimedElsewhereError(
@@ -169,14 +185,14 @@ class PostgresJournal:
 
     # -- recording --------------------------------------------------------------------------
 
-    async def record_intent(self, key: str, request: CreateRequest) -> None:
+    async def record_intent(self, key: str, request: CreateRequest, *, slot: bool = True) -> None:
         """Journal the intent and take an account slot for it, in one transaction; wait while
-        the account runs all the tasks it may."""
+        the account runs all the tasks it may. With `slot` False, the intent takes none."""
         stored = stored_request(request)
         while True:
             woken = self._co.slot_freed()
             row = await self._co.fetchrow(
-                "SELECT * FROM kling_intent($1, $2, $3, $4, $5, $6, $7, $8)",
+                "SELECT * FROM kling_intent($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 self.namespace,
                 key,
                 self._co.account,
@@ -185,6 +201,7 @@ class PostgresJournal:
                 self.owner,
                 self._fences.get(key, 0),
                 self._co.lease,
+                slot,
             )
             outcome = row["outcome"]
             if outcome != "full":
