@@ -9,18 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TextIO
 
 from .batch import BatchEventKind
 from .chain import Chain, ChainEvent, ChainOutcome, ChainRequest, chain_key
 from .client import KlingClient, download_folder, image_argument
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidArgumentError
 from .models import ImageToVideoRequest, TextToVideoRequest
 from .policies import PollPolicy
 
-__all__ = ["add_chain_command", "demo_chains", "run_chain_command"]
+__all__ = [
+    "add_chain_command",
+    "chain_from_json",
+    "demo_chains",
+    "run_chain_command",
+    "run_chain_lines",
+]
 
 ClientFactory = Callable[..., KlingClient]
 
@@ -226,9 +233,7 @@ async def demo_chains(
 def _show_outcome(outcome: ChainOutcome, stream: TextIO, *, as_json: bool) -> None:
     chain = outcome.chain
     if as_json:
-        record = {"chain": outcome.request.key, **_record(chain, None)}
-        record["error"] = None if outcome.error is None else str(outcome.error)
-        print(json.dumps(record), file=stream, flush=True)
+        print(json.dumps(_outcome_line(outcome)), file=stream, flush=True)
         return
     video = f"{chain.duration} s, {chain.video.id}" if chain.video else "no video"
     line = f"{outcome.request.key}: {len(chain.tasks)} steps, {video}"
@@ -237,3 +242,80 @@ def _show_outcome(outcome: ChainOutcome, stream: TextIO, *, as_json: bool) -> No
         cause = outcome.error.__cause__ or outcome.error
         line += f"; stopped at {where}: {str(cause).splitlines()[0]}"
     print(line, file=stream, flush=True)
+
+
+#: A batch line with any of these fields asks for a chain; these are all it may hold.
+_CHAIN_MARKS = frozenset({"steps", "until", "prompts"})
+_CHAIN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "video_id": str,
+    "task_id": str,
+    "prompt": str,
+    "key": str,
+    "steps": int,
+    "until": (int, float),
+    "prompts": list,
+}
+
+
+def chain_from_json(value: Any) -> ChainRequest | None:
+    """The chain a batch line asks for (it has `steps`, `until` or `prompts`); None when the
+    line is an ordinary extension. Strict, as extension lines are: an unknown field or a
+    value of the wrong type raises `InvalidArgumentError` naming it."""
+    if not isinstance(value, Mapping) or not _CHAIN_MARKS & value.keys():
+        return None
+    unknown = sorted(set(value) - set(_CHAIN_FIELDS))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} in a chain line "
+            f"(known: {', '.join(_CHAIN_FIELDS)})"
+        )
+    for name, item in value.items():
+        wanted = _CHAIN_FIELDS[name]
+        if item is not None and (isinstance(item, bool) or not isinstance(item, wanted)):
+            raise InvalidArgumentError(f"{name} has the wrong type: {item!r}")
+    return ChainRequest(**value)
+
+
+async def run_chain_lines(
+    client: KlingClient,
+    chains: list[ChainRequest],
+    *,
+    results: TextIO,
+    as_json: bool,
+    **options: Any,
+) -> list[ChainOutcome]:
+    """Run a batch's chain lines as one run; a results line per chain as it ends."""
+    progress = _Progress(sys.stderr, as_json=False, only_ends=True)
+    outcomes = []
+    async with client:
+        stream = client.chain_many(chains, on_event=progress.on_event, **options)
+        async with aclosing(stream):
+            async for outcome in stream:
+                outcomes.append(outcome)
+                line = json.dumps(_outcome_line(outcome))
+                results.write(line + "\n")
+                results.flush()
+                if as_json:
+                    print(line, flush=True)
+                else:
+                    _show_outcome(outcome, sys.stdout, as_json=False)
+    return outcomes
+
+
+def _outcome_line(outcome: ChainOutcome) -> dict[str, Any]:
+    request = outcome.request
+    fields = {
+        "video_id": request.video_id,
+        "task_id": request.task_id,
+        "prompt": request.prompt,
+        "steps": request.steps,
+        "until": None if request.until is None else float(request.until),
+        "prompts": None if request.prompts is None else list(request.prompts),
+        "key": request.key,
+    }
+    line = {name: value for name, value in fields.items() if value is not None}
+    line["status"] = "succeeded" if outcome.ok else "failed"
+    line.update(_record(outcome.chain, None))
+    if outcome.error is not None:
+        line["error"] = str(outcome.error)
+    return line

@@ -20,10 +20,17 @@ from typing import Any, TextIO
 import anyio
 
 from . import __version__
-from ._chain_cli import add_chain_command, demo_chains, run_chain_command
+from ._chain_cli import (
+    add_chain_command,
+    chain_from_json,
+    demo_chains,
+    run_chain_command,
+    run_chain_lines,
+)
 from ._display import outcome_record, print_summary, progress_for, show_task
 from ._wire import request_from_json
 from .batch import BatchOutcome
+from .chain import ChainRequest, chain_key
 from .client import KlingClient, download_folder
 from .errors import ConfigurationError, KlingError, NotSentError, sole_error
 from .journal import request_key
@@ -168,7 +175,9 @@ def _add_batch(commands: Any) -> None:
         help="extend every video of a JSONL file, resumably",
         description="Each input line is a JSON object with VideoExtendRequest's fields "
         "(video_id, task_id, prompt, negative_prompt, cfg_scale, callback_url, "
-        "external_task_id, and an optional key). Results go to --out as JSON lines. The run "
+        "external_task_id, and an optional key); a line with steps, until (seconds) or "
+        "prompts (one per step) asks for a chain of extensions of its video_id instead. "
+        "Results go to --out as JSON lines. The run "
         "is journaled (by default next to the results), so the same command resumes an "
         "interrupted run without paying twice.",
     )
@@ -333,16 +342,32 @@ async def _batch(args: argparse.Namespace) -> int:
     journal: str | Path = Path(args.journal or f"{args.out}.journal")
     if client.coordination is not None:  # the batch's name, the same on every host
         journal = args.journal or Path(args.input).name
+    chains = [request for request in requests if isinstance(request, ChainRequest)]
+    requests = [request for request in requests if not isinstance(request, ChainRequest)]
     with _results_file(Path(args.out)) as results:
-        outcomes = await _run_batch(
-            client,
-            requests,
-            args.concurrency,
-            args.json,
-            results=results,
-            journal=journal,
-            download_to=args.download,
+        outcomes = (
+            await _run_batch(
+                client,
+                requests,
+                args.concurrency,
+                args.json,
+                results=results,
+                journal=journal,
+                download_to=args.download,
+            )
+            if requests
+            else []
         )
+        chained = []
+        if chains:  # after the extensions, in a run of their own, over the same journal
+            chained = await run_chain_lines(
+                _client(args, requests_per_second=args.rate, **shared) if requests else client,
+                chains,
+                results=results,
+                as_json=args.json,
+                concurrency=args.concurrency,
+                journal=journal,
+            )
     unsent = sum(isinstance(o.error, NotSentError) for o in outcomes)
     if unsent:
         print(
@@ -350,7 +375,7 @@ async def _batch(args: argparse.Namespace) -> int:
             "fix the cause and run the same command again",
             file=sys.stderr,
         )
-    every = len(outcomes) == len(requests)
+    every = len(outcomes) == len(requests) and all(chain.ok for chain in chained)
     return EXIT_OK if every and all(o.ok and o.error is None for o in outcomes) else EXIT_FAILED
 
 
@@ -368,15 +393,17 @@ def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> lis
             if not line.strip():
                 continue
             try:
-                request = request_from_json(json.loads(line.rstrip("\r\n")))
-                client.prepare(request)
+                value = json.loads(line.rstrip("\r\n"))
+                chain = chain_from_json(value)
+                request = client.prepare_chain(chain) if chain else _prepared(client, value)
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
                 continue
             except (ValueError, KlingError) as exc:
                 problems.append(f"{path}:{number}: {_first_line(exc)}")
                 continue
-            first = lines_by_key.setdefault(request_key(request), number)
+            key = chain_key(request) if isinstance(request, ChainRequest) else request_key(request)
+            first = lines_by_key.setdefault(key, number)
             if first != number:
                 problems.append(f"{path}:{number}: {_same_key(request, first)}")
                 continue
@@ -403,7 +430,14 @@ def _results_file(path: Path) -> Iterator[TextIO]:
         yield stream
 
 
-def _same_key(request: VideoExtendRequest, first: int) -> str:
+def _prepared(client: KlingClient, value: Any) -> VideoExtendRequest:
+    """An extension line's request, checked as the client would before sending it."""
+    request = request_from_json(value)
+    client.prepare(request)
+    return request
+
+
+def _same_key(request: VideoExtendRequest | ChainRequest, first: int) -> str:
     if request.key is not None:
         return f"key {request.key!r} is already used on line {first}"
     return f'the same request as line {first} (give each its own "key" to send both)'

@@ -60,6 +60,7 @@ from .chain import (
     JournalArgument,
     NewVideo,
     StepLengths,
+    check_chain,
     run_chains,
 )
 from .download import (
@@ -794,6 +795,13 @@ class KlingClient:
                     raise outcome.error
                 return outcome.chain
         raise KlingError("The chain ended without an outcome.")  # pragma: no cover
+
+    def prepare_chain(self, request: ChainRequest) -> ChainRequest:
+        """`request` checked as `chain_many` checks it before sending anything.
+
+        Raises `InvalidArgumentError` naming every problem (a chain past 3 minutes too).
+        """
+        return check_chain(request, _ChainBackend(self), self._step_lengths)
 
     def chain_many(
         self,

@@ -102,3 +102,54 @@ def test_the_demo_grows_chains_beside_the_extensions(tmp_path: Path) -> None:
     lines = [line for line in finished.stdout.splitlines() if line.startswith("demo-chain-")]
     assert len(lines) == 2
     assert "Growing 2 videos from prompts to 30 s" in finished.stderr
+
+
+def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_batch_line_may_ask_for_a_chain(gateway: ThreadedServer, tmp_path: Path) -> None:
+    """Lines with steps or until run as chains beside the extensions; a rerun replays all."""
+    write_lines(
+        tmp_path / "in.jsonl",
+        [
+            {"video_id": "v1", "task_id": "t1", "key": "one"},
+            {"video_id": "v2", "task_id": "t2", "steps": 3, "prompt": "on", "key": "grow"},
+            {"video_id": "v3", "task_id": "t3", "until": 12, "key": "long"},
+        ],
+    )
+    command = [
+        sys.executable, "-m", "kling_async", "batch", str(tmp_path / "in.jsonl"),
+        "--out", str(tmp_path / "out.jsonl"), "--poll-interval", "0.05",
+    ]  # fmt: skip
+    env = chain_command(gateway)[1]
+    finished = run(command, env, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    results = (tmp_path / "out.jsonl").read_text().splitlines()
+    lines = {line["key"]: line for line in map(json.loads, results)}
+    assert {line["status"] for line in lines.values()} == {"succeeded"}
+    assert lines["grow"]["steps"] == 3 and len(lines["grow"]["task_ids"]) == 3
+    assert float(lines["long"]["duration"]) >= 12
+    created = gateway.call(lambda: gateway.server.record.create_count)
+    assert created == 1 + 3 + lines["long"]["steps"]
+    again = run(command, env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert gateway.call(lambda: gateway.server.record.create_count) == created
+
+
+def test_a_chain_line_past_three_minutes_stops_the_batch_before_sending(
+    gateway: ThreadedServer, tmp_path: Path
+) -> None:
+    """A chain line that would pass 3 minutes is named by its number; nothing is sent."""
+    write_lines(
+        tmp_path / "in.jsonl",
+        [{"video_id": "v1", "task_id": "t1"}, {"video_id": "v2", "task_id": "t2", "steps": 60}],
+    )
+    command = [
+        sys.executable, "-m", "kling_async", "batch", str(tmp_path / "in.jsonl"),
+        "--out", str(tmp_path / "out.jsonl"),
+    ]  # fmt: skip
+    finished = run(command, chain_command(gateway)[1], tmp_path)
+    assert finished.returncode == 2
+    assert "in.jsonl:2:" in finished.stderr and "3 minutes" in finished.stderr
+    assert gateway.call(lambda: len(gateway.server.record.requests)) == 0
