@@ -80,16 +80,7 @@ async def run_chain_command(args: argparse.Namespace, make_client: ClientFactory
         file=sys.stderr,
     )
     async with client:
-        chain = await client.extend_chain(
-            request.source or request.video_id or "",
-            task_id=request.task_id,
-            steps=request.steps,
-            until=request.until,
-            prompt=request.prompt,
-            prompts=request.prompts,
-            journal=journal,
-            on_event=progress.on_event,
-        )
+        chain = await client.run_chain(request, journal=journal, on_event=progress.on_event)
         path = None
         if args.download:
             last = chain.tasks[-1] if chain.tasks else chain.source

@@ -788,6 +788,20 @@ class KlingClient:
             prompts=tuple(prompts) if prompts is not None else None,
             source=source,
         )
+        return await self.run_chain(request, journal=journal, on_event=on_event)
+
+    async def run_chain(
+        self,
+        request: ChainRequest,
+        *,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        on_event: Callable[[ChainEvent], object] | None = None,
+    ) -> Chain:
+        """Run one `ChainRequest` (what `extend_chain` does with its arguments): the `Chain`,
+        or `ChainError` for a failed step.
+
+        >>> chain = await client.run_chain(ChainRequest("vid_1", steps=3))  # doctest: +SKIP
+        """
         outcomes = self.chain_many([request], concurrency=1, journal=journal, on_event=on_event)
         async with aclosing(outcomes):
             async for outcome in outcomes:

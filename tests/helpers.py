@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from kling_async import KlingClient, PollPolicy
 from kling_async._clock import Clock
 from kling_async._ratelimit import RateLimiter
+from kling_async.testing import FakeKlingServer
+
+#: Polls for the fake server's default speed (tasks end in about a tenth of a second).
+QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, timeout=20)
+
+
+def client_of(server: FakeKlingServer, key: str = "test-api-key", **kwargs: Any) -> KlingClient:
+    """A client of `server` in its dialect, polling at `QUICK`."""
+    return KlingClient(
+        api_key=key, base_url=server.url, dialect=server.dialect, poll=QUICK, **kwargs
+    )
 
 
 class CountingLimiter(RateLimiter):

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import client_of
 
 from kling_async import (
     BatchEventKind,
@@ -21,8 +22,6 @@ from kling_async import (
     ChainRequest,
     ContentPolicyError,
     InvalidArgumentError,
-    KlingClient,
-    PollPolicy,
     TextToVideoRequest,
 )
 from kling_async.testing import FakeKlingServer, Fault
@@ -30,19 +29,12 @@ from kling_async.testing import FakeKlingServer, Fault
 pytestmark = pytest.mark.anyio
 
 KEY = "test-api-key"
-QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, timeout=20)
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[FakeKlingServer]:
     async with FakeKlingServer(dialect="gateway", api_key=KEY) as server:
         yield server
-
-
-def client_of(server: FakeKlingServer, **kwargs: Any) -> KlingClient:
-    return KlingClient(
-        api_key=KEY, base_url=server.url, dialect=server.dialect, poll=QUICK, **kwargs
-    )
 
 
 def creates(server: FakeKlingServer) -> list[Any]:

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import client_of
 
 from kling_async import (
     DEFAULT_VIDEO_MODEL,
     EXTENDABLE_MODELS,
     InvalidArgumentError,
     InvalidRequestError,
-    KlingClient,
-    PollPolicy,
     TaskKind,
     TaskStatus,
     TextToVideoRequest,
@@ -26,7 +25,6 @@ from kling_async.testing import FakeKlingServer, Fault
 pytestmark = pytest.mark.anyio
 
 KEY = "test-api-key"
-QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, timeout=20)
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
 
 
@@ -34,12 +32,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
 async def gateway() -> AsyncIterator[FakeKlingServer]:
     async with FakeKlingServer(dialect="gateway", api_key=KEY) as server:
         yield server
-
-
-def client_of(server: FakeKlingServer, **kwargs: Any) -> KlingClient:
-    return KlingClient(
-        api_key=KEY, base_url=server.url, dialect=server.dialect, poll=QUICK, **kwargs
-    )
 
 
 def posts(server: FakeKlingServer) -> list[Any]:
