@@ -37,6 +37,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._clock import Clock, SystemClock
+from ._listed import ListedReads
 from ._ratelimit import RateLimiter
 from ._transport import Transport, surely_not_created
 from ._validate import MAX_IMAGE_BYTES, create_problems, is_http_url
@@ -93,7 +94,7 @@ from .models import (
     kind_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
-from .watcher import TaskWatcher
+from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
     from .postgres import Coordination, PostgresJournal
@@ -104,6 +105,7 @@ log = logging.getLogger("kling_async")
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
+_ONCE = RetryPolicy(max_attempts=1)  # a list page is not worth a retry: single reads are
 _PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
@@ -142,6 +144,9 @@ class KlingClient:
 
     One client per process is the norm: it holds one HTTP session and one account-wide rate
     limiter shared by every call. Use it as an async context manager (or call `aclose`).
+    On the official API, watchers of one kind read the list endpoint's pages together, one
+    page for up to 500 tasks, when more than one is watching (`list_reads=False` turns that
+    off: one GET per poll, as on gateways).
 
     >>> async with KlingClient(api_key="...", base_url="https://api.example-gateway.com") as c:
     ...     task = await c.extend_video("vid_1", task_id="task_1", prompt="keep walking")
@@ -166,6 +171,7 @@ class KlingClient:
         parallel_tasks: int | None = None,
         lease: float | None = None,
         namespace: str = "default",
+        list_reads: bool = True,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self.callbacks = callbacks
@@ -181,6 +187,8 @@ class KlingClient:
         self._called_back: OrderedDict[str, None] = OrderedDict()
         # Indexed by "the client has a rate limiter": the watchers then take their own slots.
         self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
+        self._list_reads = list_reads
+        self._listed: dict[tuple[TaskKind, bool], ListedReads] = {}
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
         limiter = (
@@ -587,7 +595,7 @@ class KlingClient:
             task_or_id = task_id = _checked_task_id(task_or_id)
         limiter = self._transport.limiter
         return TaskWatcher(
-            self._watcher_reads[limiter is not None],
+            self._reads_for(kind, paced=limiter is not None),
             task_or_id,
             kind=kind,
             policy=policy,
@@ -600,6 +608,29 @@ class KlingClient:
             wakeups=self.callbacks if task_id in self._called_back else None,
             pacer=limiter,
         )
+
+    def _reads_for(self, kind: TaskKind, *, paced: bool) -> TaskSource:
+        """Where watchers of `kind` read: the list endpoint's pages for many at once where
+        the dialect has one (and `list_reads` is on), else one GET per poll."""
+        single = self._watcher_reads[paced]
+        if not (self._list_reads and self._dialect.can_list):
+            return single
+        listed = self._listed.get((kind, paced))
+        if listed is None:
+            listed = ListedReads(
+                single.get_task,
+                self._read_page,
+                clock=self._clock,
+                spacing=self.poll.min_interval,
+            )
+            self._listed[(kind, paced)] = listed
+        return listed
+
+    async def _read_page(self, kind: TaskKind, number: int, size: int) -> list[Task]:
+        """One page of the list of `kind`, tried once: a failure falls back to single reads."""
+        params = {"pageNum": number, "pageSize": size}
+        data = await self._transport.request("GET", _PATHS[kind], params=params, retry=_ONCE)
+        return structure_tasks(data, kind)
 
     async def extend_and_wait(
         self,

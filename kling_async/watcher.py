@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Protocol
 
 from ._clock import Clock
@@ -101,6 +101,7 @@ class TaskWatcher:
         "_pacer",
         "_previous_delay",
         "_rng",
+        "_shared_rest",
         "_source",
         "_started",
         "_wakeups",
@@ -131,6 +132,11 @@ class TaskWatcher:
         self.last: Task | None = task if isinstance(task, Task) else None
         self.polls = 0
         self._source = source
+        # A source that reads many tasks at once (`ListedReads`) wakes a watcher whose task
+        # it saw change; its reads cost no request, so no floor holds such a wake-up back.
+        self._shared_rest: Callable[[str, float], Awaitable[bool]] | None = getattr(
+            source, "rest", None
+        )
         self._clock = clock
         self._learned = learned
         self._rng = rng or _JITTER
@@ -226,7 +232,7 @@ class TaskWatcher:
         if deadline is not None and now + delay >= deadline:
             if not await self._rest(max(0.0, deadline - now)):
                 raise self._timeout()
-        elif self._wakeups is None:
+        elif self._wakeups is None and self._shared_rest is None:
             await self._clock.sleep(delay)  # the common case, one frame shallower
         else:
             await self._rest(delay)
@@ -234,6 +240,8 @@ class TaskWatcher:
     async def _rest(self, seconds: float) -> bool:
         """Sleep `seconds`, or less when a callback says the task ended; True if woken."""
         if self._wakeups is None:
+            if self._shared_rest is not None:
+                return await self._shared_rest(self.task_id, seconds)
             await self._clock.sleep(seconds)
             return False
         woken = await self._wakeups.wait(self.task_id, seconds)

@@ -112,3 +112,16 @@ def test_scale_measures_memory_cpu_and_lag(tmp_path: Path) -> None:
     assert run["polls_in_window"] > 0
     for key in ("kib_per_task", "cpu_us_per_poll", "lag_p99_ms"):
         assert positive(run[key]), key
+
+
+def test_list_reads_compares_per_task_and_list_based_reads(tmp_path: Path) -> None:
+    """The list-reads run measures both contenders at each number in flight; alone, a
+    task costs list-based reads no more than per-task polling."""
+    results = run_quick("list_reads", tmp_path)["results"]
+    runs = results["runs"]
+    assert len(runs) == 6
+    for run in runs.values():
+        assert run["requests_per_task"] >= 1 or run["list_reads"]
+        assert run["delay_mean_s"] >= -0.1  # the server's timestamps are whole milliseconds
+    alone = [r for r in runs.values() if r["in_flight"] == 1]
+    assert all(r["list_pages"] == 0 for r in alone)

@@ -22,6 +22,7 @@ ORDER = [
     "journal",
     "_transport",
     "watcher",
+    "_listed",
     "batch",
     "callbacks",
     "download",
