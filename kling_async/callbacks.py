@@ -19,7 +19,7 @@ import json
 import logging
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -67,9 +67,16 @@ class CallbackReceiver:
         max_body: int = DEFAULT_MAX_BODY,
         tolerance: float = SIGNATURE_TOLERANCE,
         clock: Clock | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") if base_url else None
-        self.path = f"/kling-callbacks/{secrets.token_urlsafe(24)}"
+        if token is not None and (len(token) < 16 or not token.isascii() or "/" in token):
+            raise ValueError("a callback token must be 16 or more ASCII characters, no '/'")
+        # Replicas behind one public URL share one token (from their configuration).
+        self.path = f"/kling-callbacks/{token or secrets.token_urlsafe(24)}"
+        #: Hears each terminal hint taken here, to pass it on (to other processes).
+        self.relay: Callable[[str, str], Awaitable[object]] | None = None
+        self._accepted: tuple[str, str] | None = None
         self.max_body = max_body
         self.tolerance = tolerance
         self.stats: Counter[str] = Counter()
@@ -115,6 +122,9 @@ class CallbackReceiver:
             log.info("callback refused: %s", reason)
             return status
         self.stats["accepted"] += 1
+        accepted, self._accepted = self._accepted, None
+        if accepted is not None and self.relay is not None:
+            await self.relay(*accepted)
         return 200
 
     def _refusal(
@@ -160,6 +170,15 @@ class CallbackReceiver:
 
     def _take(self, task_id: str, status: str) -> None:
         """Note a terminal hint and wake the task's watchers; other statuses change nothing."""
+        if status not in _TERMINAL:
+            return
+        self._accepted = (task_id, status)
+        self.hint(task_id, status)
+
+    def hint(self, task_id: str, status: str) -> None:
+        """Take a terminal hint that another process received: wake the task's watchers here.
+
+        Like a callback, a hint is only ever a reason to read the task once."""
         if status not in _TERMINAL:
             return
         _remember(self._hints, task_id, status)

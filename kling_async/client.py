@@ -275,6 +275,8 @@ class KlingClient:
         self._transport.closed = False
         if self.coordination is not None:
             await self.coordination.open()
+            if self.callbacks is not None:
+                self.coordination.share_hints(self.callbacks)
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         return self

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from kling_async import (
+    CallbackReceiver,
     KlingClient,
     PollPolicy,
     RetryPolicy,
@@ -397,3 +398,63 @@ async def test_a_key_whose_holder_died_mid_create_is_found_by_its_external_id(
             await expire_leases(database_url)
             found = await b.extend_video("vid-1", key="order-9")
         assert found.id == made.id and server.record.create_count == 1
+
+
+# --- callbacks between processes ------------------------------------------------------------
+
+TOKEN = "shared-token-of-the-replicas"
+WATCHER = """
+import asyncio, sys
+from kling_async import CallbackReceiver, KlingClient, PollPolicy
+
+async def main():
+    key, url, database, public = sys.argv[1:5]
+    hooks = CallbackReceiver(base_url=public, token=sys.argv[5])  # served by another replica
+    patient = PollPolicy(callback_interval=600, timeout=120)  # no safety-net read comes first
+    async with KlingClient(api_key=key, base_url=url, dialect="gateway", database_url=database,
+                           callbacks=hooks, poll=patient) as client:
+        task = await client.extend_video("vid-1", task_id="p-1")
+        final = await client.watch(task)
+    print(final.id, final.status.value, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_callback_received_by_one_process_finishes_a_watcher_in_another(
+    database_url: str,
+) -> None:
+    """Process B creates a task whose callbacks go to the replica in this process (A); A's
+    receiver takes the callback and B's watcher finishes with one read."""
+    async with (
+        FakeKlingServer(api_key=KEY, durations=FAST) as server,
+        CallbackReceiver(token=TOKEN) as hooks,
+    ):
+        public = await hooks.start()
+        public = public.removesuffix(hooks.path)
+        async with client_for(server, database_url, callbacks=hooks):  # replica A
+            command = [sys.executable, "-c", WATCHER, KEY, server.url, database_url, public, TOKEN]
+            with anyio.fail_after(120):  # a guard against a hang, not a measure
+                result = await anyio.run_process(command)
+        task_id, status = result.stdout.decode().split()
+        assert status == "succeed"
+        assert hooks.stats["accepted"] >= 1
+        assert server.record.polls(task_id) == 1
+
+
+async def test_a_hint_published_by_one_process_wakes_the_waiter_in_another(
+    database_url: str,
+) -> None:
+    """Hints go out over the database; each is taken once, and another task's hint (an
+    unknown or forged id) wakes nobody."""
+    async with (
+        coordination(database_url) as a,
+        coordination(database_url) as b,
+        CallbackReceiver() as heard,
+    ):
+        b.share_hints(heard)
+        await a.publish_hint("t-unknown", "succeed")
+        await a.publish_hint("t-1", "succeed")
+        with anyio.fail_after(30):
+            assert await heard.wait("t-1", 30) is True
+        assert heard.take_hint("t-1") is False  # taken once

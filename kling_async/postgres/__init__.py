@@ -8,6 +8,7 @@ Loaded only when a database URL is given (``KlingClient(database_url=...)`` or
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,7 @@ __all__ = ["DEFAULT_LEASE", "SCHEMA_VERSION", "Coordination", "PostgresJournal"]
 #: Seconds a claim lasts without renewal: a process silent for this long is taken for dead.
 DEFAULT_LEASE = 30.0
 _SLOT_FREED = "kling_slots"
+_HINTS = "kling_hints"
 
 
 class Coordination:
@@ -68,6 +70,8 @@ class Coordination:
         self._listener: Any = None
         self._slot_freed = anyio.Event()
         self._lock = anyio.Lock()
+        self._origin = uuid.uuid4().hex[:16]
+        self._receivers: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<Coordination {self.where} account={self.account!r}>"
@@ -100,6 +104,7 @@ class Coordination:
                 )
             listener = await pool.acquire()
             await listener.add_listener(_SLOT_FREED, self._on_slot_freed)
+            await listener.add_listener(_HINTS, self._on_hint)
         except BaseException:
             await pool.close()
             raise
@@ -112,6 +117,7 @@ class Coordination:
             listener, self._listener = self._listener, None
             if listener is not None:
                 await listener.remove_listener(_SLOT_FREED, self._on_slot_freed)
+                await listener.remove_listener(_HINTS, self._on_hint)
                 await pool.release(listener)
             if pool is not None:
                 await pool.close()
@@ -149,6 +155,28 @@ class Coordination:
             "SELECT count(*) FROM kling_entry WHERE account = $1 AND holds_slot", self.account
         )
         return int(used)
+
+    # -- callbacks between processes -------------------------------------------------------
+
+    def share_hints(self, receiver: Any) -> None:
+        """Pass the terminal hints `receiver` takes to every process of the database, and
+        those they take to `receiver` (a `CallbackReceiver`): a callback that reaches any
+        replica wakes the watcher of its task wherever it waits."""
+        receiver.relay = self.publish_hint
+        if receiver not in self._receivers:
+            self._receivers.append(receiver)
+
+    async def publish_hint(self, task_id: str, status: str) -> None:
+        """Tell every other process that a callback said `task_id` ended."""
+        await self.execute("SELECT pg_notify($1, $2)", _HINTS, f"{self._origin} {status} {task_id}")
+
+    def _on_hint(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        origin, _, rest = str(payload).partition(" ")
+        status, _, task_id = rest.partition(" ")
+        if origin == self._origin or not task_id:
+            return  # this process's own receiver already took it
+        for receiver in self._receivers:
+            receiver.hint(task_id, status)
 
     # -- statements -------------------------------------------------------------------------
 
