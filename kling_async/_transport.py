@@ -49,6 +49,11 @@ _MAY_HAVE_BEEN_SENT: tuple[tuple[type[BaseException], bool], ...] = (
 )
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 
+#: The largest API answer read. A task is a few KiB and a page of the list endpoint (500
+#: tasks at most) about half a MiB, so 4 MiB is generous; past it the answer is not one this
+#: client can use, and reading it whole would let a broken proxy fill the process's memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
 
 def surely_not_created(exc: BaseException) -> bool:
     """True when a failed create request certainly made no task, so re-sending is safe.
@@ -80,7 +85,8 @@ class Transport:
     timeout: float = 30.0
     limiter: RateLimiter | None = None
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
-    hidden: tuple[str, ...] = ()  # more values to scrub from quoted answers (callback token)
+    # More values to scrub from quoted answers (the callback token); secret, so not in the repr.
+    hidden: tuple[str, ...] = attrs.field(default=(), repr=False)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
     closed: bool = attrs.field(default=False, init=False)
@@ -139,7 +145,6 @@ class Transport:
             if self.limiter is not None and not slot_taken:
                 await self.limiter.acquire()
             slot_taken = False
-            headers = {"Authorization": self.auth.authorization(), "Accept": "application/json"}
             # The exchange is written out here rather than in a helper coroutine: this is the
             # path of every poll, and each coroutine layer costs every resumption a frame.
             try:
@@ -148,10 +153,22 @@ class Transport:
                     self.base_url + path,
                     json=body,
                     params=params,
-                    headers=headers,
+                    # Made inside the call, never held in a local of this frame: tracebacks
+                    # that record locals (pytest --showlocals, error reporters) would show it.
+                    headers={
+                        "Authorization": self.auth.authorization(),
+                        "Accept": "application/json",
+                    },
                     timeout=self._client_timeout,
                 ) as response:
-                    return self._interpret(response.status, response.headers, await response.read())
+                    return self._interpret(
+                        response.status,
+                        response.headers,
+                        # Not kept in a local either: the body may quote a credential back.
+                        await response.read()
+                        if _known_to_fit(response, method, path)
+                        else await _read_capped(response, method, path),
+                    )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 error: APIError | TransportError = self._transport_error(method, path, exc)
             except (APIError, TransportError) as exc:
@@ -200,8 +217,10 @@ class Transport:
         code = body.get("code") if isinstance(body, dict) else None
         if 200 <= status < 300 and code in (0, "0"):
             return body.get("data")
-        # Past here the answer is quoted to a person: scrub credentials before reading it.
+        # Past here the answer is quoted to a person: scrub credentials before reading it,
+        # and drop the raw copies, which a traceback's record of locals would show.
         text = self._redact(raw.decode("utf-8", "replace"))
+        del raw, body
         if 200 <= status < 300 and code is None:
             raise TransportError(
                 f"The server answered HTTP {status} with a body that is not a Kling envelope: "
@@ -232,6 +251,36 @@ def _scrub(text: str, secret: str) -> str:
     if len(secret) >= 12:
         return text.replace(secret, "<hidden>")
     return re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "<hidden>", text)
+
+
+def _known_to_fit(response: aiohttp.ClientResponse, method: str, path: str) -> bool:
+    """True when the body is plainly within `MAX_ANSWER_BYTES` (a Content-Length that says so,
+    no compression); raises when Content-Length alone says it is too large."""
+    length = response.content_length
+    if length is not None and length > MAX_ANSWER_BYTES:
+        raise _too_large(method, path, f"it announced {length} bytes")
+    return length is not None and "Content-Encoding" not in response.headers
+
+
+async def _read_capped(response: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+    """The body, read while counting: a chunked or compressed answer stops at the cap."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _too_large(method, path, f"more than {size} bytes arrived")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(method: str, path: str, detail: str) -> TransportError:
+    return TransportError(
+        f"{method} {path} failed: the answer is larger than the {MAX_ANSWER_BYTES // 2**20} MiB "
+        f"any Kling answer fits in ({detail}), so it was not read. Check that the base URL "
+        "points at the Kling API.",
+        may_have_been_sent=True,
+    )
 
 
 def _needs_new_token(exc: APIError | TransportError) -> bool:

@@ -6,6 +6,7 @@ Each check says what is wrong in words; the client joins them into one error.
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from .models import (
@@ -18,6 +19,7 @@ from .models import (
 __all__ = [
     "ASPECT_RATIOS",
     "DURATIONS",
+    "MAX_CALLBACK_URL_LENGTH",
     "MAX_IMAGE_BYTES",
     "MAX_PROMPT_LENGTH",
     "MODES",
@@ -27,6 +29,9 @@ __all__ = [
 ]
 
 MAX_PROMPT_LENGTH = 2500
+#: Longer URLs are cut or refused by servers and proxies along the way; 2048 is the length
+#: that every part of the web has long been known to carry.
+MAX_CALLBACK_URL_LENGTH = 2048
 MODES = ("std", "pro")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1")
 DURATIONS = (5, 10)
@@ -66,8 +71,8 @@ def _common_problems(request: CreateRequest) -> list[str]:
             problems.append(f"{name} must be a string of at most {MAX_PROMPT_LENGTH} characters")
     if request.cfg_scale is not None and not _is_unit_number(request.cfg_scale):
         problems.append(f"cfg_scale must be a number from 0 to 1, not {request.cfg_scale!r}")
-    if request.callback_url is not None and not is_http_url(request.callback_url):
-        problems.append("callback_url must be an absolute http:// or https:// URL")
+    if request.callback_url is not None:
+        problems.extend(_callback_url_problems(request.callback_url))
     if request.external_task_id is not None and not _is_text(request.external_task_id):
         problems.append("external_task_id must be a non-empty string when given")
     return problems
@@ -106,6 +111,24 @@ def _image_problems(request: ImageToVideoRequest) -> list[str]:
     return problems
 
 
+def _callback_url_problems(url: object) -> list[str]:
+    """What is wrong with a callback URL. The URL itself is never quoted: it may hold a
+    password or a token."""
+    if not is_http_url(url):
+        return ["callback_url must be an absolute http:// or https:// URL"]
+    problems = []
+    if "@" in urlsplit(url).netloc:
+        problems.append(
+            "callback_url must not carry a user name or password (user:password@host): the "
+            "API would hand them to whoever serves that host; put a token in the path instead"
+        )
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        problems.append(
+            f"callback_url must be at most {MAX_CALLBACK_URL_LENGTH} characters, not {len(url)}"
+        )
+    return problems
+
+
 def _is_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -116,8 +139,12 @@ def _is_unit_number(value: object) -> bool:
     return math.isfinite(value) and 0.0 <= value <= 1.0
 
 
-def is_http_url(value: object) -> bool:
+def is_http_url(value: object) -> TypeGuard[str]:
+    """Whether `value` is an absolute http(s) URL with a host."""
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        return False

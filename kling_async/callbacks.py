@@ -139,7 +139,10 @@ class CallbackReceiver:
             problem = self._signature_problem(self._key, raw, headers)
             if problem is not None:
                 return problem, 200 if problem == "replayed id" else 401
-        task = _task_object(raw)
+        try:
+            task = _task_object(raw)
+        except RecursionError:
+            return "body nested too deeply", 400
         if task is None:
             return "not a task object", 400
         self._take(str(task["task_id"]), str(task.get("task_status", "")).lower())
@@ -277,7 +280,10 @@ def _webhook_key(secret: str) -> bytes:
 
 
 def _task_object(raw: bytes) -> Mapping[str, Any] | None:
-    """The task object of a body: the bare object (official) or an envelope's data."""
+    """The task object of a body: the bare object (official) or an envelope's data.
+
+    Raises `RecursionError` for a body nested deeper than the parser's recursion limit.
+    """
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

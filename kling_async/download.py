@@ -120,7 +120,7 @@ def target_path(dest: str | os.PathLike[str], video_id: str) -> Path:
     """The file to write video `video_id` to, given a file or a folder.
 
     A folder (an existing directory, or a path ending with a separator) gets
-    ``{folder}/{video_id}.mp4``; anything else is the file itself. Its folder must exist.
+    ``{folder}/{video_id}.mp4``; anything else is the file itself. A missing folder is made.
 
     >>> target_path("/tmp/", "abc")
     PosixPath('/tmp/abc.mp4')
@@ -136,10 +136,14 @@ def target_path(dest: str | os.PathLike[str], video_id: str) -> Path:
                 hint="Pass a file path instead of a folder.",
             )
         path = path / f"{video_id}.mp4"
-    if not path.parent.is_dir():
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise DownloadError(
-            f"the folder {path.parent} does not exist", path=path, hint="Create it first."
-        )
+            f"could not make the folder {path.parent} ({exc.strerror or exc})",
+            path=path,
+            hint="Check the path and the permissions of its folders.",
+        ) from None
     return path
 
 

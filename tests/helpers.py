@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
+
+from aiohttp import web
 
 from kling_async import KlingClient, PollPolicy
 from kling_async._clock import Clock
@@ -30,3 +34,22 @@ class CountingLimiter(RateLimiter):
     async def acquire(self, within: float | None = None) -> bool:
         self.asked += 1
         return await super().acquire(within)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    """A tiny aiohttp.web app of GET routes on a free port; yields its base URL."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

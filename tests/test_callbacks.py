@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -137,6 +138,21 @@ async def test_standalone_server_refuses_wrong_token_and_big_bodies() -> None:
             async with session.post(url, data=task_body()) as answer:
                 assert answer.status == 200
     assert receiver.take_hint("t-1")
+
+
+async def test_deeply_nested_body_is_refused_with_400_and_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body nested past the JSON parser's recursion limit is a 400, not a 500."""
+    nested = b"[" * 30_000 + b"]" * 30_000
+    async with CallbackReceiver() as receiver:
+        url = await receiver.start()
+        async with aiohttp.ClientSession() as session:
+            with caplog.at_level(logging.INFO, logger="kling_async"):
+                async with session.post(url, data=nested) as answer:
+                    assert answer.status == 400
+    assert [r.getMessage() for r in caplog.records] == ["callback refused: body nested too deeply"]
+    assert receiver.stats["body nested too deeply"] == 1 and receiver.stats["accepted"] == 0
 
 
 class CountingSource:

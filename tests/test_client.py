@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import gzip
 import logging
 import time
 import weakref
@@ -16,7 +17,8 @@ import aiohttp
 import anyio
 import attrs
 import pytest
-from helpers import CountingLimiter
+from aiohttp import web
+from helpers import CountingLimiter, serve
 
 from kling_async import (
     AmbiguousSubmissionError,
@@ -368,6 +370,84 @@ async def test_retry_after_on_a_503_is_honoured(gateway: FakeKlingServer) -> Non
     assert clock.sleeps == [9.0]
 
 
+BIG = 64 * 1024 * 1024
+
+
+async def test_an_answer_announcing_a_huge_body_is_refused_unread() -> None:
+    """A Content-Length past the cap fails at once: the body is never waited for."""
+    release = anyio.Event()
+
+    async def announces(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = BIG
+        await response.prepare(request)
+        await response.write(b'{"code": 0, "data": {')
+        await release.wait()  # the rest never comes: a client that reads on would hang
+        return response
+
+    try:
+        async with (
+            serve({"/kling/v1/videos/video-extend/t-1": announces}) as url,
+            gateway_client_at(url) as client,
+        ):
+            with pytest.raises(TransportError, match="larger than the 4 MiB") as caught:
+                await client.get_task("t-1")
+    finally:
+        release.set()
+    assert f"announced {BIG} bytes" in str(caught.value)
+
+
+async def test_a_chunked_answer_past_the_cap_is_not_read_to_its_end() -> None:
+    """A chunked answer is counted as it arrives; past the cap the client hangs up."""
+    sent = 0
+    ended = anyio.Event()
+
+    async def floods(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            while sent < BIG:
+                await response.write(b" " * 65536)
+                sent += 65536
+        except ConnectionError:
+            pass  # the client hung up
+        finally:
+            ended.set()
+        return response
+
+    async with serve({"/kling/v1/videos/video-extend/t-1": floods}) as url:
+        async with gateway_client_at(url) as client:
+            with pytest.raises(TransportError, match="larger than the 4 MiB"):
+                await client.get_task("t-1")
+        with anyio.fail_after(30):  # a guard against a hang, not a measurement
+            await ended.wait()
+    assert sent < BIG / 2
+
+
+async def test_a_compressed_answer_is_capped_after_decoding() -> None:
+    """A small gzip body that inflates past the cap is refused as it inflates."""
+    packed = gzip.compress(b" " * BIG)
+
+    async def bomb(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
+
+    async with (
+        serve({"/kling/v1/videos/video-extend/t-1": bomb}) as url,
+        gateway_client_at(url) as client,
+    ):
+        with pytest.raises(TransportError, match="larger than the 4 MiB"):
+            await client.get_task("t-1")
+    assert len(packed) < 1024 * 1024
+
+
+def gateway_client_at(url: str) -> KlingClient:
+    """A gateway client for a hand-made server: one attempt, no waiting."""
+    retry = RetryPolicy(max_attempts=1)
+    return KlingClient(api_key=KEY, base_url=url, dialect="gateway", retry=retry, clock=FakeClock())
+
+
 async def test_refused_connection_is_retried_then_reported() -> None:
     """Nothing listening: retried (nothing was sent), then a TransportError saying so."""
     async with FakeKlingServer() as server:
@@ -392,6 +472,9 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"video_id": "v", "callback_url": "/relative/path"}, "callback_url"),
     ({"video_id": "v", "callback_url": "ftp://example.com/x"}, "callback_url"),
     ({"video_id": "v", "task_id": None}, "task_id"),
+    ({"video_id": "v", "callback_url": "https://user:pw-s3cret@hooks.example/k"}, "callback_url"),
+    ({"video_id": "v", "callback_url": "https://hooks.example/" + "k" * 2030}, "callback_url"),
+    ({"video_id": "v", "callback_url": "http://[::1/broken"}, "callback_url"),
 ]
 
 
@@ -407,6 +490,25 @@ async def test_bad_arguments_send_nothing(
     assert isinstance(caught.value, ValueError)
     assert "Nothing was sent" in str(caught.value)
     assert gateway.record.requests == []
+
+
+async def test_callback_url_refusals_do_not_quote_the_url(gateway: FakeKlingServer) -> None:
+    """A callback URL with a password is refused without showing the password."""
+    url = "https://hook-user:pw-s3cret@hooks.example/k"
+    async with gateway_client(gateway) as client:
+        with pytest.raises(InvalidArgumentError, match="user name or password") as caught:
+            await client.extend_video("v", task_id="p", callback_url=url)
+    assert "s3cret" not in str(caught.value) and "hook-user" not in str(caught.value)
+    assert gateway.record.create_count == 0
+
+
+async def test_a_callback_url_of_2048_characters_is_sent(gateway: FakeKlingServer) -> None:
+    """The longest callback URL allowed goes out as it is."""
+    base = "http://127.0.0.1:9/"  # nothing listens: the fake server's callbacks go nowhere
+    url = base + "k" * (2048 - len(base))
+    async with gateway_client(gateway) as client:
+        await client.extend_video("v", task_id="p", callback_url=url)
+    assert gateway.record.requests[0].body == {"video_id": "v", "task_id": "p", "callback_url": url}
 
 
 @pytest.mark.parametrize("task_id", ["", "  ", ".", ".."])
@@ -601,6 +703,15 @@ async def test_download_a_task_result(gateway: FakeKlingServer, tmp_path: Path) 
             expected = await answer.read()
     assert path == tmp_path / f"{task.videos[0].id}.mp4"
     assert path.read_bytes() == expected
+
+
+async def test_download_makes_a_missing_folder(gateway: FakeKlingServer, tmp_path: Path) -> None:
+    """download(task, "videos/") works before the folder exists, as the README shows."""
+    async with gateway_client(gateway) as client:
+        task = await client.extend_and_wait("vid-1", task_id="p-1")
+        path = await client.download(task, f"{tmp_path}/videos/")
+    assert path == tmp_path / "videos" / f"{task.videos[0].id}.mp4"
+    assert path.stat().st_size > 0
 
 
 async def test_download_of_an_unfinished_task_is_refused(gateway: FakeKlingServer) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from helpers import serve
 
 from kling_async import RetryPolicy
 from kling_async._clock import FakeClock
@@ -23,7 +23,6 @@ pytestmark = pytest.mark.anyio
 
 SIZE = 1_000_000
 AUTH = {"Authorization": "Bearer test-api-key"}
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
@@ -74,22 +73,6 @@ def file_requests(server: FakeKlingServer) -> list[str | None]:
 def range_starts(server: FakeKlingServer) -> list[int]:
     """Where each download request asked to start (0 without a Range header)."""
     return [int(h[len("bytes=") : -1]) if h else 0 for h in file_requests(server)]
-
-
-@asynccontextmanager
-async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
-    """A tiny aiohttp.web app on a free port; yields its base URL."""
-    app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_get(path, handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def cut_short(request: web.Request, declared: int, body: bytes, **headers: str) -> Any:
@@ -484,9 +467,17 @@ def test_target_path_puts_a_video_in_a_folder(tmp_path: Path) -> None:
     assert target_path(tmp_path / "mine.mp4", "abc") == tmp_path / "mine.mp4"
 
 
-def test_target_path_refuses_missing_folders_and_unsafe_ids(tmp_path: Path) -> None:
-    """A missing parent folder, or a video id that would leave the folder, is refused."""
-    with pytest.raises(DownloadError, match="does not exist"):
-        target_path(tmp_path / "nowhere" / "v.mp4", "abc")
+def test_target_path_makes_missing_folders(tmp_path: Path) -> None:
+    """A folder that does not exist yet is made, whether spelled as a folder or a file's."""
+    assert target_path(f"{tmp_path}/new/", "abc") == tmp_path / "new" / "abc.mp4"
+    assert target_path(tmp_path / "a" / "b" / "v.mp4", "abc") == tmp_path / "a" / "b" / "v.mp4"
+    assert (tmp_path / "new").is_dir() and (tmp_path / "a" / "b").is_dir()
+
+
+def test_target_path_refuses_unusable_folders_and_unsafe_ids(tmp_path: Path) -> None:
+    """A folder that cannot be made, or a video id that would leave the folder, is refused."""
+    (tmp_path / "taken").write_bytes(b"a file, not a folder")
+    with pytest.raises(DownloadError, match="could not make the folder"):
+        target_path(tmp_path / "taken" / "v.mp4", "abc")
     with pytest.raises(DownloadError, match="not a usable file name"):
         target_path(tmp_path, "../escape")

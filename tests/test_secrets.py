@@ -29,6 +29,18 @@ def _echoing_faults(secret: str) -> list[Fault]:
     ]
 
 
+def _official_client(server: FakeKlingServer, retry: RetryPolicy) -> KlingClient:
+    """A JWT client of an official fake server, its clock at the real time (tokens are dated)."""
+    return KlingClient(
+        access_key=ACCESS,
+        secret_key=SECRET,
+        base_url=server.url,
+        clock=FakeClock(time.time()),
+        retry=retry,
+        dialect="official",
+    )
+
+
 async def _collect(
     caplog: pytest.LogCaptureFixture, action: Callable[[], Awaitable[object]], texts: list[str]
 ) -> None:
@@ -59,14 +71,7 @@ async def test_no_secret_in_any_text(caplog: pytest.LogCaptureFixture) -> None:
     async with FakeKlingServer(
         dialect="official", api_key=None, access_key=ACCESS, secret_key=SECRET
     ) as official:
-        client = KlingClient(
-            access_key=ACCESS,
-            secret_key=SECRET,
-            base_url=official.url,
-            clock=FakeClock(time.time()),
-            retry=retry,
-            dialect="official",
-        )
+        client = _official_client(official, retry)
         async with client:
             texts.append(repr(client))
             await client.extend_video("v")
@@ -82,3 +87,75 @@ async def test_no_secret_in_any_text(caplog: pytest.LogCaptureFixture) -> None:
     assert "refused" in shown  # the echoing answers were really seen
     for secret in (API_KEY, SECRET, *tokens):
         assert secret not in shown
+
+
+def _locals_shown(exc: BaseException) -> str:
+    """The reprs of every local of every library frame in `exc`'s traceback and in those of
+    the exceptions chained to it, walking into containers, as ``--showlocals`` or an error
+    reporter that records locals would show them."""
+    shown: list[str] = []
+
+    def walk(value: object, depth: int) -> None:
+        shown.append(repr(value))
+        if depth == 0:
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, depth - 1)
+                walk(item, depth - 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                walk(item, depth - 1)
+
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename != __file__:  # the test's own frames hold keys
+                for value in tb.tb_frame.f_locals.values():
+                    walk(value, 3)
+            tb = tb.tb_next
+        pending += [current.__cause__, current.__context__]
+    return "\n".join(shown)
+
+
+async def test_no_secret_in_traceback_locals() -> None:
+    """No frame of a failed request's traceback holds a credential in its locals."""
+    failures: list[BaseException] = []
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01)
+    async with FakeKlingServer(dialect="gateway", api_key=API_KEY) as gateway:
+        client = KlingClient(api_key=API_KEY, base_url=gateway.url, retry=retry, clock=FakeClock())
+        async with client:
+            for fault in [*_echoing_faults(API_KEY), Fault.drop(), Fault.malformed()]:
+                gateway.faults.push(fault, times=2)
+                with pytest.raises(KlingError) as caught:
+                    await client.get_task("t-1")
+                failures.append(caught.value)
+                gateway.faults.clear()
+        url = gateway.url
+    client = KlingClient(api_key=API_KEY, base_url=url, retry=retry, clock=FakeClock())
+    async with client:
+        with pytest.raises(KlingError) as caught:  # the server is gone: connection refused
+            await client.get_task("t-1")
+        failures.append(caught.value)
+    async with FakeKlingServer(
+        dialect="official", api_key=None, access_key=ACCESS, secret_key=SECRET
+    ) as official:
+        client = _official_client(official, retry)
+        async with client:
+            official.faults.push(Fault.http_error(500, 5000, "down"), times=2)
+            with pytest.raises(KlingError) as caught:
+                await client.get_task("t-1")
+            failures.append(caught.value)
+            tokens = [r.headers["Authorization"].split()[1] for r in official.record.requests]
+    assert len(failures) == 8 and tokens
+    for failure in failures:
+        shown = _locals_shown(failure)
+        assert "Transport" in shown  # the transport's frame was walked
+        for secret in (API_KEY, SECRET, *tokens):
+            assert secret not in shown, f"{secret[:6]}... in the locals of {failure!r}"
