@@ -20,6 +20,7 @@ async def main() -> None:
             api_key="demo-key",
             base_url=server.url,
             poll=PollPolicy(initial_delay=0.05, min_interval=0.05, max_interval=0.2),
+            allow_private_downloads=True,  # the fake server serves its videos on 127.0.0.1
         )
         async with client:
             task = await client.extend_video("video-123", task_id="task-456", prompt="go on")

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 import anyio
 
 from . import __version__
+from ._addresses import is_loopback_url
 from ._chain_cli import (
     add_chain_command,
     chain_from_json,
@@ -255,6 +257,10 @@ def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
         for name in ("base_url", "dialect", "api_key", "access_key", "secret_key")
         if (value := getattr(args, name, None))
     }
+    base_url = overrides.get("base_url") or os.environ.get("KLING_BASE_URL") or ""
+    if is_loopback_url(base_url):
+        # A fake server on this machine serves its videos from this machine too.
+        settings.setdefault("allow_private_downloads", True)
     interval = getattr(args, "poll_interval", None)
     if interval is not None:
         if interval <= 0:
@@ -493,7 +499,13 @@ async def _demo(args: argparse.Namespace) -> int:
     ]
     async with server:
         key = "test-api-key"
-        client = KlingClient(api_key=key, base_url=server.url, dialect="gateway", poll=poll)
+        client = KlingClient(
+            api_key=key,
+            base_url=server.url,
+            dialect="gateway",
+            poll=poll,
+            allow_private_downloads=True,  # its videos are served on 127.0.0.1
+        )
         print(
             f"Extending {len(requests)} videos on a fake Kling server at {server.url} "
             f"(at most {args.concurrency} at a time)...",

@@ -66,9 +66,11 @@ from .chain import (
 )
 from .download import (
     EXPIRED_LINK_STATUSES,
+    PUBLIC_ONLY,
     DownloadError,
     DownloadProgress,
     download_file,
+    guarded_session,
     target_path,
 )
 from .errors import (
@@ -172,8 +174,13 @@ class KlingClient:
         lease: float | None = None,
         namespace: str = "default",
         list_reads: bool = True,
+        allow_private_downloads: bool = False,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
+        # Downloads reach public addresses only, through a session of their own whose resolver
+        # checks every address; allowed private ones go through the API's session.
+        self._download_rules = None if allow_private_downloads else PUBLIC_ONLY
+        self._download_session: aiohttp.ClientSession | None = None
         self.callbacks = callbacks
         self.base_url = _normalise_base_url(base_url or DEFAULT_BASE_URL)
         self.dialect = _choose_dialect(dialect, self.base_url)
@@ -306,6 +313,9 @@ class KlingClient:
         """
         try:
             await self._transport.close()
+            downloads, self._download_session = self._download_session, None
+            if downloads is not None:
+                await downloads.close()
         finally:
             if self.coordination is not None:
                 await self.coordination.close()
@@ -662,11 +672,14 @@ class KlingClient:
     ) -> Path:
         """Download a result video to `dest` (a folder, or the file's path); return the path.
 
-        Given a task, its first video is downloaded (the task must have succeeded). The file
-        appears under its final name only when complete; a cut connection resumes where it
-        stopped. Result URLs expire: given a task, a link answered 403, 404 or 410 is
-        refreshed by reading the task again, and the download tried once more (a `Video`
-        alone has no task to read).
+        Given a task, its first video is downloaded (the task must have succeeded); a missing
+        folder is made. The file appears under its final name only when complete; a cut
+        connection resumes where it stopped. Result URLs expire: given a task, a link answered
+        403, 404 or 410 is refreshed by reading the task again, and the download tried once
+        more (a `Video` alone has no task to read). Unless the client was made with
+        ``allow_private_downloads=True``, a URL (or a redirect) that leads to a loopback,
+        private, link-local or otherwise non-public address is refused before connecting,
+        with a `DownloadError`.
 
         >>> path = await client.download(task, "videos/")  # doctest: +SKIP
         """
@@ -686,12 +699,13 @@ class KlingClient:
 
         async def fetch(url: str) -> Path:
             return await download_file(
-                self._transport.session,
+                self._downloads(),
                 url,
                 path,
                 retry=self.retry,
                 clock=self._clock,
                 on_progress=on_progress,
+                addresses=self._download_rules,
             )
 
         try:
@@ -702,6 +716,15 @@ class KlingClient:
             fresh = await self._fresh_link(task, video, exc)
         log.info("the link of video %s had expired; retrying with a fresh one", video.id)
         return await fetch(fresh.url)
+
+    def _downloads(self) -> aiohttp.ClientSession:
+        """The session downloads go through (its own, made on first use, when checked)."""
+        shared = self._transport.session  # refuses when the client is closed
+        if self._download_rules is None:
+            return shared
+        if self._download_session is None:
+            self._download_session = guarded_session(self._download_rules)
+        return self._download_session
 
     async def _fresh_link(self, task: Task, video: Video, error: DownloadError) -> Video:
         """`video` as `task` describes it now; the download's error when it is gone."""

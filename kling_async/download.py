@@ -7,6 +7,12 @@ flushed to disk, so nothing ever sees half a video under the final name. A cut c
 resumes where it stopped with a ``Range`` request; a server that ignores ranges makes the file
 start again from zero. Writes run in a worker thread, a chunk at a time, so neither the event
 loop nor memory notices the size of the video.
+
+A result URL comes from a server, so it may not lead this process to its own machine or
+network: every hop's host is checked before connecting (see `_addresses`). A file server that
+compresses the file although it was asked not to has its gzip or deflate decoded (and a cut is
+then resumed from zero, since its ranges count compressed bytes); any other encoding is
+refused. Either way the bytes on disk are the video's.
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import os
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
 import anyio
 import anyio.to_thread
 import attrs
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from ._addresses import AddressRefusedError, AddressRules, CheckingResolver
 from ._clock import Clock
 from ._transport import parse_retry_after
 from .errors import InvalidArgumentError, KlingError
@@ -33,9 +42,11 @@ from .policies import RetryPolicy
 
 __all__ = [
     "EXPIRED_LINK_STATUSES",
+    "PUBLIC_ONLY",
     "DownloadError",
     "DownloadProgress",
     "download_file",
+    "guarded_session",
     "target_path",
 ]
 
@@ -68,6 +79,15 @@ EXPIRED_LINK_STATUSES = frozenset({403, 404, 410})
 #: What a permanent 4xx answer means for a result URL.
 _HINTS: Mapping[int, str] = {401: _EXPIRED, 403: _EXPIRED, 404: _EXPIRED, 410: _EXPIRED}
 _OTHER_4XX = "The same request will fail again; check the URL."
+_PRIVATE = (
+    "Downloads go only to public addresses, so that a result URL cannot reach this machine or "
+    "its network. For a fake server on this machine or a private network, make the client with "
+    "KlingClient(allow_private_downloads=True)."
+)
+#: Content encodings decoded here (zlib reads both gzip and zlib-wrapped deflate).
+_INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
+#: The rules for public downloads: no loopback, private, link-local, ... address.
+PUBLIC_ONLY = AddressRules()
 _LATER = "The file server may be down or the URL expired; try again later, or read the task again."
 
 
@@ -158,24 +178,31 @@ async def download_file(
     on_progress: Callable[[DownloadProgress], object] | None = None,
     chunk_size: int = 256 * 1024,
     max_redirects: int = 5,
+    addresses: AddressRules | None = PUBLIC_ONLY,
 ) -> Path:
     """Download `url` to the file `dest` and return `dest`.
 
     Only ``http`` and ``https`` URLs are fetched, and redirects are followed here (at most
-    `max_redirects`), never to another scheme. A dropped connection, a timeout, a 5xx, a 408
-    or a 429 is retried under `retry`, waiting on `clock`; the download resumes from the last
-    byte received. `max_attempts` counts attempts in a row that brought no new byte, so a
-    flaky link that keeps delivering finishes. `timeout` bounds connecting and each wait for
-    more bytes, not the whole download (wrap the call in ``anyio.fail_after`` for that).
-    `on_progress` hears of every chunk; keep it quick.
+    `max_redirects`), never to another scheme. Unless `addresses` is None, each hop's host is
+    checked against it before connecting, and `session` must come from `guarded_session` so
+    that names are checked as they resolve; a refused host is a `DownloadError`.
+
+    A dropped connection, a timeout, a 5xx, a 408 or a 429 is retried under `retry`, waiting
+    on `clock`; the download resumes from the last byte received. `max_attempts` counts
+    attempts in a row that brought no new byte, so a flaky link that keeps delivering
+    finishes. `timeout` bounds connecting and each wait for more bytes, not the whole download
+    (wrap the call in ``anyio.fail_after`` for that). `on_progress` hears of every chunk; keep
+    it quick.
 
     Raises `DownloadError` for any failure; then, as on cancellation, no file is left behind.
 
     Example::
 
-        path = await download_file(
-            session, video.url, Path(f"{video.id}.mp4"), retry=RetryPolicy(), clock=SystemClock()
-        )
+        async with guarded_session() as session:
+            path = await download_file(
+                session, video.url, Path(f"{video.id}.mp4"), retry=RetryPolicy(),
+                clock=SystemClock(),
+            )
     """
     dest = Path(dest)
     _check_numbers(timeout, chunk_size, max_redirects)
@@ -194,6 +221,7 @@ async def download_file(
         on_progress=on_progress,
         chunk_size=chunk_size,
         max_redirects=max_redirects,
+        addresses=addresses,
     )
     try:
         await job.run()
@@ -203,6 +231,18 @@ async def download_file(
         raise
     log.debug("downloaded %s to %s (%d bytes)", shown, dest, job.received)
     return dest
+
+
+def guarded_session(
+    rules: AddressRules = PUBLIC_ONLY, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """A session for downloads whose resolver refuses names with an address `rules` refuse.
+
+    It ignores proxy settings of the environment: a proxy would resolve names unchecked.
+    `resolver` (the system's by default) answers the lookups that are then checked.
+    """
+    checking = CheckingResolver(rules, resolver)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=checking))
 
 
 class _Retry(Exception):  # noqa: N818 - a signal inside this module, not an error for users
@@ -237,6 +277,7 @@ class _Download:
     on_progress: Callable[[DownloadProgress], object] | None
     chunk_size: int
     max_redirects: int
+    addresses: AddressRules | None
     received: int = 0
     total: int | None = None
     #: An ETag or Last-Modified, sent back as ``If-Range`` so a changed file restarts.
@@ -291,10 +332,13 @@ class _Download:
         try:
             async with self._open() as response:
                 if await self._accept(response):
-                    async for chunk in response.content.iter_chunked(self.chunk_size):
-                        await self.part.write(chunk)
-                        self.received += len(chunk)
-                        self._report()
+                    await self._store(response)
+        except AddressRefusedError as exc:
+            reason = f"refused to connect to {exc.host}: {exc.reason}"
+            raise self._error(reason, None, _PRIVATE) from None
+        except zlib.error as exc:
+            # The next attempt asks for the whole file again (ranges are off for it).
+            raise _Retry(f"the compressed answer could not be decoded ({exc})") from None
         except _TRANSIENT_ERRORS as exc:
             raise _Retry(f"{type(exc).__name__} ({_scrub(str(exc)) or 'no detail'})") from None
         except aiohttp.ClientError as exc:
@@ -302,12 +346,46 @@ class _Download:
             raise self._error(f"{type(exc).__name__} ({detail})", None, "") from None
         return self._finished()
 
+    async def _store(self, response: aiohttp.ClientResponse) -> None:
+        """Write the body to the part file, decoded when the server compressed it."""
+        inflater = self._inflater(response)
+        async for chunk in response.content.iter_chunked(self.chunk_size):
+            for piece in inflater.pieces(chunk) if inflater else (chunk,):
+                await self._keep(piece)
+        if inflater is not None:
+            await self._keep(inflater.rest())
+            if not inflater.complete:
+                raise _Retry("the compressed answer ended before its end")
+
+    async def _keep(self, piece: bytes) -> None:
+        if piece:
+            await self.part.write(piece)
+            self.received += len(piece)
+            self._report()
+
+    def _inflater(self, response: aiohttp.ClientResponse) -> _Inflater | None:
+        """A decoder for a gzip or deflate body, None for a plain one; refuses the rest."""
+        encodings = _encodings(response)
+        if not encodings:
+            return None
+        if len(encodings) > 1 or encodings[0] not in _INFLATED:
+            raise self._error(
+                f"the server sent the file encoded as {', '.join(encodings)}, which is not "
+                "decoded here, although it was asked for the file unencoded",
+                response.status,
+                "Ask the file server's operator to serve it as it is, or download it with "
+                "another tool.",
+            )
+        return _Inflater(self.chunk_size)
+
     @contextlib.asynccontextmanager
     async def _open(self) -> AsyncIterator[aiohttp.ClientResponse]:
         """The answer to a GET, after following redirects that stay on http(s)."""
         headers = self._headers()
         url = self.url
         for _ in range(self.max_redirects + 1):
+            if self.addresses is not None and url.raw_host:
+                self.addresses.check_host(url.raw_host)
             async with self.session.get(
                 url,
                 headers=headers,
@@ -366,6 +444,10 @@ class _Download:
             await self._from_start(response)
             return True
         if status == 206:
+            if _encodings(response):
+                # Its offsets count compressed bytes: they cannot extend a decoded file.
+                self.use_ranges = False
+                raise _Retry("the server sent a compressed part of the file; starting over")
             self._resume(response)
             return True
         if status == 416 and self.received:
@@ -382,7 +464,11 @@ class _Download:
         raise self._error(f"the server answered HTTP {status}", status, hint)
 
     async def _from_start(self, response: aiohttp.ClientResponse) -> None:
-        self.total = response.content_length
+        encoded = bool(_encodings(response))
+        # A compressed answer's length is not the file's, and its ranges count compressed
+        # bytes: a cut is resumed from zero.
+        self.total = None if encoded else response.content_length
+        self.use_ranges = self.use_ranges and not encoded
         self.validator = _validator(response.headers)
         if self.received:
             log.info("%s sent the whole file again; starting over", self.shown)
@@ -566,3 +652,36 @@ def _validator(headers: Mapping[str, str]) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return headers.get("Last-Modified")
+
+
+def _encodings(response: aiohttp.ClientResponse) -> list[str]:
+    """The content codings of an answer, outermost last, without ``identity``."""
+    header = response.headers.get("Content-Encoding", "")
+    names = (name.strip().lower() for name in header.split(","))
+    return [name for name in names if name and name != "identity"]
+
+
+class _Inflater:
+    """Decodes a gzip or zlib stream as it arrives, `limit` bytes at most at a time, so a
+    small compressed chunk cannot become a large piece of memory."""
+
+    def __init__(self, limit: int) -> None:
+        self._stream = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header
+        self._limit = limit
+
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while data and not self._stream.eof:
+            piece = self._stream.decompress(data, self._limit)
+            if piece:
+                yield piece
+            data = self._stream.unconsumed_tail
+
+    def rest(self) -> bytes:
+        """What the stream still holds once all its input arrived."""
+        return self._stream.flush()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream's end (and checksum) arrived."""
+        return self._stream.eof

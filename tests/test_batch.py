@@ -270,7 +270,7 @@ async def test_batch_downloads_results_as_tasks_finish(
     server: FakeKlingServer, tmp_path: Path
 ) -> None:
     """With download_to, each succeeded task's video is on disk when its outcome arrives."""
-    async with client_for(server) as client:
+    async with client_for(server, allow_private_downloads=True) as client:
         async for outcome in client.extend_many(requests(5), concurrency=3, download_to=tmp_path):
             assert outcome.ok
             assert outcome.error is None

@@ -25,6 +25,7 @@ from kling_async import (
     APIError,
     AuthenticationError,
     ConfigurationError,
+    DownloadError,
     InsufficientBalanceError,
     InvalidArgumentError,
     KlingClient,
@@ -696,7 +697,7 @@ async def test_errors_leave_the_client_block_unwrapped(gateway: FakeKlingServer)
 
 async def test_download_a_task_result(gateway: FakeKlingServer, tmp_path: Path) -> None:
     """client.download writes the task's video under its id, byte for byte."""
-    async with gateway_client(gateway) as client:
+    async with gateway_client(gateway, allow_private_downloads=True) as client:
         task = await client.extend_and_wait("vid-1", task_id="p-1")
         path = await client.download(task, tmp_path)
         async with client._transport.session.get(task.videos[0].url) as answer:
@@ -707,11 +708,24 @@ async def test_download_a_task_result(gateway: FakeKlingServer, tmp_path: Path) 
 
 async def test_download_makes_a_missing_folder(gateway: FakeKlingServer, tmp_path: Path) -> None:
     """download(task, "videos/") works before the folder exists, as the README shows."""
-    async with gateway_client(gateway) as client:
+    async with gateway_client(gateway, allow_private_downloads=True) as client:
         task = await client.extend_and_wait("vid-1", task_id="p-1")
         path = await client.download(task, f"{tmp_path}/videos/")
     assert path == tmp_path / "videos" / f"{task.videos[0].id}.mp4"
     assert path.stat().st_size > 0
+
+
+async def test_downloads_from_private_addresses_need_the_opt_in(
+    gateway: FakeKlingServer, tmp_path: Path
+) -> None:
+    """By default a result on 127.0.0.1 is refused before connecting, naming the opt-in."""
+    async with gateway_client(gateway) as client:
+        task = await client.extend_and_wait("vid-1", task_id="p-1")
+        with pytest.raises(DownloadError, match=r"refused to connect to 127\.0\.0\.1") as caught:
+            await client.download(task, tmp_path)
+    assert "allow_private_downloads=True" in str(caught.value)
+    assert not [r for r in gateway.record.requests if r.path.startswith("/files/")]
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_download_of_an_unfinished_task_is_refused(gateway: FakeKlingServer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import ipaddress
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +14,20 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
-from helpers import serve
+from helpers import FakeResolver, serve
+from yarl import URL
 
 from kling_async import RetryPolicy
+from kling_async._addresses import AddressRules
 from kling_async._clock import FakeClock
-from kling_async.download import DownloadError, DownloadProgress, download_file, target_path
+from kling_async.download import (
+    PUBLIC_ONLY,
+    DownloadError,
+    DownloadProgress,
+    download_file,
+    guarded_session,
+    target_path,
+)
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -50,8 +61,10 @@ def file_url(server: FakeKlingServer, video_id: str = "v1") -> str:
 async def fetch(
     session: aiohttp.ClientSession, url: str, dest: Path, clock: FakeClock, **kwargs: Any
 ) -> Path:
-    """download_file with a fake clock and a short retry policy."""
+    """download_file with a fake clock and a short retry policy; private addresses (the fake
+    server's 127.0.0.1) allowed unless `addresses` says otherwise."""
     kwargs.setdefault("retry", RetryPolicy(max_attempts=3))
+    kwargs.setdefault("addresses", None)
     return await download_file(session, url, dest, clock=clock, **kwargs)
 
 
@@ -481,3 +494,184 @@ def test_target_path_refuses_unusable_folders_and_unsafe_ids(tmp_path: Path) -> 
         target_path(tmp_path / "taken" / "v.mp4", "abc")
     with pytest.raises(DownloadError, match="not a usable file name"):
         target_path(tmp_path, "../escape")
+
+
+# -- compressed answers -----------------------------------------------------------------------
+
+
+async def test_gzip_answer_is_saved_decoded(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A file sent gzip-encoded although identity was asked is saved as the video's bytes."""
+    server.faults.push(Fault.gzip_encoded(), path_contains="/files")
+    dest = await fetch(session, file_url(server), tmp_path / "v1.mp4", clock)
+    assert file_requests(server) == [None]
+    assert server.record.requests[0].headers["Accept-Encoding"] == "identity"
+    assert dest.read_bytes() == await plain_get(session, file_url(server))
+
+
+async def test_gzip_answer_to_a_resume_starts_over(
+    session: aiohttp.ClientSession, server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A compressed partial answer (its range counts compressed bytes) is not appended: the
+    download starts over without Range and decodes the whole file."""
+    server.faults.push(Fault.drop_mid_stream(200_000), path_contains="/files")
+    server.faults.push(Fault.gzip_encoded(), path_contains="/files", times=2)
+    dest = await fetch(session, file_url(server), tmp_path / "v1.mp4", clock)
+    first, resumed, again = file_requests(server)
+    assert first is None and resumed is not None and again is None
+    assert dest.read_bytes() == await plain_get(session, file_url(server))
+    assert leftovers(tmp_path) == ["v1.mp4"]
+
+
+async def test_cut_gzip_answer_restarts_from_zero(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A gzip answer cut short is asked for again whole, never resumed with Range."""
+    data = bytes(range(256)) * 400
+    packed = gzip.compress(data)
+    seen: list[str | None] = []
+
+    async def compresses(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        headers = {"Content-Encoding": "gzip"}
+        if len(seen) == 1:
+            return await cut_short(request, len(packed), packed[: len(packed) // 2], **headers)
+        return web.Response(body=packed, headers=headers)
+
+    async with serve({"/v.mp4": compresses}) as base:
+        dest = await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert seen == [None, None]
+    assert dest.read_bytes() == data
+
+
+async def test_unknown_encoding_is_refused(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """An encoding not decoded here (brotli) is a clear error; nothing is kept."""
+
+    async def brotli(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"\x1b\x00\x00", headers={"Content-Encoding": "br"})
+
+    async with serve({"/v.mp4": brotli}) as base:
+        with pytest.raises(DownloadError, match="encoded as br, which is not decoded here"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock)
+    assert leftovers(tmp_path) == []
+
+
+# -- addresses ----------------------------------------------------------------------------
+
+#: The rules of a public download, except that 127.0.0.1 counts as public: it stands for a CDN.
+LOCAL_CDN = AddressRules(trusted=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
+def tracing_session(seen: list[str], **kwargs: Any) -> aiohttp.ClientSession:
+    """A guarded session that notes each request it starts and each connection it makes."""
+
+    async def on_start(_: object, __: object, params: aiohttp.TraceRequestStartParams) -> None:
+        seen.append(f"GET {params.url}")
+
+    async def on_connected(*_: object) -> None:
+        seen.append("connected")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    trace.on_connection_create_end.append(on_connected)
+    session = guarded_session(**kwargs)
+    session._trace_configs.append(trace)
+    trace.freeze()
+    return session
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1/v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://2130706433/v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://0x7f.1/v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://0177.0.0.1/v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://127.1:8080/v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://127.0.0.1./v.mp4", "127.0.0.1 is a loopback address"),
+        ("http://[::1]/v.mp4", "::1 is a loopback address"),
+        ("http://[::ffff:127.0.0.1]/v.mp4", "carrying 127.0.0.1, a loopback address"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local \\(cloud metadata\\)"),
+        ("https://10.0.0.8/v.mp4", "10.0.0.8 is a private address"),
+        ("http://100.100.100.200/v.mp4", "a shared \\(CGNAT\\) address"),
+        ("http://[fd00::1]/v.mp4", "a unique-local address"),
+    ],
+)
+async def test_private_addresses_are_refused_before_connecting(
+    url: str, shown: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A URL whose host spells a non-public address fails before any request is made."""
+    started: list[str] = []
+    async with tracing_session(started) as session:
+        with pytest.raises(DownloadError, match=shown) as caught:
+            await fetch(session, url, tmp_path / "v.mp4", clock, addresses=PUBLIC_ONLY)
+    assert "allow_private_downloads=True" in str(caught.value)
+    assert started == [] and clock.sleeps == []
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused(
+    server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A name is judged by every address it resolves to; the server never hears of it."""
+    port = URL(server.url).port
+    resolver = FakeResolver({"cdn.test": ["93.184.216.34", "127.0.0.1"]})
+    async with guarded_session(resolver=resolver) as session:
+        shown = r"cdn\.test: it resolves to 127\.0\.0\.1, a loopback"
+        with pytest.raises(DownloadError, match=shown):
+            await fetch(
+                session,
+                f"http://cdn.test:{port}/files/v1.mp4",
+                tmp_path / "v.mp4",
+                clock,
+                addresses=PUBLIC_ONLY,
+            )
+    assert resolver.asked == ["cdn.test"]
+    assert file_requests(server) == [] and clock.sleeps == []
+
+
+async def test_a_name_is_connected_to_at_its_checked_address(
+    server: FakeKlingServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A name whose addresses pass is fetched from the address that was checked."""
+    port = URL(server.url).port
+    resolver = FakeResolver({"cdn.test": ["127.0.0.1"]})
+    async with guarded_session(LOCAL_CDN, resolver) as session:
+        url = f"http://cdn.test:{port}/files/v1.mp4"
+        dest = await fetch(session, url, tmp_path / "v1.mp4", clock, addresses=LOCAL_CDN)
+        assert dest.read_bytes() == await plain_get(session, file_url(server))
+    assert resolver.asked == ["cdn.test"]
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254: 169.254.169.254 is a"),
+        ("http://0xa9fea9fe/latest/meta-data/", "0xa9fea9fe: 169.254.169.254 is a link-local"),
+        ("http://[::ffff:10.0.0.1]:80/v.mp4", "carrying 10.0.0.1, a private address"),
+        ("http://metadata.test/computeMetadata/v1/", "metadata.test: it resolves to 169.254"),
+    ],
+)
+async def test_redirects_to_private_addresses_are_refused(
+    target: str, shown: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Every redirect hop is checked as the first one is: spelt out or resolved."""
+    resolver = FakeResolver({"metadata.test": ["169.254.169.254"]})
+
+    async def to_metadata(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(target)
+
+    seen: list[str] = []
+    async with (
+        serve({"/v.mp4": to_metadata}) as base,
+        tracing_session(seen, rules=LOCAL_CDN, resolver=resolver) as session,
+    ):
+        with pytest.raises(DownloadError, match=shown) as caught:
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock, addresses=LOCAL_CDN)
+    assert "allow_private_downloads=True" in str(caught.value)
+    assert seen[:2] == [f"GET {base}/v.mp4", "connected"]
+    assert seen[2:] in ([], [f"GET {target}"])  # a name is refused as it resolves
+    assert leftovers(tmp_path) == []

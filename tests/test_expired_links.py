@@ -18,7 +18,7 @@ START = 1_800_000_000.0
 
 
 def client_of(server: FakeKlingServer) -> KlingClient:
-    return KlingClient(api_key=KEY, base_url=server.url, poll=QUICK)
+    return KlingClient(api_key=KEY, base_url=server.url, poll=QUICK, allow_private_downloads=True)
 
 
 def file_gets(server: FakeKlingServer) -> list[int | None]:

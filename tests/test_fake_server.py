@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -696,6 +697,36 @@ async def test_drop_mid_stream(video_server: tuple[FakeKlingServer, str]) -> Non
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
     assert server.record.requests[-1].fault == "drop_mid_stream"
+
+
+@pytest.mark.anyio
+async def test_gzip_encoded_file(video_server: tuple[FakeKlingServer, str]) -> None:
+    """Fault.gzip_encoded sends the file gzip-compressed; a range counts compressed bytes."""
+    server, url = video_server
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            whole = await response.read()
+        server.faults.push(Fault.gzip_encoded(), path_contains="/files/", times=2)
+        plain = {"Accept-Encoding": "identity"}
+        async with session.get(url, headers=plain, auto_decompress=False) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            packed = await response.read()
+        assert gzip.decompress(packed) == whole
+        ranged = {**plain, "Range": "bytes=10-"}
+        async with session.get(url, headers=ranged, auto_decompress=False) as response:
+            assert response.status == 206
+            assert response.headers["Content-Range"] == f"bytes 10-{len(packed) - 1}/{len(packed)}"
+            assert await response.read() == packed[10:]
+    assert server.faults.pending == 0
+
+
+@pytest.mark.anyio
+async def test_gzip_fault_is_left_for_files() -> None:
+    """A gzip fault pushed without a path is not consumed by API requests."""
+    async with FakeKlingServer() as server, aiohttp.ClientSession() as session:
+        server.faults.push(Fault.gzip_encoded())
+        await call(session, "GET", f"{server.url}/kling/v1/videos/video-extend/nothing")
+    assert server.faults.pending == 1
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ ORDER = [
     "auth",
     "journal",
     "_transport",
+    "_addresses",
     "watcher",
     "_listed",
     "batch",

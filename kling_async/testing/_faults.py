@@ -11,8 +11,10 @@ from dataclasses import dataclass
 ANSWER_FAULTS = frozenset(
     {"http_error", "rate_limited", "html", "gateway_error", "openai_error"},
 )
+# Faults that only mean something for a download.
+_FILE_ONLY = frozenset({"drop_mid_stream", "gzip_encoded"})
 # Faults that mean something for a download; the rest would need an API answer to act on.
-_FILE_FAULTS = ANSWER_FAULTS | {"drop", "delay", "drop_mid_stream"}
+_FILE_FAULTS = ANSWER_FAULTS | _FILE_ONLY | {"drop", "delay"}
 # Faults that change how a single-task GET describes the task.
 TASK_FAULTS = frozenset({"status", "stale", "no_videos"})
 
@@ -122,13 +124,20 @@ class Fault:
             raise ValueError("after_bytes cannot be negative")
         return cls("drop_mid_stream", after_bytes=after_bytes)
 
+    @classmethod
+    def gzip_encoded(cls) -> Fault:
+        """On a file download, send the file gzip-compressed (``Content-Encoding: gzip``)
+        although the client asked for it unencoded; a ``Range`` then counts compressed bytes,
+        as HTTP says it must."""
+        return cls("gzip_encoded")
+
     def applies_to(self, method: str, *, is_file: bool) -> bool:
         """Whether this fault means anything for such a request (others never consume it)."""
         if is_file:
             return self.name in _FILE_FAULTS
         if self.name in TASK_FAULTS:
             return method == "GET"
-        return self.name != "drop_mid_stream"
+        return self.name not in _FILE_ONLY
 
 
 @dataclass(slots=True)

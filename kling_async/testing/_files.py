@@ -1,7 +1,8 @@
-"""Result video bytes: deterministic content, single byte ranges, drops mid-stream."""
+"""Result video bytes: deterministic content, single byte ranges, drops mid-stream, gzip."""
 
 from __future__ import annotations
 
+import gzip
 import random
 import re
 import struct
@@ -54,17 +55,28 @@ def _headers(size: int, span: tuple[int, int] | None) -> tuple[int, dict[str, st
     return 206, headers
 
 
+@lru_cache(maxsize=8)
+def gzipped(data: bytes) -> bytes:
+    """``data`` gzip-compressed, the same bytes every time (no timestamp)."""
+    return gzip.compress(data, mtime=0)
+
+
 async def serve_video(
-    request: web.Request, data: bytes, drop_after: int | None
+    request: web.Request, data: bytes, drop_after: int | None, *, encode: bool = False
 ) -> tuple[web.StreamResponse, int]:
     """Send ``data`` honouring ``Range``; with ``drop_after``, cut the connection after that
-    many body bytes. Returns the response and the status it carried."""
+    many body bytes; with ``encode``, send it gzip-compressed (ranges count compressed bytes).
+    Returns the response and the status it carried."""
+    if encode:
+        data = gzipped(data)
     span = byte_range(request.headers.get("Range"), len(data))
     if span == "none":
         headers = {"Content-Range": f"bytes */{len(data)}", "Accept-Ranges": "bytes"}
         return web.Response(status=416, headers=headers), 416
     chosen = span if isinstance(span, tuple) else None
     status, headers = _headers(len(data), chosen)
+    if encode:
+        headers["Content-Encoding"] = "gzip"
     payload = data if chosen is None else data[chosen[0] : chosen[1] + 1]
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)

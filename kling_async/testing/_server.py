@@ -54,7 +54,12 @@ class FakeKlingServer:
 
     Auth: a gateway with ``api_key=None`` accepts any key; an official server with neither
     ``api_key`` nor ``access_key`` accepts anything. An official server with both accepts the
-    static key and JWTs. Result videos are served unauthenticated under ``{url}/files/``.
+    static key and JWTs. Result videos are served unauthenticated under ``{url}/files/``, on
+    127.0.0.1: a client downloads them only when made with ``allow_private_downloads=True``.
+
+    >>> async with FakeKlingServer() as server:  # doctest: +SKIP
+    ...     client = KlingClient(api_key="test-api-key", base_url=server.url,
+    ...                          allow_private_downloads=True)
     """
 
     def __init__(
@@ -317,6 +322,7 @@ class FakeKlingServer:
             fault.after_bytes if fault is not None and fault.name == "drop_mid_stream" else None
         )
         data = video_bytes(video_id, self._video_size)
-        response, status = await serve_video(request, data, drop_after)
+        encode = fault is not None and fault.name == "gzip_encoded"
+        response, status = await serve_video(request, data, drop_after, encode=encode)
         note.status = None if drop_after is not None else status
         return response

@@ -1,6 +1,8 @@
 """Pytest fixtures for the fake Kling server (registered as the ``kling_async`` plugin).
 
 Both fixtures are async: use them from tests run by the anyio plugin (``@pytest.mark.anyio``).
+The servers listen on 127.0.0.1, so a client that downloads their videos is made with
+``KlingClient(..., base_url=server.url, allow_private_downloads=True)``.
 """
 
 from __future__ import annotations
