@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +23,11 @@ _SECRET_SHAPES = re.compile(
     r"|Bearer\s+(?!<hidden>)\S+"  # a bearer token that was not scrubbed
     r"|test-api-key|sk-[\w-]{6,}|whsec_\w+"
 )
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every command it starts: the tests that press Ctrl-C on the CLI need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _Collector(logging.Handler):
