@@ -40,7 +40,7 @@ from kling_async import (
     TransportError,
 )
 from kling_async._clock import FakeClock, SystemClock
-from kling_async.testing import FakeKlingServer, Fault
+from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
 
@@ -552,10 +552,16 @@ async def test_every_request_takes_one_slot_of_the_rate_limit(
     assert limiter.asked == len(gateway.record.requests) > 3 + 3
 
 
-async def test_watched_snapshots_share_their_keys(gateway: FakeKlingServer) -> None:
+async def test_watched_snapshots_share_their_keys() -> None:
     """What a watcher holds between polls equals the task as read, with keys shared
     between watchers (thousands of held snapshots need not each own their key strings)."""
-    async with gateway_client(gateway) as client:
+    # Real-time tasks (processing at once, done in two minutes): none can finish between the
+    # watchers' reads and the last one, however slowly a loaded machine runs the test.
+    durations = Durations(submitted_for=0.0)
+    async with (
+        FakeKlingServer(dialect="gateway", api_key=KEY, speed=1.0, durations=durations) as gateway,
+        gateway_client(gateway) as client,
+    ):
         tasks = [await client.extend_video(f"vid-{n}", task_id="p-1") for n in range(2)]
         watchers = [client.watch(task) for task in tasks]
         for watcher in watchers:
