@@ -5,18 +5,25 @@ create, only when the server surely made nothing: the connection was never opene
 server refused it with a 4xx in its own error format (a rate limit). Anything else (a
 timeout or a disconnect after sending, any 5xx, an unreadable 200) is raised for the caller
 to resolve, because sending the create again could pay for the same extension twice.
+
+A create is also never abandoned half-way: once sent, its answer is awaited even when the
+caller is cancelled meanwhile (the request timeout bounds the wait), and handed to whoever
+asked for it, since it may name a task that is already paid for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import anyio
 import attrs
 
 from ._clock import Clock
@@ -34,7 +41,7 @@ from .errors import (
 )
 from .policies import RetryPolicy
 
-__all__ = ["Transport", "surely_not_created"]
+__all__ = ["Abandoned", "Transport", "surely_not_created"]
 
 log = logging.getLogger("kling_async")
 
@@ -53,6 +60,10 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 #: tasks at most) about half a MiB, so 4 MiB is generous; past it the answer is not one this
 #: client can use, and reading it whole would let a broken proxy fill the process's memory.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+#: Hears the answer of a create whose caller was cancelled while it was in flight: the
+#: envelope's data on success (then the error is None), else the error.
+Abandoned = Callable[[Any, "APIError | TransportError | None"], object]
 
 
 def surely_not_created(exc: BaseException) -> bool:
@@ -127,12 +138,15 @@ class Transport:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[Exception], object] | None = None,
         paced: bool = False,
+        on_abandoned: Abandoned | None = None,
     ) -> Any:
         """Send until success or a final failure; return the envelope's `data`.
 
         `resend_safe=False` marks a request that must not be repeated once it may have reached
         the server (a create): then only failures for which `surely_not_created` holds are
-        retried, and any other failure is raised as it is. `on_retry(error)` hears of each
+        retried, and any other failure is raised as it is. Each attempt of such a request runs
+        to its answer even if the caller is cancelled meanwhile; the answer then goes to
+        `on_abandoned` and the cancellation goes on. `on_retry(error)` hears of each
         retry before its wait. `paced=True` says the caller already waited for the first
         attempt's slot of the rate limiter; any further attempt waits for its own.
         """
@@ -145,34 +159,29 @@ class Transport:
             if self.limiter is not None and not slot_taken:
                 await self.limiter.acquire()
             slot_taken = False
-            # The exchange is written out here rather than in a helper coroutine: this is the
-            # path of every poll, and each coroutine layer costs every resumption a frame.
             try:
-                async with self.session.request(
-                    method,
-                    self.base_url + path,
-                    json=body,
-                    params=params,
-                    # Made inside the call, never held in a local of this frame: tracebacks
-                    # that record locals (pytest --showlocals, error reporters) would show it.
-                    headers={
-                        "Authorization": self.auth.authorization(),
-                        "Accept": "application/json",
-                    },
-                    timeout=self._client_timeout,
-                ) as response:
-                    return self._interpret(
-                        response.status,
-                        response.headers,
-                        # Not kept in a local either: the body may quote a credential back.
-                        await response.read()
-                        if _known_to_fit(response, method, path)
-                        else await _read_capped(response, method, path),
-                    )
+                if not resend_safe:
+                    exchange = self._attempt(method, path, body, params)
+                    data = await _to_the_answer(exchange, on_abandoned)
+                else:
+                    # The exchange is written out here rather than in a helper coroutine: this
+                    # is the path of every poll, and each coroutine layer costs every
+                    # resumption a frame.
+                    async with self._open(method, path, body, params) as response:
+                        data = self._interpret(
+                            response.status,
+                            response.headers,
+                            # Not kept in a local: the body may quote a credential back.
+                            await response.read()
+                            if _known_to_fit(response, method, path)
+                            else await _read_capped(response, method, path),
+                        )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 error: APIError | TransportError = self._transport_error(method, path, exc)
             except (APIError, TransportError) as exc:
                 error = exc
+            else:
+                return data
             if _needs_new_token(error) and not refreshed:
                 self.auth.invalidate()
                 refreshed = True
@@ -192,6 +201,45 @@ class Transport:
                 on_retry(error)
             del error  # its traceback holds this frame: a cycle, were the retry to succeed
             await self.clock.sleep(wait)
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The request, to be entered with ``async with`` (a call, not a coroutine layer)."""
+        return self.session.request(
+            method,
+            self.base_url + path,
+            json=body,
+            params=params,
+            # Made inside the call, never held in a local: tracebacks that record locals
+            # (pytest --showlocals, error reporters) would show it.
+            headers={"Authorization": self.auth.authorization(), "Accept": "application/json"},
+            timeout=self._client_timeout,
+        )
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str | int] | None,
+    ) -> Any:
+        """One exchange of a request that must not be cut short, its failure mapped."""
+        try:
+            async with self._open(method, path, body, params) as response:
+                return self._interpret(
+                    response.status,
+                    response.headers,
+                    await response.read()
+                    if _known_to_fit(response, method, path)
+                    else await _read_capped(response, method, path),
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(method, path, exc) from None
 
     def _wait_before_retry(
         self, exc: APIError | TransportError, attempt: int, policy: RetryPolicy, resend_safe: bool
@@ -243,6 +291,34 @@ class Transport:
         for secret in (*self.auth.secrets(), *self.hidden):
             text = _scrub(text, secret)
         return _BEARER.sub(r"\1<hidden>", text)
+
+
+async def _to_the_answer(attempt: Coroutine[Any, Any, Any], on_abandoned: Abandoned | None) -> Any:
+    """Await `attempt` to its end, even when the caller is cancelled meanwhile.
+
+    Cut short, a create may still make its (paid) task with nobody to hear of it, so the
+    attempt runs in a task of its own that the caller's cancellation does not reach, whether
+    it comes from an anyio cancel scope or from ``asyncio.Task.cancel()``. The caller waits
+    for it in every case (the request timeout bounds that wait); when it was cancelled
+    meanwhile, the answer goes to `on_abandoned` and the cancellation is raised.
+    """
+    running = asyncio.ensure_future(attempt)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with anyio.CancelScope(shield=True):
+            while not running.done():
+                try:
+                    await asyncio.wait((running,))
+                except asyncio.CancelledError:  # cancelled again: the answer still comes first
+                    continue
+        if on_abandoned is not None and not running.cancelled():
+            error = running.exception()
+            if error is None:
+                on_abandoned(running.result(), None)
+            elif isinstance(error, APIError | TransportError):
+                on_abandoned(None, error)
+        raise
 
 
 def _scrub(text: str, secret: str) -> str:

@@ -119,7 +119,11 @@ class BatchEvent:
 class Extender(Protocol):
     """What a batch needs from the client."""
 
-    async def submit(self, request: CreateRequest, *, retry: RetryPolicy) -> Task: ...
+    async def submit(
+        self, request: CreateRequest, *, retry: RetryPolicy, resent: bool = False
+    ) -> Task:
+        """Create the task; `resent`: it may have been sent before under its external id."""
+        ...
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher: ...
 
@@ -367,7 +371,9 @@ class _Run:
         if found is not None:
             await self._journal_task(key, found)
             return entry.request, found
-        # Surely never made (the API keeps external ids unique): send it again, same id.
+        # Surely never made: send it again under the same external id. The API keeps those
+        # unique, so a first attempt that lands late makes this one fail, and the client then
+        # adopts the task it made (as after an ambiguous live create).
         return await self._create(entry.request, key, slot, fresh=False)
 
     async def _create(
@@ -377,7 +383,7 @@ class _Run:
         no entry, so the next run sends it anew."""
         await self.journal.record_intent(key, request)
         try:
-            return request, await self._submit(request, key, slot)
+            return request, await self._submit(request, key, slot, resent=not fresh)
         except Exception as exc:
             if fresh and (isinstance(exc, NotSentError) or surely_not_created(exc)):
                 await self.journal.forget(key)
@@ -441,14 +447,15 @@ class _Run:
             log.warning("stopping the batch: %s", outcome.error)
         self.stopping, self.stopped_by = True, outcome.error
 
-    async def _submit(self, request: CreateRequest, key: str, slot: _Slot) -> Task:
+    async def _submit(self, request: CreateRequest, key: str, slot: _Slot, *, resent: bool) -> Task:
         """Create the task, retrying refusals that surely made nothing; on 1303 also lower
         the window and give the slot back while waiting.
 
         Each attempt is shielded from cancellation: cut short, it could make a task whose id
         nobody records, so it finishes and is journaled first. The waits between attempts are
         not shielded, so stopping a batch never waits out a Retry-After. (A second Ctrl-C
-        still ends the process at once.)
+        still ends the process at once.) After a refusal the request counts as resent: an
+        earlier attempt of the client's own may have landed late.
         """
         refusals = 0
         while True:
@@ -456,7 +463,9 @@ class _Run:
                 raise NotSentError(request, self.stopped_by)
             try:
                 with anyio.CancelScope(shield=True):
-                    task = await self.extender.submit(request, retry=_ONE_ATTEMPT)
+                    task = await self.extender.submit(
+                        request, retry=_ONE_ATTEMPT, resent=resent or refusals > 0
+                    )
                     log.info("task %s created for request %s", task.id, key)
                     await self._journal_task(key, task)
             except (APIError, TransportError) as exc:

@@ -14,7 +14,7 @@ import os
 import random
 import re
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -39,7 +39,7 @@ from anyio.abc import TaskGroup
 from ._clock import Clock, SystemClock
 from ._listed import ListedReads
 from ._ratelimit import RateLimiter
-from ._transport import Transport, surely_not_created
+from ._transport import Abandoned, Transport, surely_not_created
 from ._validate import MAX_IMAGE_BYTES, create_problems, is_http_url
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
@@ -78,6 +78,7 @@ from .errors import (
     APIError,
     ConfigurationError,
     InvalidArgumentError,
+    InvalidRequestError,
     KlingError,
     NotFoundError,
     TransportError,
@@ -87,6 +88,7 @@ from .models import (
     DEFAULT_VIDEO_MODEL,
     CreateRequest,
     ImageToVideoRequest,
+    OrphanedTask,
     Task,
     TaskKind,
     TaskStatus,
@@ -94,6 +96,7 @@ from .models import (
     Video,
     VideoExtendRequest,
     kind_of,
+    subject_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
 from .watcher import TaskSource, TaskWatcher
@@ -110,6 +113,9 @@ _OFFICIAL_HOST_SUFFIX = "klingai.com"
 _ONCE = RetryPolicy(max_attempts=1)  # a list page is not worth a retry: single reads are
 _PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
+
+#: How many orphaned tasks `KlingClient.orphaned_tasks` keeps (the oldest go first).
+ORPHANS_KEPT = 1000
 
 
 @attrs.frozen
@@ -150,6 +156,10 @@ class KlingClient:
     page for up to 500 tasks, when more than one is watching (`list_reads=False` turns that
     off: one GET per poll, as on gateways).
 
+    A create request, once sent, is never cut short: if its caller is cancelled meanwhile,
+    the client still awaits the answer (at most `timeout` seconds), and a task it names is
+    logged (WARNING), kept in `orphaned_tasks` and passed to `on_orphaned_task`.
+
     >>> async with KlingClient(api_key="...", base_url="https://api.example-gateway.com") as c:
     ...     task = await c.extend_video("vid_1", task_id="task_1", prompt="keep walking")
     """
@@ -166,6 +176,7 @@ class KlingClient:
         poll: PollPolicy | None = None,
         requests_per_second: float | None = None,
         timeout: float = 30.0,
+        on_orphaned_task: Callable[[OrphanedTask], object] | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
         callbacks: CallbackReceiver | None = None,
@@ -182,6 +193,10 @@ class KlingClient:
         self._download_rules = None if allow_private_downloads else PUBLIC_ONLY
         self._download_session: aiohttp.ClientSession | None = None
         self.callbacks = callbacks
+        #: Tasks created for callers who were cancelled while their create was in flight
+        #: (the last `ORPHANS_KEPT`); ``on_orphaned_task`` hears of each as it comes.
+        self.orphaned_tasks: deque[OrphanedTask] = deque(maxlen=ORPHANS_KEPT)
+        self._on_orphaned_task = on_orphaned_task
         self.base_url = _normalise_base_url(base_url or DEFAULT_BASE_URL)
         self.dialect = _choose_dialect(dialect, self.base_url)
         self._dialect = _DIALECTS[self.dialect]
@@ -340,7 +355,13 @@ class KlingClient:
 
         Raises `InvalidArgumentError` before sending anything when an argument is wrong, and
         `AmbiguousSubmissionError` when the server may have made the task but the client
-        cannot tell (it is never re-sent blindly).
+        cannot tell (it is never re-sent blindly). On the official API an unanswered create is
+        looked up by its external id (twice, `RetryPolicy.lookup_grace` apart) and, if it made
+        nothing, sent once more under the same external id.
+
+        Cancelled while the create is in flight, the call still waits for its answer (at most
+        the client's `timeout`) before the cancellation goes on; a task made all the same is
+        reported as an `OrphanedTask` (see `KlingClient.orphaned_tasks`).
 
         With a database (``database_url``), a `key` makes the submission idempotent across
         processes: the task already submitted under that key (by any process of the
@@ -459,32 +480,18 @@ class KlingClient:
         *,
         on_retry: RetryHook | None = None,
         retry: RetryPolicy | None = None,
+        resent: bool = False,
     ) -> Task:
         """Submit one create request: a `VideoExtendRequest` (what `extend_video` does with
         its arguments), a `TextToVideoRequest` or an `ImageToVideoRequest`.
 
         `on_retry(error)` hears of each retry of the create request; `retry` replaces the
-        client's policy for it.
+        client's policy for it. `resent=True` says the request (under the same external id)
+        may have been sent before: an answer that its external id is taken then adopts the
+        task that holds it.
         """
-        request = self.prepare(request)
-        kind = kind_of(request)
-        try:
-            data = await self._transport.request(
-                "POST",
-                _PATHS[kind],
-                body=self._body(request),
-                resend_safe=False,
-                on_retry=on_retry,
-                retry=retry,
-            )
-            task = structure_task(data, kind)
-        except (APIError, TransportError) as exc:
-            if surely_not_created(exc):
-                raise
-            task = await self._recover(request, exc)
-        if self._uses_receiver(request):
-            _remember(self._called_back, task.id)
-        return task
+        prepared = self.prepare(request)
+        return await self._create(kind_of(prepared), prepared, on_retry, retry, resent)
 
     def prepare(self, request: CreateRequest) -> CreateRequest:
         """`request` checked against this dialect, with an external id added where useful.
@@ -515,20 +522,149 @@ class KlingClient:
         receiving = self.callbacks is not None and self.callbacks.active
         return receiving and request.callback_url is None
 
-    async def _recover(self, request: CreateRequest, exc: Exception) -> Task:
-        """After an ambiguous create: find the task by its external id, or give up loudly."""
+    async def _create(
+        self,
+        kind: TaskKind,
+        request: CreateRequest,
+        on_retry: RetryHook | None,
+        retry: RetryPolicy | None,
+        resent: bool,
+    ) -> Task:
+        """The one path of every create: send once, never twice blindly, never lose a task.
+
+        Once sent, the create runs to its answer even if the caller is cancelled meanwhile; a
+        task made for a caller who is gone becomes an `OrphanedTask`. An ambiguous outcome
+        is recovered by external id where the dialect has them (see `_recover`).
+        """
         try:
-            task = await self.find_created(request)
+            data = await self._transport.request(
+                "POST",
+                _PATHS[kind],
+                body=self._body(request),
+                resend_safe=False,
+                on_retry=on_retry,
+                retry=retry,
+                on_abandoned=self._orphan_handler(kind, request),
+            )
+            task = structure_task(data, kind)
+        except InvalidRequestError as exc:
+            if not (resent and self._dialect.finds_by_external_id):
+                raise
+            task = await self._adopt(request, exc)
+        except (APIError, TransportError) as exc:
+            if surely_not_created(exc):
+                raise
+            task = await self._recover(kind, request, exc, resent=resent)
+        if self._uses_receiver(request):
+            _remember(self._called_back, task.id)
+        return task
+
+    async def _recover(
+        self, kind: TaskKind, request: CreateRequest, exc: Exception, *, resent: bool
+    ) -> Task:
+        """After an ambiguous create: the task it made, found by its external id; else, when
+        it surely made none, the same request sent once more under the same external id (the
+        API keeps external ids unique, so a late first attempt makes that resend fail, and the
+        failure adopts its task). Raises `AmbiguousSubmissionError` when it cannot tell."""
+        try:
+            task = await (self.find_created(request) if resent else self._settle(request))
         except AmbiguousSubmissionError:
             raise AmbiguousSubmissionError(request, str(exc)) from exc
         except (APIError, TransportError) as lookup_error:
             reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from exc
-        if task is None:
+        if task is not None:
+            log.warning("recovered task %s (%s) by its external id", task.id, subject_of(request))
+            return task
+        if resent:
             reason = f"{exc} No task with external id {request.external_task_id} exists yet"
             raise AmbiguousSubmissionError(request, reason) from exc
-        log.warning("recovered task %s (%s) by its external id", task.id, kind_of(request).value)
+        log.warning(
+            "the create for %s made no task (%s); sending it again under external id %s",
+            subject_of(request),
+            exc,
+            request.external_task_id,
+        )
+        return await self._create(kind, request, None, None, resent=True)
+
+    async def _adopt(self, request: CreateRequest, refusal: InvalidRequestError) -> Task:
+        """A resend refused because its external id is taken: the task of the first attempt.
+
+        Raises the refusal itself when no task holds the external id (it was about something
+        else), and `AmbiguousSubmissionError` when the look-up fails.
+        """
+        try:
+            task = await self.find_created(request)
+        except (APIError, TransportError) as lookup_error:
+            reason = f"{refusal} Looking the task up by external id failed: {lookup_error}"
+            raise AmbiguousSubmissionError(request, reason) from refusal
+        if task is None:
+            raise refusal
+        log.warning(
+            "task %s (%s) was made by an earlier attempt (external id %s): adopted",
+            task.id,
+            subject_of(request),
+            request.external_task_id,
+        )
         return task
+
+    async def _settle(self, request: CreateRequest) -> Task | None:
+        """The task an unanswered create of `request` made; None when surely none was.
+
+        Looked up by external id, and once more `RetryPolicy.lookup_grace` seconds later: a
+        server still busy with the create may not know its external id at once. Raises
+        `AmbiguousSubmissionError` where tasks cannot be looked up so (gateways).
+        """
+        task = await self.find_created(request)
+        if task is None:
+            await self._clock.sleep(self.retry.lookup_grace)
+            task = await self.find_created(request)
+        return task
+
+    def _orphan_handler(self, kind: TaskKind, request: CreateRequest) -> Abandoned:
+        """What to do with the answer of a create whose caller was cancelled meanwhile."""
+
+        def abandoned(data: Any, error: APIError | TransportError | None) -> None:
+            if error is not None:
+                if not surely_not_created(error):
+                    log.warning(
+                        "the create for %s was cancelled while in flight and its answer was "
+                        "lost (%s); it may have made a task (external id %s)",
+                        subject_of(request),
+                        error,
+                        request.external_task_id or "none",
+                    )
+                return
+            try:
+                task = structure_task(data, kind)
+            except (APIError, TransportError) as unreadable:
+                log.warning(
+                    "the create for %s was cancelled while in flight; its answer could not "
+                    "be read (%s)",
+                    subject_of(request),
+                    unreadable,
+                )
+                return
+            self._adopt_orphan(OrphanedTask(task, request))
+
+        return abandoned
+
+    def _adopt_orphan(self, orphan: OrphanedTask) -> None:
+        """Log, keep and hand over a task made for a caller who is gone."""
+        log.warning(
+            "task %s (%s) was created for a caller that was cancelled meanwhile; it runs "
+            "and is paid for: find it in KlingClient.orphaned_tasks",
+            orphan.task.id,
+            subject_of(orphan.request),
+        )
+        if self._uses_receiver(orphan.request):
+            _remember(self._called_back, orphan.task.id)
+        self.orphaned_tasks.append(orphan)
+        if self._on_orphaned_task is not None:
+            try:
+                self._on_orphaned_task(orphan)
+            except Exception:
+                log.exception("on_orphaned_task failed for task %s", orphan.task.id)
 
     async def find_created(self, request: CreateRequest) -> Task | None:
         """The task a create of `request` made, found by its external id (official API).
@@ -946,8 +1082,10 @@ class _BatchExtender:
     poll: PollPolicy | None
     download_to: Path | None = None
 
-    async def submit(self, request: CreateRequest, *, retry: RetryPolicy) -> Task:
-        return await self.client.submit(request, retry=retry)
+    async def submit(
+        self, request: CreateRequest, *, retry: RetryPolicy, resent: bool = False
+    ) -> Task:
+        return await self.client.submit(request, retry=retry, resent=resent)
 
     def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
         return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)

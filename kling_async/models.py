@@ -19,6 +19,7 @@ __all__ = [
     "EXTENDABLE_MODELS",
     "CreateRequest",
     "ImageToVideoRequest",
+    "OrphanedTask",
     "Task",
     "TaskKind",
     "TaskStatus",
@@ -225,3 +226,21 @@ def subject_of(request: CreateRequest) -> str:
     if isinstance(request, VideoExtendRequest):
         return request.video_id
     return kind_of(request).value.rpartition("/")[2]
+
+
+@attrs.frozen
+class OrphanedTask:
+    """A task the server made for a caller who was cancelled while its create was in flight.
+
+    The task runs (and is paid for) all the same; the client keeps it in
+    `KlingClient.orphaned_tasks` and hands it to ``on_orphaned_task``, so the application
+    can watch it, record it or cancel the work it was for. `request` is what was submitted.
+
+    >>> orphan = OrphanedTask(Task("t1", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED),
+    ...                       VideoExtendRequest("vid_1"))
+    >>> orphan.task.id, orphan.request.video_id
+    ('t1', 'vid_1')
+    """
+
+    task: Task
+    request: CreateRequest

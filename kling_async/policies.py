@@ -56,7 +56,9 @@ class RetryPolicy:
     ``Retry-After`` from the server replaces that draw (it knows best), and a rate-limit answer
     without one waits at least `rate_limit_floor` seconds, as the API asks. A ``Retry-After``
     longer than `max_retry_after` is not waited out inside a request: the error is raised with
-    its ``retry_after`` so the caller can plan.
+    its ``retry_after`` so the caller can plan. After a create whose answer was lost, the
+    client looks the task up by its external id, and once more `lookup_grace` seconds later
+    (a server still busy with the create may not know it yet) before it sends it again.
 
     Defaults: five attempts over at most ~15 s of backoff ride out a gateway restart or a burst
     of 5xx without leaving a web request hanging; full jitter spreads thousands of watchers that
@@ -72,6 +74,7 @@ class RetryPolicy:
     jitter: bool = True
     rate_limit_floor: float = attrs.field(default=1.0, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
+    lookup_grace: float = attrs.field(default=2.0, validator=_non_negative)
 
     def backoff(self, retry: int, draw: float) -> float:
         """Seconds to wait before retry number `retry` (1-based); `draw` is uniform in [0, 1)."""

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.anyio
 KEY = "test-api-key"
 FAST = Durations(submitted_for=5.0, median=60.0, sigma=0.3)
 QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.04, timeout=30)
-PATIENT = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, rate_limit_floor=0.01)
+PATIENT = RetryPolicy(
+    max_attempts=4, base_delay=0.01, max_delay=0.05, rate_limit_floor=0.01, lookup_grace=0.01
+)
 
 
 @pytest.fixture(params=["gateway", "official"])
@@ -129,6 +131,24 @@ async def test_unrecorded_create_is_reconciled_by_external_id(tmp_path: Path) ->
     assert lookups
 
 
+async def test_a_resumed_resend_refused_as_a_duplicate_adopts_the_task(tmp_path: Path) -> None:
+    """Official API: the look-up misses a create that did land (a lagging index); the resend
+    under the same external id is refused as a duplicate, and that task is adopted."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        request = requests(1)[0]
+        await _journal_an_unanswered_create(server, journal, request, send=True)
+        server.faults.push(Fault.http_error(404, 1203, "task does not exist"), method="GET")
+        outcomes = await run(server, [request], journal)
+        posts = [r.status for r in server.record.requests if r.method == "POST"]
+        assert server.record.create_count == 1
+        created = server.record.created[0]
+    assert posts == [200, 400]
+    assert outcomes[0].ok
+    assert outcomes[0].task is not None
+    assert outcomes[0].task.id == created
+
+
 async def test_unsent_create_is_sent_once_on_the_official_api(tmp_path: Path) -> None:
     """Official API: an intent whose create never reached the API is sent, once."""
     async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
@@ -172,10 +192,11 @@ async def test_ambiguous_create_is_journaled_then_reconciled(tmp_path: Path) -> 
 
 
 async def test_ambiguous_create_that_made_nothing_is_sent_once_more(tmp_path: Path) -> None:
-    """Lost before the server: reported ambiguous, then found absent and sent; journaled."""
+    """Lost before the server, and so was the resend: reported ambiguous, then found absent
+    and sent on the next run; journaled."""
     async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
         journal = tmp_path / "j"
-        server.faults.push(Fault.drop(), method="POST")
+        server.faults.push(Fault.drop(), method="POST", times=2)
         first = await run(server, requests(1), journal)
         assert isinstance(first[0].error, AmbiguousSubmissionError)
         assert server.record.create_count == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import gzip
 import logging
@@ -28,8 +29,10 @@ from kling_async import (
     DownloadError,
     InsufficientBalanceError,
     InvalidArgumentError,
+    InvalidRequestError,
     KlingClient,
     NotFoundError,
+    OrphanedTask,
     PollPolicy,
     RateLimitError,
     RetryPolicy,
@@ -296,16 +299,150 @@ async def test_create_dropped_after_creation_is_recovered_on_official(
     assert task.id == official.record.created[0]
 
 
-async def test_create_dropped_before_creation_is_still_ambiguous(
+async def test_create_dropped_before_creation_is_sent_again_under_its_external_id(
     official: FakeKlingServer,
 ) -> None:
-    """When the lookup finds nothing, the client still refuses to guess and re-send."""
+    """Official API: nothing found by the external id, twice, a grace apart: the request is
+    sent once more under the same external id (unique per account, so it cannot pay twice)."""
     official.faults.push(Fault.drop(), method="POST")
+    clock = FakeClock(time.time())
+    async with official_client(official, clock=clock) as client:
+        task = await client.extend_video("vid-1")
+    posts = [r for r in official.record.requests if r.method == "POST"]
+    lookups = [r for r in official.record.requests if r.method == "GET"]
+    assert official.record.create_count == 1
+    assert task.id == official.record.created[0]
+    assert len(posts) == 2
+    assert posts[0].body is not None and posts[1].body is not None
+    assert posts[0].body["external_task_id"] == posts[1].body["external_task_id"]
+    assert [r.path.rsplit("/", 1)[-1] for r in lookups] == [posts[0].body["external_task_id"]] * 2
+    assert RetryPolicy().lookup_grace in clock.sleeps
+
+
+async def test_a_resend_refused_for_its_taken_external_id_adopts_the_task(
+    official: FakeKlingServer,
+) -> None:
+    """The first attempt landed although the look-ups missed it (a lagging index): the resend
+    is refused as a duplicate, which proves it; the task is looked up and returned."""
+    official.faults.push(Fault.drop_after_create(), method="POST")
+    lagging = Fault.http_error(404, 1203, "task does not exist")
+    official.faults.push(lagging, method="GET", times=2)
+    async with official_client(official, clock=FakeClock(time.time())) as client:
+        task = await client.extend_video("vid-1")
+    posts = [r for r in official.record.requests if r.method == "POST"]
+    assert [r.status for r in posts] == [None, 400]
+    assert official.record.create_count == 1
+    assert task.id == official.record.created[0]
+
+
+async def test_a_refused_resend_with_no_task_behind_it_raises_the_refusal(
+    official: FakeKlingServer,
+) -> None:
+    """A resend refused for something else (no task holds the external id) is not adopted."""
+    official.faults.push(Fault.drop(), method="POST")
+    official.faults.push(Fault.http_error(400, 1201, "prompt is not allowed"), method="POST")
+    async with official_client(official, clock=FakeClock(time.time())) as client:
+        with pytest.raises(InvalidRequestError, match="prompt is not allowed"):
+            await client.extend_video("vid-1")
+    assert official.record.create_count == 0
+
+
+async def test_an_unanswered_resend_is_not_sent_a_third_time(official: FakeKlingServer) -> None:
+    """The resend is lost too and still nothing is found: ambiguous, two POSTs in all."""
+    official.faults.push(Fault.drop(), method="POST", times=2)
     async with official_client(official, clock=FakeClock(time.time())) as client:
         with pytest.raises(AmbiguousSubmissionError, match="external id"):
             await client.extend_video("vid-1")
+    assert len([r for r in official.record.requests if r.method == "POST"]) == 2
     assert official.record.create_count == 0
-    assert len([r for r in official.record.requests if r.method == "POST"]) == 1
+
+
+async def test_create_dropped_before_creation_stays_ambiguous_on_a_gateway(
+    gateway: FakeKlingServer,
+) -> None:
+    """A gateway has no external id to look up: the create is never sent twice."""
+    gateway.faults.push(Fault.drop(), method="POST")
+    async with gateway_client(gateway, clock=FakeClock()) as client:
+        with pytest.raises(AmbiguousSubmissionError):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+
+
+CANCELS = ["anyio cancel scope", "asyncio Task.cancel"]
+
+
+async def _cancel_in_flight(
+    server: FakeKlingServer, client: KlingClient, how: str, **arguments: Any
+) -> None:
+    """Start extend_video, cancel its caller once the server holds the create, check that
+    the caller still waits for the answer, then let the answer go."""
+    ended = anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def caller() -> None:
+        with scope:
+            try:
+                await client.extend_video("vid-1", **arguments)
+            finally:
+                ended.set()
+
+    if how == "anyio cancel scope":
+        async with anyio.create_task_group() as group:
+            group.start_soon(caller)
+            await server.held()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert not ended.is_set()
+            server.release_held()
+        return
+    running = asyncio.get_running_loop().create_task(caller())
+    await server.held()
+    running.cancel()
+    await anyio.wait_all_tasks_blocked()
+    assert not ended.is_set()
+    server.release_held()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+@pytest.mark.parametrize("dialect", ["gateway", "official"])
+@pytest.mark.parametrize("how", CANCELS)
+async def test_a_create_cancelled_in_flight_hands_its_task_over(
+    dialect: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled after the create was sent, the call waits for the answer; the task made for
+    nobody is logged with its id and video, kept on the client and given to the hook."""
+    heard: list[OrphanedTask] = []
+    arguments = {"task_id": "p-1"} if dialect == "gateway" else {}
+    async with (
+        FakeKlingServer(dialect=dialect, api_key=KEY) as server,
+        KlingClient(
+            api_key=KEY, base_url=server.url, dialect=dialect, on_orphaned_task=heard.append
+        ) as client,
+    ):
+        server.faults.push(Fault.hold_answer(), method="POST")
+        with caplog.at_level(logging.WARNING, logger="kling_async"):
+            await _cancel_in_flight(server, client, how, **arguments)
+    (created,) = server.record.created
+    assert [orphan.task.id for orphan in heard] == [created]
+    assert heard[0].request.video_id == "vid-1"
+    assert list(client.orphaned_tasks) == heard
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(created in line and "vid-1" in line for line in warnings)
+
+
+@pytest.mark.parametrize("how", CANCELS)
+async def test_a_cancelled_create_that_made_nothing_leaves_no_orphan(how: str) -> None:
+    """A create refused while its caller was being cancelled made no task: nothing is kept."""
+    async with (
+        FakeKlingServer(dialect="gateway", api_key=KEY, require_known_videos=True) as server,
+        gateway_client(server) as client,
+    ):
+        server.faults.push(Fault.hold_answer(), method="POST")
+        await _cancel_in_flight(server, client, how, task_id="no-such-parent")
+    assert server.record.create_count == 0
+    assert len(server.record.requests) == 1
+    assert not client.orphaned_tasks
 
 
 async def test_create_timing_out_after_sending_is_not_resent(gateway: FakeKlingServer) -> None:

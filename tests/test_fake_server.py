@@ -433,6 +433,27 @@ async def test_drop_on_get_is_retried_once_by_aiohttp(http: aiohttp.ClientSessio
 
 
 @pytest.mark.anyio
+async def test_hold_answer_creates_then_waits_for_release(http: aiohttp.ClientSession) -> None:
+    """Fault.hold_answer: the task exists while its answer is held; release sends it."""
+    async with FakeKlingServer() as server, anyio.create_task_group() as group:
+        server.faults.push(Fault.hold_answer(), method="POST")
+        answers: list[tuple[int, Any]] = []
+
+        async def send() -> None:
+            answers.append(
+                await call(http, "POST", prefix(server) + EXTEND, json=extend_body(server))
+            )
+
+        group.start_soon(send)
+        await server.held()
+        assert server.record.create_count == 1
+        assert answers == []
+        server.release_held()
+    ((status, body),) = answers
+    assert (status, body["data"]["task_id"]) == (200, server.record.created[0])
+
+
+@pytest.mark.anyio
 async def test_drop_after_create_creates_one(http: aiohttp.ClientSession) -> None:
     """Fault.drop_after_create: a disconnect on the client, yet one task was created."""
     async with FakeKlingServer() as server:

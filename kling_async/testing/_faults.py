@@ -65,6 +65,13 @@ class Fault:
         return cls("drop_after_create")
 
     @classmethod
+    def hold_answer(cls) -> Fault:
+        """Do the work (a create really creates), then keep the answer until the test calls
+        `FakeKlingServer.release_held` (`FakeKlingServer.held` waits for the request to arrive).
+        """
+        return cls("hold_answer")
+
+    @classmethod
     def delay(cls, seconds: float) -> Fault:
         """Wait ``seconds`` of wall time, then handle the request normally."""
         if seconds < 0:

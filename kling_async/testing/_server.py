@@ -118,6 +118,9 @@ class FakeKlingServer:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._holding = 0
+        self._hold_changed = asyncio.Event()
+        self._released = asyncio.Event()
         self.callback_faults = callback_faults or CallbackFaults()
         self._callbacks = CallbackSender(
             self.record,
@@ -206,6 +209,26 @@ class FakeKlingServer:
         """
         self._backend.add_video(video_id, task_id, duration, model, made_at)
 
+    async def held(self, count: int = 1) -> None:
+        """Wait until `count` requests are held by `Fault.hold_answer` (their work is done)."""
+        while self._holding < count:
+            await self._hold_changed.wait()
+
+    def release_held(self) -> None:
+        """Send the answers of every request held so far (later ones are held anew)."""
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def _hold(self) -> None:
+        released = self._released
+        self._holding += 1
+        self._hold_changed.set()
+        self._hold_changed = asyncio.Event()
+        try:
+            await released.wait()
+        finally:
+            self._holding -= 1
+
     def task_status(self, task_id: str) -> str:
         """The real current status of ``task_id`` (KeyError if no such task)."""
         return self._backend.task(task_id).status(self._monotonic())
@@ -248,7 +271,10 @@ class FakeKlingServer:
             return self._send(fault_answer(fault, self._backend.request_id()), note)
         if is_file:
             return await self._file(request, fault, note)
-        return self._finish(request, self._api(request, body, fault), fault, note)
+        answer = self._api(request, body, fault)
+        if fault is not None and fault.name == "hold_answer":
+            await self._hold()
+        return self._finish(request, answer, fault, note)
 
     def _finish(
         self, request: web.Request, answer: Answer, fault: Fault | None, note: _Note
