@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import gzip
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -372,17 +373,17 @@ CANCELS = ["anyio cancel scope", "asyncio Task.cancel"]
 
 
 async def _cancel_in_flight(
-    server: FakeKlingServer, client: KlingClient, how: str, **arguments: Any
+    server: FakeKlingServer, how: str, create: Callable[[], Awaitable[object]]
 ) -> None:
-    """Start extend_video, cancel its caller once the server holds the create, check that
-    the caller still waits for the answer, then let the answer go."""
+    """Start `create`, cancel its caller once the server holds the request, check that the
+    caller still waits for the answer, then let the answer go."""
     ended = anyio.Event()
     scope = anyio.CancelScope()
 
     async def caller() -> None:
         with scope:
             try:
-                await client.extend_video("vid-1", **arguments)
+                await create()
             finally:
                 ended.set()
 
@@ -422,13 +423,26 @@ async def test_a_create_cancelled_in_flight_hands_its_task_over(
     ):
         server.faults.push(Fault.hold_answer(), method="POST")
         with caplog.at_level(logging.WARNING, logger="kling_async"):
-            await _cancel_in_flight(server, client, how, **arguments)
+            await _cancel_in_flight(
+                server, how, functools.partial(client.extend_video, "vid-1", **arguments)
+            )
     (created,) = server.record.created
     assert [orphan.task.id for orphan in heard] == [created]
     assert heard[0].request.video_id == "vid-1"
     assert list(client.orphaned_tasks) == heard
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(created in line and "vid-1" in line for line in warnings)
+
+
+async def test_a_cancelled_new_video_create_is_handed_over_too(gateway: FakeKlingServer) -> None:
+    """Every create takes the one path: a text-to-video task made for a cancelled caller is
+    an orphan like an extension."""
+    async with gateway_client(gateway) as client:
+        gateway.faults.push(Fault.hold_answer(), method="POST")
+        create = functools.partial(client.text_to_video, "a fox in the snow")
+        await _cancel_in_flight(gateway, "asyncio Task.cancel", create)
+    assert [orphan.task.id for orphan in client.orphaned_tasks] == gateway.record.created
+    assert client.orphaned_tasks[0].task.kind is TaskKind.TEXT_TO_VIDEO
 
 
 @pytest.mark.parametrize("how", CANCELS)
@@ -439,7 +453,8 @@ async def test_a_cancelled_create_that_made_nothing_leaves_no_orphan(how: str) -
         gateway_client(server) as client,
     ):
         server.faults.push(Fault.hold_answer(), method="POST")
-        await _cancel_in_flight(server, client, how, task_id="no-such-parent")
+        create = functools.partial(client.extend_video, "vid-1", task_id="no-such-parent")
+        await _cancel_in_flight(server, how, create)
     assert server.record.create_count == 0
     assert len(server.record.requests) == 1
     assert not client.orphaned_tasks
