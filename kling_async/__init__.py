@@ -45,7 +45,7 @@ from .models import (
     Video,
     VideoExtendRequest,
 )
-from .policies import PollPolicy, RetryPolicy
+from .policies import PollPolicy, RetryBudget, RetryPolicy
 from .watcher import TaskWatcher
 
 try:
@@ -88,6 +88,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollPolicy",
     "RateLimitError",
+    "RetryBudget",
     "RetryPolicy",
     "ServerError",
     "Task",

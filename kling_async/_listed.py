@@ -21,10 +21,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from ._clock import Clock
 from .errors import KlingError
 from .models import Task, TaskKind
+from .policies import RetryPolicy
 
 __all__ = ["ListedReads"]
 
@@ -36,7 +38,15 @@ MAX_PAGES = 4
 #: How long (in `spacing`s) a watcher waits for another's round before reading alone.
 JOIN_SPACINGS = 5
 
-ReadOne = Callable[[str, TaskKind], Awaitable[Task]]
+
+class ReadOne(Protocol):
+    """Reads one task (a GET); `retry` replaces the retry policy for that read."""
+
+    def __call__(
+        self, task_id: str, kind: TaskKind, *, retry: RetryPolicy | None = None
+    ) -> Awaitable[Task]: ...
+
+
 ReadPage = Callable[[TaskKind, int, int], Awaitable[Sequence[Task]]]
 
 
@@ -69,13 +79,20 @@ class ListedReads:
         self._round: asyncio.Event | None = None  # set when the running round ends
         self._last_round = float("-inf")
 
-    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
-        """The task's current state: from a fresh round of list reads when one saw it."""
+    async def get_task(
+        self,
+        task_id: str,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task:
+        """The task's current state: from a fresh round of list reads when one saw it, else
+        read alone (with `retry` for its policy)."""
         task = self._fresh(task_id)
         if task is None and await self._join_round(kind, task_id):
             task = self._fresh(task_id)
         if task is None:
-            task = await self._read_one(task_id, kind)
+            task = await self._read_one(task_id, kind, retry=retry)
         self._note(task)
         return task
 

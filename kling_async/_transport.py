@@ -39,7 +39,7 @@ from .errors import (
     TransportError,
     error_from_answer,
 )
-from .policies import RetryPolicy
+from .policies import RetryBudget, RetryPolicy
 
 __all__ = ["Abandoned", "Transport", "surely_not_created"]
 
@@ -93,6 +93,7 @@ class Transport:
     auth: Auth
     clock: Clock
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    budget: RetryBudget = attrs.field(factory=RetryBudget)
     timeout: float = 30.0
     limiter: RateLimiter | None = None
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
@@ -101,11 +102,13 @@ class Transport:
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
     closed: bool = attrs.field(default=False, init=False)
+    tokens: float = attrs.field(init=False)  # what is left of the retry budget
     _client_timeout: aiohttp.ClientTimeout = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # sock_connect makes a connect-phase timeout distinguishable: nothing was sent then.
         self._client_timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout)
+        self.tokens = self.budget.capacity
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -148,12 +151,15 @@ class Transport:
         to its answer even if the caller is cancelled meanwhile; the answer then goes to
         `on_abandoned` and the cancellation goes on. `on_retry(error)` hears of each
         retry before its wait. `paced=True` says the caller already waited for the first
-        attempt's slot of the rate limiter; any further attempt waits for its own.
+        attempt's slot of the rate limiter; any further attempt waits for its own. Every
+        retry is paid for from the client-wide `budget`; when it cannot pay, the failure is
+        raised at once.
         """
         policy = retry or self.retry
         refreshed = False
         attempt = 0
         slot_taken = paced
+        refund: float | None = None  # the last retry's cost, which a success pays back
         while True:
             attempt += 1
             if self.limiter is not None and not slot_taken:
@@ -181,6 +187,8 @@ class Transport:
             except (APIError, TransportError) as exc:
                 error = exc
             else:
+                if self.tokens < self.budget.capacity:
+                    self.tokens = self.budget.deposit(self.tokens, refund)
                 return data
             if _needs_new_token(error) and not refreshed:
                 self.auth.invalidate()
@@ -188,6 +196,7 @@ class Transport:
                 attempt -= 1
                 continue
             wait = self._wait_before_retry(error, attempt, policy, resend_safe)
+            refund = self._pay_for_retry(error)
             log.info(
                 "%s %s failed (%s); retry %d of %d in %.2f s",
                 method,
@@ -259,6 +268,16 @@ class Transport:
         if wait is None:
             raise exc
         return wait
+
+    def _pay_for_retry(self, exc: APIError | TransportError) -> float:
+        """Take one retry's tokens from the budget (its cost); re-raise `exc` if it cannot pay."""
+        timeout = isinstance(exc, TransportError)
+        left = self.budget.withdraw(self.tokens, timeout=timeout)
+        if left is None:
+            log.info("not retried, the retry budget is spent until requests succeed: %s", exc)
+            raise exc
+        self.tokens = left
+        return self.budget.cost(timeout=timeout)
 
     def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
         body = decode_json(raw)

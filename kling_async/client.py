@@ -98,7 +98,7 @@ from .models import (
     kind_of,
     subject_of,
 )
-from .policies import CompletionTimes, PollPolicy, RetryPolicy
+from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
 from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
@@ -156,6 +156,10 @@ class KlingClient:
     page for up to 500 tasks, when more than one is watching (`list_reads=False` turns that
     off: one GET per poll, as on gateways).
 
+    Every retry of every request is paid for from one `RetryBudget` (``retry_budget``): in
+    an outage failures surface at once instead of multiplying the load, and watchers space
+    their polls out towards `RetryPolicy.max_delay` until reads succeed again.
+
     A create request, once sent, is never cut short: if its caller is cancelled meanwhile,
     the client still awaits the answer (at most `timeout` seconds), and a task it names is
     logged (WARNING), kept in `orphaned_tasks` and passed to `on_orphaned_task`.
@@ -173,6 +177,7 @@ class KlingClient:
         base_url: str | None = None,
         dialect: str | None = None,
         retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
         poll: PollPolicy | None = None,
         requests_per_second: float | None = None,
         timeout: float = 30.0,
@@ -223,6 +228,7 @@ class KlingClient:
             auth=self._make_auth(api_key, access_key, secret_key),
             clock=self._clock,
             retry=self.retry,
+            budget=retry_budget or RetryBudget(),
             timeout=timeout,
             limiter=limiter,
             session=session,
@@ -683,12 +689,21 @@ class KlingClient:
         except NotFoundError:
             return None
 
-    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+    async def get_task(
+        self,
+        task_id: str,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task:
         """The task's current state. On the official API `task_id` may be its external id.
+
+        `retry` replaces the client's retry policy for this read.
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        data = await self._transport.request("GET", _task_path(kind, _checked_task_id(task_id)))
+        path = _task_path(kind, _checked_task_id(task_id))
+        data = await self._transport.request("GET", path, retry=retry)
         return structure_task(data, kind)
 
     async def list_tasks(
@@ -755,6 +770,7 @@ class KlingClient:
             # task (its own URL, another process's, an earlier run's) is polled normally.
             wakeups=self.callbacks if task_id in self._called_back else None,
             pacer=limiter,
+            backoff=self.retry,
         )
 
     def _reads_for(self, kind: TaskKind, *, paced: bool) -> TaskSource:
@@ -1151,9 +1167,15 @@ class _WatcherReads:
     client: KlingClient
     paced: bool
 
-    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+    async def get_task(
+        self,
+        task_id: str,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task:
         path = _task_path(kind, task_id)
-        data = await self.client._transport.request("GET", path, paced=self.paced)
+        data = await self.client._transport.request("GET", path, paced=self.paced, retry=retry)
         return structure_task(data, kind, share_keys=True)
 
 

@@ -15,7 +15,14 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
-__all__ = ["CompletionTimes", "PollPlan", "PollPolicy", "RetryPolicy", "plan_polls"]
+__all__ = [
+    "CompletionTimes",
+    "PollPlan",
+    "PollPolicy",
+    "RetryBudget",
+    "RetryPolicy",
+    "plan_polls",
+]
 
 # Past this many doublings every schedule is at its ceiling; capping avoids float overflow.
 _MAX_DOUBLINGS = 64
@@ -76,10 +83,27 @@ class RetryPolicy:
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
     lookup_grace: float = attrs.field(default=2.0, validator=_non_negative)
 
+    def ceiling(self, retry: int) -> float:
+        """The longest wait before retry number `retry` (1-based): the backoff before jitter."""
+        return min(self.max_delay, self.base_delay * 2.0 ** min(retry - 1, _MAX_DOUBLINGS))
+
     def backoff(self, retry: int, draw: float) -> float:
         """Seconds to wait before retry number `retry` (1-based); `draw` is uniform in [0, 1)."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(retry - 1, _MAX_DOUBLINGS))
+        ceiling = self.ceiling(retry)
         return ceiling * draw if self.jitter else ceiling
+
+    def poll_backoff(self, failures: int) -> float:
+        """The least wait before the next poll of a watcher whose last `failures` polls failed.
+
+        A watcher's poll is itself a retry, so its backoff carries on where a request's own
+        retries stop (each failed poll counts as one more), up to `max_delay`: with the
+        defaults 8 s, 16 s, then 20 s. An outage of T seconds thus costs a watcher about
+        ``1 + T / max_delay`` reads, however dense its schedule was.
+
+        >>> [RetryPolicy().poll_backoff(n) for n in (1, 2, 3, 9)]
+        [8.0, 16.0, 20.0, 20.0]
+        """
+        return self.ceiling(self.max_attempts - 1 + failures)
 
     def delay(
         self, retry: int, draw: float, *, retry_after: float | None, rate_limited: bool
@@ -89,6 +113,47 @@ class RetryPolicy:
             return retry_after if retry_after <= self.max_retry_after else None
         wait = self.backoff(retry, draw)
         return max(wait, self.rate_limit_floor) if rate_limited else wait
+
+
+@attrs.frozen
+class RetryBudget:
+    """A client-wide allowance of retries: a token bucket in the shape the AWS SDKs use.
+
+    The bucket starts full. Every retry takes `retry_cost` tokens from it, or `timeout_cost`
+    after a connection failure or a timeout (those hold the server's resources longest);
+    every success puts tokens back: the cost of its own last retry when it needed one, else
+    `success_refill`. When the bucket cannot pay for a retry, none is made and the error
+    surfaces at once: a watcher then simply waits for its next poll. So while most requests
+    succeed, failures are retried freely; in an outage the client stops multiplying its load
+    after ``capacity / retry_cost`` retries, and earns them back as the service recovers.
+
+    Defaults: 100 tokens are 20 retries of headroom for one client: enough for scattered
+    failures (a retry that then succeeds gives its tokens back), spent within the first
+    seconds of an outage, as the AWS SDKs' 500 would not be for a client of a few watchers;
+    ``capacity=math.inf`` turns the budget off.
+
+    >>> budget = RetryBudget(capacity=10)
+    >>> budget.withdraw(10, timeout=False), budget.withdraw(4, timeout=False)
+    (5.0, None)
+    """
+
+    capacity: float = attrs.field(default=100.0, validator=_non_negative)
+    retry_cost: float = attrs.field(default=5.0, validator=_positive)
+    timeout_cost: float = attrs.field(default=10.0, validator=_positive)
+    success_refill: float = attrs.field(default=1.0, validator=_non_negative)
+
+    def cost(self, *, timeout: bool) -> float:
+        """The tokens one retry takes (`timeout`: after a timeout or connection failure)."""
+        return self.timeout_cost if timeout else self.retry_cost
+
+    def withdraw(self, tokens: float, *, timeout: bool) -> float | None:
+        """The tokens left after paying for one retry, or None when `tokens` cannot pay."""
+        cost = self.cost(timeout=timeout)
+        return tokens - cost if tokens >= cost else None
+
+    def deposit(self, tokens: float, refund: float | None = None) -> float:
+        """The tokens after a success: `refund` (its last retry's cost) or `success_refill`."""
+        return min(self.capacity, tokens + (self.success_refill if refund is None else refund))
 
 
 @attrs.frozen

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, Protocol
 
 from ._clock import Clock
 from .errors import APIError, NotFoundError, TaskFailedError, TransportError, WatchTimeoutError
 from .models import Task, TaskKind, TaskStatus
-from .policies import CompletionTimes, PollPolicy
+from .policies import CompletionTimes, PollPolicy, RetryPolicy
 
 __all__ = ["Pacer", "TaskSource", "TaskWatcher", "Wakeups"]
 
@@ -31,6 +31,8 @@ NOT_FOUND_GRACE = 120.0
 
 # Jitter needs no generator of its own per watcher (each holds 2.5 KiB of state).
 _JITTER = random.Random()
+#: A failing watcher's reads: the watcher's own backoff is their retry.
+_ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 #: How far along its life each known status is; a copy one step back is a stale one.
 _STAGE = {
@@ -44,8 +46,11 @@ _STAGE = {
 class TaskSource(Protocol):
     """Where a watcher reads its task from (`KlingClient.get_task` fits)."""
 
-    async def get_task(self, task_id: str, kind: TaskKind = ...) -> Task:
-        """The task's current state."""
+    async def get_task(
+        self, task_id: str, kind: TaskKind = ..., *, retry: RetryPolicy | None = ...
+    ) -> Task:
+        """The task's current state; `retry` replaces the source's retry policy for the read
+        (asked for only by a watcher given a `backoff`)."""
         ...
 
 
@@ -76,7 +81,11 @@ class TaskWatcher:
     ``await watcher`` returns the succeeded `Task`, or raises `TaskFailedError` (the task
     failed), `WatchTimeoutError` (the deadline passed) or the `APIError` that made further
     watching pointless (the task does not exist, the credentials were refused). Transient
-    failures of a poll (timeouts, 5xx, 429, dropped connections) never end the watch.
+    failures of a poll (timeouts, 5xx, 429, dropped connections) never end the watch. Given
+    a `backoff` (the client passes its `RetryPolicy`), a watcher whose reads keep failing
+    spaces its polls out towards ``backoff.max_delay`` (`RetryPolicy.poll_backoff`, and at
+    least a ``Retry-After``), reads with a single attempt until one succeeds, then goes back
+    to its schedule.
 
     ``async for task in watcher`` yields a snapshot each time the status changes and ends after
     the terminal one (a failed task is yielded, not raised). Each use continues from the latest
@@ -93,6 +102,7 @@ class TaskWatcher:
 
     # Tens of thousands may be watching at once: no per-instance __dict__.
     __slots__ = (
+        "_backoff",
         "_clock",
         "_failures_in_a_row",
         "_last_poll",
@@ -100,6 +110,7 @@ class TaskWatcher:
         "_on_poll_error",
         "_pacer",
         "_previous_delay",
+        "_retry_after",
         "_rng",
         "_shared_rest",
         "_source",
@@ -125,6 +136,7 @@ class TaskWatcher:
         on_poll_error: Callable[[Exception], object] | None = None,
         wakeups: Wakeups | None = None,
         pacer: Pacer | None = None,
+        backoff: RetryPolicy | None = None,
     ) -> None:
         self.task_id = task.id if isinstance(task, Task) else task
         self.kind = task.kind if isinstance(task, Task) else kind
@@ -147,6 +159,8 @@ class TaskWatcher:
         self._last_poll = float("-inf")
         self._failures_in_a_row = 0
         self._previous_delay: float | None = None
+        self._backoff = backoff
+        self._retry_after: float | None = None
 
     def __repr__(self) -> str:
         status = self.last.status.value if self.last else "not read yet"
@@ -263,7 +277,12 @@ class TaskWatcher:
             previous=self._previous_delay,
         )
         self._previous_delay = delay
-        return self.policy.spread(delay, self._rng.random())
+        delay = self.policy.spread(delay, self._rng.random())
+        if self._failures_in_a_row and self._backoff is not None:
+            # Not shortened by the spread: a failing watcher reads at most once per backoff.
+            backoff = self._backoff.poll_backoff(self._failures_in_a_row)
+            return max(delay, backoff, self._retry_after or 0.0)
+        return delay
 
     def _age(self) -> float:
         """Seconds since the task was created: by its own timestamp when known."""
@@ -282,6 +301,7 @@ class TaskWatcher:
             if not (exc.retryable or self._lagging(exc)):
                 raise
             self._failures_in_a_row += 1
+            self._retry_after = exc.retry_after if isinstance(exc, APIError) else None
             level = logging.WARNING if self._failures_in_a_row % 5 == 0 else logging.INFO
             log.log(
                 level,
@@ -304,15 +324,22 @@ class TaskWatcher:
         100,000 watchers, is a tenth of its memory.
         """
         if deadline is None:
-            return await self._source.get_task(self.task_id, self.kind)
+            return await self._get()
         try:
             async with asyncio.timeout(self._left(deadline)):
-                return await self._source.get_task(self.task_id, self.kind)
+                return await self._get()
         except TimeoutError:
             # A cancellation from outside (an anyio scope) in the same turn reaches the task
             # one turn later: let it win over the timeout, as it would have with fail_after.
             await asyncio.sleep(0)
             raise self._timeout() from None
+
+    def _get(self) -> Coroutine[Any, Any, Task]:
+        """The read (a coroutine, not awaited here: no frame more per poll); a single attempt
+        while the reads keep failing and the watcher backs off by itself."""
+        if self._failures_in_a_row and self._backoff is not None:
+            return self._source.get_task(self.task_id, self.kind, retry=_ONE_ATTEMPT)
+        return self._source.get_task(self.task_id, self.kind)
 
     def _lagging(self, exc: Exception) -> bool:
         """A task known to exist but 'not found' soon after: a gateway's cache lags behind."""

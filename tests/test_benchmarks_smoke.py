@@ -125,3 +125,15 @@ def test_list_reads_compares_per_task_and_list_based_reads(tmp_path: Path) -> No
         assert run["delay_mean_s"] >= -0.1  # the server's timestamps are whole milliseconds
     alone = [r for r in runs.values() if r["in_flight"] == 1]
     assert all(r["list_pages"] == 0 for r in alone)
+
+
+def test_outage_counts_reads_per_watcher_and_every_recovery(tmp_path: Path) -> None:
+    """The outage run counts each watcher's reads against the target, with the budget on
+    and off, and every watch ends with its task's success."""
+    runs = run_quick("outage", tmp_path)["results"]["runs"]
+    assert {run["budget"] for run in runs} == {"on", "off"}
+    for run in runs:
+        assert run["recovered"] == run["watchers"]
+        assert run["attempts_mean"] >= 1
+        assert positive(run["target"])
+        assert positive(run["over_budget_off"])

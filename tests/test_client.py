@@ -36,6 +36,7 @@ from kling_async import (
     OrphanedTask,
     PollPolicy,
     RateLimitError,
+    RetryBudget,
     RetryPolicy,
     ServerError,
     Task,
@@ -511,6 +512,50 @@ async def test_unclear_answers_to_a_create_are_never_resent(
         with pytest.raises(AmbiguousSubmissionError):
             await client.extend_video("vid-1", task_id="p-1")
     assert len([r for r in gateway.record.requests if r.method == "POST"]) == 1
+
+
+async def test_an_empty_retry_budget_surfaces_failures_at_once(gateway: FakeKlingServer) -> None:
+    """Retries drain the client-wide budget; once it cannot pay, a failure is raised after one
+    attempt; successes earn retries back."""
+    budget = RetryBudget(capacity=20, retry_cost=5)  # four retries
+    async with gateway_client(gateway, clock=FakeClock(), retry_budget=budget) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.rate(Fault.http_error(503, 5001, "down"), 1.0, method="GET")
+        with pytest.raises(ServerError):
+            await client.get_task(created.id)  # 1 + 4 retries: the budget is spent
+        with pytest.raises(ServerError):
+            await client.get_task(created.id)  # no retry left
+        gateway.faults.clear()
+        for _ in range(5):  # each success puts a token back: 5 pay for one retry
+            await client.get_task(created.id)
+        gateway.faults.push(Fault.http_error(503, 5001, "down"), method="GET", times=2)
+        with pytest.raises(ServerError):
+            await client.get_task(created.id)
+    statuses = [r.status for r in gateway.record.requests if r.method == "GET"]
+    assert statuses == [503] * 6 + [200] * 5 + [503] * 2
+
+
+@pytest.mark.parametrize("dialect", ["gateway", "official"])
+async def test_a_watcher_rides_out_an_outage_with_one_read_per_backoff(dialect: str) -> None:
+    """While reads keep failing, a watcher's first poll spends its retries, then each poll
+    is one read, further apart up to the retry cap; when the API is back, the watch ends."""
+    clock = FakeClock(time.time())
+    retry = RetryPolicy(jitter=False)
+    poll = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, jitter=False)
+    arguments = {"task_id": "p-1"} if dialect == "gateway" else {}
+    async with (
+        FakeKlingServer(dialect=dialect, api_key=KEY) as server,
+        KlingClient(
+            api_key=KEY, base_url=server.url, dialect=dialect, clock=clock, retry=retry
+        ) as client,
+    ):
+        task = await client.extend_video("vid-1", **arguments)
+        server.faults.push(Fault.http_error(503, 5001, "down"), method="GET", times=9)
+        finished = await client.watch(task, poll=poll)
+    assert finished.status is TaskStatus.SUCCEED
+    assert clock.sleeps[:10] == [0.01, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0, 20.0]
+    statuses = [r.status for r in server.record.requests if r.method == "GET"]
+    assert statuses[:10] == [503] * 9 + [200]
 
 
 async def test_retry_after_on_a_503_is_honoured(gateway: FakeKlingServer) -> None:

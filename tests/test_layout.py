@@ -161,6 +161,7 @@ def test_public_names_are_pinned() -> None:
             "PermissionDeniedError",
             "PollPolicy",
             "RateLimitError",
+            "RetryBudget",
             "RetryPolicy",
             "ServerError",
             "Task",

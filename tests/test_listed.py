@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from kling_async import KlingClient, PollPolicy, Task, TaskKind, TaskStatus
+from kling_async import KlingClient, PollPolicy, RetryPolicy, Task, TaskKind, TaskStatus
 from kling_async._clock import SystemClock
 from kling_async._listed import ListedReads
 from kling_async.errors import ServerError
@@ -36,7 +36,9 @@ class Account:
         self.page_fault: Exception | None = None
         self.page_gate: anyio.Event | None = None
 
-    async def read_one(self, task_id: str, kind: TaskKind) -> Task:
+    async def read_one(
+        self, task_id: str, kind: TaskKind, *, retry: RetryPolicy | None = None
+    ) -> Task:
         self.singles.append(task_id)
         return self.tasks[task_id]
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_async import PollPolicy, RetryPolicy
+from kling_async import PollPolicy, RetryBudget, RetryPolicy
 from kling_async.policies import CompletionTimes, plan_polls
 
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
@@ -34,6 +34,40 @@ def test_retry_after_replaces_the_backoff() -> None:
 def test_too_long_retry_after_is_not_waited() -> None:
     """A Retry-After beyond max_retry_after gives None: raise instead of hanging."""
     assert RetryPolicy(max_retry_after=30).delay(1, 0.5, retry_after=31, rate_limited=True) is None
+
+
+def test_a_failing_watcher_backs_off_from_where_its_retries_stopped_to_the_cap() -> None:
+    """Each failed poll counts as one more retry: 8 s, 16 s, then the 20 s cap, for good."""
+    policy = RetryPolicy()
+    assert [policy.poll_backoff(n) for n in range(1, 6)] == [8.0, 16.0, 20.0, 20.0, 20.0]
+    assert RetryPolicy(max_attempts=1, max_delay=3.0).poll_backoff(1) == 0.5
+
+
+def test_retries_drain_the_budget_and_successes_refill_it() -> None:
+    """A retry takes 5 tokens (10 after a timeout); a success gives back its last retry's
+    cost, or 1 when it needed none; the bucket never holds more than its capacity."""
+    budget = RetryBudget(capacity=20)
+    assert budget.withdraw(20, timeout=False) == 15
+    assert budget.withdraw(20, timeout=True) == 10
+    assert budget.withdraw(4.5, timeout=False) is None
+    assert budget.deposit(4.5) == 5.5
+    assert budget.deposit(4.5, refund=10.0) == 14.5
+    assert budget.deposit(19.5, refund=5.0) == 20
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["retry", "timeout", "success"]), st.booleans())))
+def test_the_budget_stays_between_empty_and_full(steps: list[tuple[str, bool]]) -> None:
+    """Whatever happens, the tokens stay within [0, capacity] and an unpaid retry is refused."""
+    budget = RetryBudget()
+    tokens = budget.capacity
+    for step, refunded in steps:
+        if step == "success":
+            tokens = budget.deposit(tokens, budget.retry_cost if refunded else None)
+        else:
+            left = budget.withdraw(tokens, timeout=step == "timeout")
+            assert (left is None) == (tokens < budget.cost(timeout=step == "timeout"))
+            tokens = tokens if left is None else left
+        assert 0.0 <= tokens <= budget.capacity
 
 
 @given(retry=st.integers(min_value=1, max_value=10), draw=draws)

@@ -15,6 +15,7 @@ from kling_async import (
     NotFoundError,
     PollPolicy,
     RateLimitError,
+    RetryPolicy,
     ServerError,
     Task,
     TaskFailedError,
@@ -40,9 +41,17 @@ class ScriptedSource:
         self.script = list(script)
         self.created = created
         self.calls: list[float] = []
+        self.policies: list[RetryPolicy | None] = []
 
-    async def get_task(self, task_id: str, kind: TaskKind = TaskKind.VIDEO_EXTEND) -> Task:
+    async def get_task(
+        self,
+        task_id: str,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task:
         self.calls.append(self.clock.monotonic())
+        self.policies.append(retry)
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if isinstance(step, Exception):
             raise step
@@ -335,3 +344,41 @@ async def test_a_pacer_slot_after_the_deadline_times_out_without_a_poll() -> Non
         await TaskWatcher(source, "t-1", policy=policy, clock=clock, pacer=pacer)
     assert source.calls == []
     assert clock.monotonic() == pytest.approx(30.0)
+
+
+def _gaps(calls: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(calls)]
+
+
+async def test_a_watcher_whose_reads_keep_failing_backs_off_to_the_retry_cap() -> None:
+    """Failed polls space the next ones out towards RetryPolicy.max_delay (8, 16, 20, 20 s
+    here), each read then a single attempt; the first success brings the schedule back."""
+    clock = FakeClock()
+    down = ServerError("down", code=5001, http_status=503)
+    script = ["processing", down, down, down, down, down, "processing", "processing", "succeed"]
+    source = ScriptedSource(clock, script)
+    await TaskWatcher(source, "t-1", policy=FAST, clock=clock, backoff=RetryPolicy())
+    gaps = _gaps(source.calls)
+    assert gaps[:6] == [1.0, 8.0, 16.0, 20.0, 20.0, 20.0]
+    assert all(gap <= FAST.max_interval for gap in gaps[6:])
+    once = [policy is not None and policy.max_attempts == 1 for policy in source.policies]
+    assert once == [False, False, True, True, True, True, True, False, False]
+
+
+async def test_a_failing_watcher_waits_out_a_retry_after() -> None:
+    """A read refused with Retry-After is not tried again sooner than asked."""
+    clock = FakeClock()
+    limited = RateLimitError("slow down", code=1302, http_status=429, retry_after=45.0)
+    source = ScriptedSource(clock, ["processing", limited, "succeed"])
+    await TaskWatcher(source, "t-1", policy=FAST, clock=clock, backoff=RetryPolicy())
+    assert _gaps(source.calls)[1] == 45.0
+
+
+async def test_without_a_backoff_a_failing_watcher_keeps_its_schedule() -> None:
+    """A watcher not given a RetryPolicy (an in-memory source) polls as its policy says."""
+    clock = FakeClock()
+    down = ServerError("down", code=5001, http_status=503)
+    source = ScriptedSource(clock, ["processing", down, down, "succeed"])
+    await TaskWatcher(source, "t-1", policy=FAST, clock=clock)
+    assert max(_gaps(source.calls)) <= FAST.max_interval
+    assert source.policies == [None] * 4
