@@ -553,14 +553,13 @@ class KlingClient:
                 on_abandoned=self._orphan_handler(kind, request),
             )
             task = structure_task(data, kind)
-        except InvalidRequestError as exc:
-            if not (resent and self._dialect.finds_by_external_id):
-                raise
-            task = await self._adopt(request, exc)
         except (APIError, TransportError) as exc:
-            if surely_not_created(exc):
+            if not surely_not_created(exc):
+                task = await self._recover(kind, request, exc, resent=resent)
+            elif resent and self._adopts(exc):
+                task = await self._adopt(request, exc)
+            else:
                 raise
-            task = await self._recover(kind, request, exc, resent=resent)
         if self._uses_receiver(request):
             _remember(self._called_back, task.id)
         return task
@@ -593,7 +592,11 @@ class KlingClient:
         )
         return await self._create(kind, request, None, None, resent=True)
 
-    async def _adopt(self, request: CreateRequest, refusal: InvalidRequestError) -> Task:
+    def _adopts(self, refusal: Exception) -> bool:
+        """Whether a resend's refusal may be its external id being taken (official API)."""
+        return isinstance(refusal, InvalidRequestError) and self._dialect.finds_by_external_id
+
+    async def _adopt(self, request: CreateRequest, refusal: APIError | TransportError) -> Task:
         """A resend refused because its external id is taken: the task of the first attempt.
 
         Raises the refusal itself when no task holds the external id (it was about something

@@ -500,6 +500,7 @@ async def test_explicit_refusals_of_a_create_are_resent(
         Fault.openai_error(504, "upstream timed out", "server_error"),
         Fault.html(504),
         Fault.html(502),
+        Fault.html(400),
         Fault.malformed(),
     ],
 )
