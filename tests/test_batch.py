@@ -24,12 +24,15 @@ from kling_async import (
     KlingClient,
     NotSentError,
     PollPolicy,
+    RateLimitError,
     RetryPolicy,
     TaskFailedError,
     TaskStatus,
     VideoExtendRequest,
     WatchTimeoutError,
 )
+from kling_async._clock import FakeClock
+from kling_async.batch import ConcurrencyWindow
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -418,3 +421,111 @@ async def test_nothing_is_sent_after_a_stop_by_a_request_that_waited() -> None:
     assert len(outcomes) == 2
     assert all(o.error is not None for o in outcomes)
     assert any(isinstance(o.error, NotSentError) for o in outcomes)
+
+
+async def test_a_batch_gives_up_after_max_attempts_refusals(server: FakeKlingServer) -> None:
+    """A create refused by 1302 again and again is given up after max_attempts, not retried
+    forever; each wait before a new try is at least the rate-limit floor."""
+    server.faults.push(Fault.rate_limited(retry_after=None, code=1302), method="POST", times=9)
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=3, rate_limit_floor=1.0)
+    async with client_for(server, clock=clock, retry=retry) as client:
+        outcomes = [o async for o in client.extend_many(requests(1))]
+    assert [type(o.error) for o in outcomes] == [RateLimitError]
+    assert len([r for r in server.record.requests if r.method == "POST"]) == 3
+    assert server.record.create_count == 0
+    assert len(clock.sleeps) == 2 and all(wait >= 1.0 for wait in clock.sleeps)
+
+
+async def test_over_the_parallel_limit_a_batch_waits_as_long_as_it_takes(
+    server: FakeKlingServer,
+) -> None:
+    """1303 refusals do not use up max_attempts: the account is busy, the request is fine."""
+    server.faults.push(Fault.rate_limited(retry_after=0.01, code=1303), method="POST", times=5)
+    async with client_for(server, retry=RetryPolicy(max_attempts=2, base_delay=0.01)) as client:
+        outcomes = [o async for o in client.extend_many(requests(1))]
+    assert [o.ok for o in outcomes] == [True]
+    assert len([r for r in server.record.requests if r.method == "POST"]) == 6
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [(4, 4.0), (600, 60.0)])
+async def test_a_refused_create_waits_the_servers_retry_after_up_to_the_cap(
+    server: FakeKlingServer, retry_after: float, waited: float
+) -> None:
+    """A Retry-After is waited as given; one past max_retry_after is cut to it, not raised."""
+    server.faults.push(Fault.rate_limited(retry_after=retry_after, code=1302), method="POST")
+    clock = FakeClock()
+    async with client_for(server, clock=clock, retry=RetryPolicy(max_retry_after=60)) as client:
+        outcomes = [o async for o in client.extend_many(requests(1))]
+    assert [o.ok for o in outcomes] == [True]
+    assert clock.sleeps[0] == waited
+
+
+async def test_the_window_halves_once_per_window_on_1303() -> None:
+    """1303s of requests sent in one window are one piece of news: one halving, never below 1."""
+    window = ConcurrencyWindow(8)
+    sent_before = [await window.acquire() for _ in range(3)]
+    for slot in sent_before:
+        window.shrink(slot)
+        window.release(slot)
+    assert window.size == 4.0
+    later = await window.acquire()
+    window.shrink(later)
+    assert window.size == 2.0
+    window.release(later)
+    for _ in range(5):
+        slot = await window.acquire()
+        window.shrink(slot)
+        window.release(slot)
+    assert window.size == 1.0
+
+
+async def test_the_window_grows_back_by_about_one_slot_per_window() -> None:
+    """Each success adds 1/size (2 -> 2.5 -> 2.9): about one slot per window, up to the limit."""
+    window = ConcurrencyWindow(4)
+    for _ in range(2):
+        slot = await window.acquire()
+        window.shrink(slot)
+        window.release(slot)
+    assert window.size == 1.0
+    window.grow()
+    assert window.size == 2.0
+    window.grow()
+    window.grow()
+    assert window.size == pytest.approx(2.9)
+    for _ in range(10):
+        window.grow()
+    assert window.size == 4.0
+
+
+async def test_the_window_holds_requests_beyond_its_size() -> None:
+    """acquire waits while the window is full and goes on as soon as a slot is released."""
+    window = ConcurrencyWindow(2)
+    first, _ = await window.acquire(), await window.acquire()
+    taken: list[object] = []
+
+    async def third() -> None:
+        taken.append(await window.acquire())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(third)
+        await anyio.wait_all_tasks_blocked()
+        assert window.in_use == 2 and not taken
+        window.release(first)
+        window.release(first)  # twice is once
+    assert (window.in_use, window.peak, len(taken)) == (2, 2, 1)
+    with pytest.raises(ValueError, match="concurrency must be at least 1, not 0"):
+        ConcurrencyWindow(0)
+
+
+async def test_a_slot_taken_again_brings_news_of_the_new_window() -> None:
+    """A slot given back during a 1303 and taken again halves the window on its next 1303."""
+    window = ConcurrencyWindow(8)
+    resent, old = await window.acquire(), await window.acquire()
+    window.shrink(resent)
+    window.release(resent)
+    assert await window.acquire(resent) is resent and resent.held
+    window.shrink(old)  # sent before the first halving: the same news
+    assert window.size == 4.0
+    window.shrink(resent)  # refused again after it was sent anew: a new piece of news
+    assert window.size == 2.0

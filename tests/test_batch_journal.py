@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from kling_async import (
@@ -363,3 +365,38 @@ async def test_an_edited_request_under_an_old_key_is_refused(tmp_path: Path) -> 
         assert server.record.create_count == 1
     assert isinstance(outcomes[0].error, InvalidArgumentError)
     assert "edited" in str(outcomes[0].error)
+
+
+class AnswerHeldClient(KlingClient):
+    """A client whose create is answered (the task exists) but whose answer is held back."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.created = anyio.Event()
+        self.answer = anyio.Event()
+
+    async def submit(self, request: VideoExtendRequest, **kwargs: Any) -> Task:
+        task = await super().submit(request, **kwargs)
+        self.created.set()
+        await self.answer.wait()  # the answer is still on its way when the batch is closed
+        return task
+
+
+async def test_closing_a_batch_mid_create_still_journals_the_paid_task(tmp_path: Path) -> None:
+    """A create in flight when the batch is cancelled is finished and journaled first."""
+    journal = tmp_path / "j.db"
+    async with FakeKlingServer(dialect="gateway", api_key=KEY, durations=FAST) as server:
+        client = AnswerHeldClient(api_key=KEY, base_url=server.url, dialect="gateway", poll=QUICK)
+        async with client:
+            batch = client.extend_many(requests(1), journal=journal)
+            await batch.__aenter__()
+            await client.created.wait()
+            async with anyio.create_task_group() as group:
+                group.start_soon(batch.aclose)
+                await anyio.wait_all_tasks_blocked()
+                client.answer.set()
+        (created,) = server.record.created
+    async with Journal(journal) as opened:
+        entry = await opened.entry("row-0")
+    assert entry is not None and entry.task is not None
+    assert entry.task.id == created

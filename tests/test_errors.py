@@ -22,7 +22,7 @@ from kling_async import (
     VideoExtendRequest,
     WatchTimeoutError,
 )
-from kling_async.errors import error_from_answer
+from kling_async.errors import error_from_answer, sole_error
 
 # Every business code of the spec: (HTTP status, code, class, retryable).
 SPEC_TABLE = [
@@ -149,3 +149,60 @@ def test_ambiguous_submission_keeps_the_request() -> None:
     error = AmbiguousSubmissionError(request, "connection dropped")
     assert error.request is request
     assert "vid-7" in str(error) and "not sent again" in str(error)
+
+
+@pytest.mark.parametrize("http", [500, 501, 599])
+def test_a_5xx_without_a_known_code_is_a_retryable_server_error(http: int) -> None:
+    """HTTP 500 itself (not only the codes above it) is a server error worth retrying."""
+    for body in (None, {"code": 7777, "message": "?"}, {"error": {"message": "?"}}):
+        error = error_from_answer(http, body, "<h1>down</h1>")
+        assert type(error) is ServerError and error.retryable
+
+
+@pytest.mark.parametrize("http", [405, 409, 410, 413, 418, 451, 499])
+def test_an_unmapped_4xx_is_neither_retryable_nor_a_server_error(http: int) -> None:
+    """A 409 or 413 will be refused again: a plain APIError, never retried."""
+    for body in (None, {"code": "conflict", "message": "no"}, {"code": 7777, "message": "?"}):
+        error = error_from_answer(http, body, "refused")
+        assert type(error) is APIError and not error.retryable
+
+
+def test_the_code_of_an_error_object_wins_over_its_type() -> None:
+    """``{"error": {"code": "insufficient_quota"}}`` under a 429 is an empty account."""
+    body = {"error": {"code": "insufficient_quota", "type": "new_api_error", "message": "spent"}}
+    error = error_from_answer(429, body, "")
+    assert type(error) is InsufficientBalanceError and not error.retryable
+    assert error.code == "insufficient_quota" and error.definitive
+    assert str(error).startswith("spent (code insufficient_quota, HTTP 429).")
+
+
+def test_an_error_object_without_a_code_is_named_by_its_type() -> None:
+    """Without a code, the object's type names the error; without a message, that is said."""
+    error = error_from_answer(429, {"error": {"type": "rate_limit_exceeded"}}, "")
+    assert type(error) is RateLimitError and error.code == "rate_limit_exceeded"
+    assert "the gateway gave no message" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "read"),
+    [("0123", 123), ("123456789", 123456789), ("1234567890", "1234567890"), (True, None)],
+)
+def test_odd_codes_are_read_carefully(code: object, read: object) -> None:
+    """Digits become a number (up to nine of them); a boolean is no code at all."""
+    assert error_from_answer(400, {"code": code, "message": "x"}, "").code == read
+
+
+def test_an_envelope_without_a_message_says_so() -> None:
+    """A Kling envelope may lack its message: the error still reads as a sentence."""
+    error = error_from_answer(400, {"code": 1201, "request_id": 42}, "")
+    assert str(error).startswith("the server gave no message (code 1201, HTTP 400, request 42).")
+    assert error.request_id == "42"
+
+
+def test_sole_error_unwraps_a_task_groups_single_error() -> None:
+    """One error wrapped (even twice) by task groups comes out as itself; several stay grouped."""
+    inner = RateLimitError("slow down", code=1302)
+    assert sole_error(ExceptionGroup("g", [ExceptionGroup("h", [inner])])) is inner
+    assert sole_error(inner) is inner
+    several = ExceptionGroup("g", [inner, ServerError("down")])
+    assert sole_error(several) is several

@@ -595,3 +595,89 @@ async def test_reopen_lets_a_finished_entry_record_again(stores: Stores) -> None
     assert entry.state is EntryState.SUBMITTED
     assert entry.task is not None
     assert entry.task.id == "t-1"
+
+
+async def test_a_reopened_entry_with_a_task_cannot_be_forgotten(tmp_path: Path) -> None:
+    """Reopening a finished entry whose task is known makes it SUBMITTED: forget refuses it."""
+    async with Journal(tmp_path / "j") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.PROCESSING))
+        await journal.record_outcome("k", None, TimeoutError("gave up watching"))
+        await journal.reopen("k")
+        entry = await journal.entry("k")
+        assert entry is not None and entry.state is EntryState.SUBMITTED
+        assert (entry.error_type, entry.error_message) == (None, None)
+        with pytest.raises(JournalError, match="running task t-1"):
+            await journal.forget("k")
+        assert await journal.entry("k") is not None
+
+
+async def test_an_outcome_without_a_task_keeps_the_task_id_for_every_check(
+    tmp_path: Path,
+) -> None:
+    """After an error outcome with no task, the known id still guards against a second task."""
+    async with Journal(tmp_path / "j") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.PROCESSING))
+        await journal.record_outcome("k", None, TimeoutError("gave up watching"))
+        await journal.reopen("k")
+        with pytest.raises(JournalError, match=r"journaled with task t-1 .* not t-2"):
+            await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-2"))
+        await journal.record_outcome("k", task(TaskStatus.SUCCEED), None)
+    rows = read_rows(tmp_path / "j")
+    assert [(row["state"], row["task_id"], row["task_status"]) for row in rows] == [
+        ("finished", "t-1", "succeed")
+    ]
+
+
+async def test_an_outcome_for_another_task_is_refused(tmp_path: Path) -> None:
+    """A final snapshot of a different task than the one journaled is two tasks: refused."""
+    async with Journal(tmp_path / "j") as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.PROCESSING))
+        with pytest.raises(JournalError, match="two tasks for one request"):
+            await journal.record_outcome("k", task(TaskStatus.SUCCEED, "t-9"), None)
+        with pytest.raises(JournalError, match="no intent"):
+            await journal.record_outcome("absent", None, RuntimeError("x"))
+        entry = await journal.entry("k")
+    assert entry is not None and entry.state is EntryState.SUBMITTED
+
+
+async def test_reopening_an_unfinished_or_absent_entry_changes_nothing(tmp_path: Path) -> None:
+    """reopen only acts on FINISHED entries: a running one keeps its state and error fields."""
+    clock = FakeClock()
+    async with Journal(tmp_path / "j", clock=clock) as journal:
+        await journal.record_intent("k", REQUEST)
+        before = await journal.entry("k")
+        clock.advance(60)
+        await journal.reopen("k")
+        await journal.reopen("absent")
+        assert await journal.entry("k") == before
+        assert await journal.entry("absent") is None
+
+
+async def test_a_journal_without_a_schema_version_is_refused(tmp_path: Path) -> None:
+    """A file with the journal's identity but no schema (a half-made one) is not started afresh."""
+    path = tmp_path / "j.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("CREATE TABLE entry (key TEXT)")
+    db.close()
+    with pytest.raises(JournalError, match="no schema version"):
+        await Journal(path).open()
+
+
+async def test_a_damaged_journal_is_refused_at_open(tmp_path: Path) -> None:
+    """A page scribbled over is found when the journal opens, not halfway through a run."""
+    path = tmp_path / "j.db"
+    async with Journal(path, clock=FakeClock()) as journal:  # the same bytes every run
+        for n in range(200):
+            await journal.record_intent(f"k{n}", VideoExtendRequest(f"v{n}", prompt="x" * 100))
+    with sqlite3.connect(path) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[page * 3 + 8 : page * 3 + 72] = b"\xff" * 64  # the cell pointers of a table page
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=r"is not a kling_async journal \(it is damaged: "):
+        await Journal(path).open()

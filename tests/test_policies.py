@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import random
+import statistics
+
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -248,3 +253,107 @@ def test_the_plan_is_optimal_on_a_known_case() -> None:
     first = plan.next_poll(0.0)
     assert first is not None
     assert plan.next_poll(first) == pytest.approx(60.0, abs=0.5)
+
+
+def test_jitter_spreads_retries_over_the_whole_step() -> None:
+    """With jitter, clients failing together wait anything from 0 to the step's ceiling."""
+    rng = random.Random(17)
+    policy = RetryPolicy()
+    waits = [policy.backoff(3, rng.random()) for _ in range(1000)]  # ceiling 2 s
+    assert min(waits) < 0.05 and max(waits) > 1.95
+    assert statistics.mean(waits) == pytest.approx(1.0, abs=0.1)
+    assert len(set(waits)) == 1000
+    assert policy.backoff(3, 0.25) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waited"), [(0.0, 0.0), (30.0, 30.0), (30.000001, None), (12.5, 12.5)]
+)
+def test_retry_after_is_taken_up_to_and_including_the_cap(
+    retry_after: float, waited: float | None
+) -> None:
+    """Retry-After 0 means at once; one equal to max_retry_after is still waited."""
+    policy = RetryPolicy(max_retry_after=30)
+    for limited in (True, False):
+        assert policy.delay(1, 0.9, retry_after=retry_after, rate_limited=limited) == waited
+
+
+def test_the_rate_limit_floor_only_raises_short_waits() -> None:
+    """Below the floor a rate-limited wait is lifted to it; above, the backoff stands."""
+    policy = RetryPolicy(rate_limit_floor=1.5)
+    assert policy.delay(1, 0.5, retry_after=None, rate_limited=True) == 1.5
+    assert policy.delay(1, 0.5, retry_after=None, rate_limited=False) == 0.25
+    assert policy.delay(5, 0.75, retry_after=None, rate_limited=True) == 6.0
+    assert RetryPolicy(rate_limit_floor=0).delay(1, 0, retry_after=None, rate_limited=True) == 0
+
+
+def test_retry_defaults_are_as_documented() -> None:
+    """Five attempts, 0.5 s doubling to 20 s, full jitter, a 1 s floor, at most 60 s Retry-After."""
+    policy = RetryPolicy()
+    assert (policy.max_attempts, policy.base_delay, policy.max_delay) == (5, 0.5, 20.0)
+    assert (policy.jitter, policy.rate_limit_floor, policy.max_retry_after) == (True, 1.0, 60.0)
+    assert RetryPolicy(max_attempts=1).max_attempts == 1
+
+
+def test_poll_defaults_are_as_documented() -> None:
+    """First look at 10 s, then 2 s growing by 1.5 up to 30 s; 30 minutes; a net of 300 s."""
+    policy = PollPolicy()
+    assert (policy.initial_delay, policy.min_interval, policy.max_interval) == (10.0, 2.0, 30.0)
+    assert (policy.multiplier, policy.jitter, policy.timeout) == (1.5, True, 1800.0)
+    assert (policy.adaptive, policy.completion_step, policy.min_samples) == (True, 0.1, 5)
+    assert policy.callback_interval == 300.0
+    assert PollPolicy(min_interval=5, max_interval=5, multiplier=1, timeout=None).timeout is None
+
+
+def test_fixed_schedule_starts_late_then_grows_from_the_floor() -> None:
+    """initial_delay first, then min_interval, growing by multiplier, capped at the ceiling."""
+    policy = PollPolicy(initial_delay=7, min_interval=2, max_interval=5, multiplier=2)
+    assert [policy.fixed_delay(n) for n in range(5)] == [7, 2, 4, 5, 5]
+
+
+def test_adaptive_can_be_switched_off() -> None:
+    """adaptive=False keeps the fixed schedule whatever was learned."""
+    policy = PollPolicy(initial_delay=10, jitter=False, adaptive=False)
+    learned = _learned(100, 110, 120, 130, 140)
+    assert policy.next_delay(age=0, polls_done=0, learned=learned) == 10
+    assert policy.next_delay(age=0, polls_done=0, learned=None) == 10
+    exactly_enough = PollPolicy(jitter=False, min_samples=5, max_interval=60)
+    assert exactly_enough.next_delay(age=0, polls_done=0, learned=learned) != 10
+
+
+def test_spread_only_ever_shortens_a_wait_by_up_to_a_tenth() -> None:
+    """Poll jitter makes a wait up to 10 % earlier, never later; off, the wait stands."""
+    assert PollPolicy().spread(20.0, 0.5) == 19.0
+    assert PollPolicy().spread(20.0, 0.0) == 20.0
+    assert PollPolicy(jitter=False).spread(20.0, 0.9) == 20.0
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -math.inf, -1.0, -1e-9])
+def test_nonsense_durations_are_not_learned(seconds: float) -> None:
+    """A NaN, infinite or negative duration (a clock skew) is ignored; zero is fine."""
+    times = _learned(100, 110)
+    times.observe(seconds)
+    assert len(times) == 2 and times.quantile(1.0) == 110
+    times.observe(0.0)
+    assert len(times) == 3 and times.quantile(0.0) == 0.0
+
+
+def test_completion_times_interpolate_and_count_survivors() -> None:
+    """Quantiles interpolate between recorded durations; survival is the share running."""
+    times = _learned(10, 20, 30, 40)
+    assert times.quantile(0.5) == 25.0
+    assert times.quantile(-1) == 10 and times.quantile(2) == 40
+    assert [times.survival(age) for age in (5, 25, 40, 41)] == [1.0, 0.5, 0.0, 0.0]
+    single = _learned(7)
+    assert single.quantile(0.3) == 7 and single.survival(7) == 0.0
+
+
+def test_completion_times_window_is_checked_and_slides() -> None:
+    """A window below one is refused; a full window drops exactly its oldest duration."""
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        CompletionTimes(window=0)
+    times = CompletionTimes(window=2)
+    for value in (5, 1, 9):
+        times.observe(value)
+    assert (times.quantile(0), times.quantile(1)) == (1, 9)
+    assert len(CompletionTimes(window=1)) == 0

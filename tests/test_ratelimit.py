@@ -103,3 +103,62 @@ async def test_a_slot_within_the_deadline_is_taken() -> None:
     await limiter.acquire()
     assert await limiter.acquire(within=2.5) is True
     assert clock.sleeps == [2.0]
+
+
+async def test_a_cancelled_last_waiter_does_not_open_a_burst() -> None:
+    """After the newest waiter gives up, the next request still waits its turn, at any hour."""
+    clock = FakeClock()
+    clock.advance(1000)
+    limiter = RateLimiter(1.0, clock=clock, burst=1)
+    assert limiter.reserve() == 0.0  # the slot now
+    assert limiter.reserve() == pytest.approx(1.0)  # a request waiting for the next one
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire()  # gives up while waiting for the slot after that
+    assert limiter.reserve() == pytest.approx(2.0)
+    assert limiter.reserve() == pytest.approx(3.0)
+
+
+class StillClock(FakeClock):
+    """A clock whose sleeps last until they are cancelled: time moves only by `advance`."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await anyio.sleep_forever()
+
+
+async def test_a_cancelled_waiter_keeps_a_slot_a_later_request_took() -> None:
+    """If someone reserved after the cancelled waiter, the timeline is not pulled back."""
+    clock = StillClock()
+    clock.advance(50)
+    limiter = RateLimiter(2.0, clock=clock, burst=1)
+    limiter.reserve()
+    async with anyio.create_task_group() as group:
+        group.start_soon(limiter.acquire)  # waits 0.5 s for its slot
+        await anyio.wait_all_tasks_blocked()
+        assert limiter.reserve() == pytest.approx(1.0)  # a later request takes the next
+        group.cancel_scope.cancel()
+    assert limiter.reserve() == pytest.approx(1.5)
+
+
+async def test_the_deadline_check_holds_late_in_the_day() -> None:
+    """acquire(within=...) compares the wait, not the clock's reading, with the deadline."""
+    clock = FakeClock()
+    clock.advance(10_000)
+    limiter = RateLimiter(0.5, clock=clock, burst=1)
+    assert await limiter.acquire() is True
+    assert await limiter.acquire(within=2.5) is True
+    assert await limiter.acquire(within=1.5) is False
+    assert clock.sleeps == [2.0, 1.5]
+
+
+def test_the_default_burst_is_a_tenth_of_a_seconds_worth() -> None:
+    """At 100 requests a second, ten go at once and the eleventh waits; rate is kept."""
+    limiter = RateLimiter(100.0, clock=FakeClock())
+    waits = [limiter.reserve() for _ in range(12)]
+    assert waits[:10] == [0.0] * 10
+    assert waits[10] == pytest.approx(0.01)
+    assert waits[11] == pytest.approx(0.02)
+    assert limiter.rate == 100.0
+    slow = RateLimiter(5.0, clock=FakeClock())  # under ten a second: no burst at all
+    assert [slow.reserve() for _ in range(2)] == [0.0, pytest.approx(0.2)]

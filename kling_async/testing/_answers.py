@@ -87,9 +87,10 @@ def gateway_error(status: int, code: str, message: str) -> Answer:
     return _json_answer(status, {"code": code, "message": message, "data": None})
 
 
-def openai_error(status: int, message: str, error_type: str) -> Answer:
-    """A gateway's OpenAI-like error body."""
-    return _json_answer(status, {"error": {"message": message, "type": error_type}})
+def openai_error(status: int, message: str, error_type: str, code: str | None = None) -> Answer:
+    """A gateway's OpenAI-like error body (with a ``code`` when one is given)."""
+    error = {"message": message, "type": error_type}
+    return _json_answer(status, {"error": error if code is None else {**error, "code": code}})
 
 
 def html_page(status: int) -> Answer:
@@ -118,7 +119,10 @@ def fault_answer(fault: Fault, request_id: str) -> Answer:
     if fault.name == "gateway_error":
         return gateway_error(fault.http_status or 400, str(fault.code), fault.message or "")
     if fault.name == "openai_error":
-        return openai_error(fault.http_status or 401, fault.message or "", fault.error_type or "")
+        error_code = fault.code if isinstance(fault.code, str) else None
+        return openai_error(
+            fault.http_status or 401, fault.message or "", fault.error_type or "", error_code
+        )
     code = fault.code if isinstance(fault.code, int) else 5000
     return kling_error(
         fault.http_status or 500, code, fault.message or "", request_id, fault.retry_after

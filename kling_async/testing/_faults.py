@@ -101,9 +101,11 @@ class Fault:
         status: int = 401,
         message: str = "Invalid API key provided",
         type: str = "invalid_request_error",
+        code: str | None = None,
     ) -> Fault:
-        """A gateway's OpenAI-like error: ``{"error": {"message": ..., "type": ...}}``."""
-        return cls("openai_error", http_status=status, message=message, error_type=type)
+        """A gateway's OpenAI-like error: ``{"error": {"message": ..., "type": ...}}``, with
+        ``"code"`` too when given (as new-api style gateways send ``insufficient_quota``)."""
+        return cls("openai_error", http_status=status, code=code, message=message, error_type=type)
 
     @classmethod
     def status(cls, text: str) -> Fault:
