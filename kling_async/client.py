@@ -166,6 +166,7 @@ class KlingClient:
 
     >>> async with KlingClient(api_key="...", base_url="https://api.example-gateway.com") as c:
     ...     task = await c.extend_video("vid_1", task_id="task_1", prompt="keep walking")
+    ... # doctest: +SKIP
     """
 
     def __init__(
