@@ -1,0 +1,280 @@
+"""Mutation testing of the money paths: each module against its own fast tests.
+
+Each module of `MODULES` is copied with the package and its tests into its own folder under
+`.mutation/`, where mutmut makes small deliberate bugs in it (mutants) and runs the module's
+tests against each. A mutant the tests do not notice is a rule that could break unseen.
+
+Mutants that cannot change behaviour (equivalent) or that change only what no rule covers
+(accepted) are listed with their reason in `scripts/mutation_equivalents.toml`; the score is
+killed / (tried - equivalent), and the table lists every other survivor.
+
+Not part of the per-commit checks: it takes tens of minutes. Run it with
+
+    .venv/bin/python -m pip install -e '.[dev,mutation]'
+    .venv/bin/python scripts/mutation.py                   # all modules, table on stdout
+    .venv/bin/python scripts/mutation.py journal batch     # some modules
+    .venv/bin/python scripts/mutation.py --write docs/mutation.md
+
+To cover another module, add a line to `MODULES`: the module and the test files that are its
+own (fast, in-process) tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.toml"
+
+#: module of kling_async -> the tests that are its own (its docstring examples are added).
+MODULES: dict[str, tuple[str, ...]] = {
+    "errors": ("tests/test_errors.py",),
+    "policies": ("tests/test_policies.py",),
+    "_ratelimit": ("tests/test_ratelimit.py",),
+    "_transport": ("tests/test_transport.py", "tests/test_client.py", "tests/test_secrets.py"),
+    "journal": ("tests/test_journal.py",),
+    "batch": ("tests/test_batch.py", "tests/test_batch_journal.py"),
+}
+
+# mutmut's exit codes of a mutant's test run, by what they mean here. A timeout is a mutant
+# the tests noticed (it hung them); "no tests" is a gap like a survivor.
+_KILLED = {1, 3, 24, -24, 36, 152, 255}
+_SURVIVED = {0, 5, 33}
+
+
+@dataclass
+class Mutant:
+    name: str
+    function: str
+    before: str
+    after: str
+
+
+@dataclass
+class Result:
+    module: str
+    tried: int = 0
+    killed: int = 0
+    equivalent: list[tuple[Mutant, str]] = field(default_factory=list)
+    accepted: list[tuple[Mutant, str]] = field(default_factory=list)
+    survivors: list[Mutant] = field(default_factory=list)
+    other: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        counted = self.tried - len(self.equivalent)
+        return 100.0 * (counted - len(self.accepted) - len(self.survivors)) / max(counted, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="module", help=", ".join(MODULES))
+    parser.add_argument("--workers", type=int, default=2, help="parallel test runs (default 2)")
+    parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument(
+        "--reuse", action="store_true", help="read the last run's results, run nothing"
+    )
+    args = parser.parse_args()
+    unknown = set(args.modules) - set(MODULES)
+    if unknown:
+        parser.error(f"no such module: {', '.join(sorted(unknown))} (known: {', '.join(MODULES)})")
+    known = _load_known()
+    results = []
+    for module in args.modules or list(MODULES):
+        started = time.monotonic()
+        if not args.reuse:
+            _run(module, args.workers)
+        result = _collect(module, known)
+        result.seconds = time.monotonic() - started
+        results.append(result)
+        print(_module_line(result), flush=True)
+    report = _report(results)
+    print(report)
+    if args.write:
+        args.write.write_text(_document(report, args))
+    return 0 if all(not r.survivors for r in results) else 1
+
+
+def _run(module: str, workers: int) -> None:
+    """Copy the code and tests into the module's own folder and let mutmut work there."""
+    place = WORK / module
+    shutil.rmtree(place, ignore_errors=True)
+    place.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis")
+    shutil.copytree(ROOT / "kling_async", place / "kling_async", ignore=ignore)
+    shutil.copytree(ROOT / "tests", place / "tests", ignore=ignore)
+    examples = f"tests/test_doctests.py::test_docstring_examples_hold[kling_async.{module}]"
+    tests = ", ".join(json.dumps(test) for test in (*MODULES[module], examples))
+    (place / "pyproject.toml").write_text(
+        (ROOT / "pyproject.toml").read_text()
+        + "\n[tool.mutmut]\n"
+        + 'source_paths = ["kling_async"]\n'
+        + f'only_mutate = ["kling_async/{module}.py"]\n'
+        + f"pytest_add_cli_args_test_selection = [{tests}]\n"
+        + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
+    )
+    mutmut = Path(sys.executable).with_name("mutmut")
+    command = ["nice", "-n", "19", str(mutmut), "run", "--max-children", str(workers)]
+    with (place / "mutmut.log").open("w") as log:
+        done = subprocess.run(command, cwd=place, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut failed on {module}; see {place / 'mutmut.log'}")
+
+
+def _collect(module: str, known: dict[tuple[str, str, str], tuple[str, str]]) -> Result:
+    """Count the module's mutants by fate and sort its survivors against the known list."""
+    mutated = WORK / module / "mutants" / "kling_async" / f"{module}.py"
+    codes = json.loads(Path(f"{mutated}.meta").read_text())["exit_code_by_key"]
+    functions = _functions(mutated)
+    result = Result(module)
+    for name, code in sorted(codes.items(), key=lambda item: _natural(item[0])):
+        result.tried += 1
+        if code in _KILLED:
+            result.killed += 1
+            continue
+        mutant = _describe(name, functions)
+        if code not in _SURVIVED:
+            result.other[str(code)] += 1
+        verdict = known.get((module, mutant.before, mutant.after))
+        if verdict is None:
+            result.survivors.append(mutant)
+        elif verdict[0] == "equivalent":
+            result.equivalent.append((mutant, verdict[1]))
+        else:
+            result.accepted.append((mutant, verdict[1]))
+    return result
+
+
+def _natural(name: str) -> tuple[str, int]:
+    stem, _, number = name.rpartition("__mutmut_")
+    return stem, int(number) if number.isdigit() else -1
+
+
+def _functions(mutated: Path) -> dict[str, list[str]]:
+    """Every function of mutmut's copy of a module (originals and mutants), as source lines."""
+    source = mutated.read_text()
+    found: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
+            segment = ast.get_source_segment(source, node, padded=True) or ""
+            found[node.name] = segment.splitlines()[1:]  # the body: the def line holds the name
+    return found
+
+
+def _describe(name: str, functions: dict[str, list[str]]) -> Mutant:
+    """The mutant's function and the lines it changes (before and after, stripped)."""
+    mangled = name.rsplit(".", 1)[-1]
+    stem = mangled.rpartition("__mutmut_")[0]
+    original, changed = functions.get(f"{stem}__mutmut_orig", []), functions.get(mangled, [])
+    diff = list(difflib.ndiff(original, changed))
+    before = " / ".join(line[2:].strip() for line in diff if line.startswith("- "))
+    after = " / ".join(line[2:].strip() for line in diff if line.startswith("+ "))
+    return Mutant(name, _readable(stem), before, after)
+
+
+def _readable(stem: str) -> str:
+    if stem.startswith("xǁ"):  # a method: xǁClassǁmethod
+        return ".".join(part for part in stem[2:].split("ǁ") if part)
+    return stem[2:] if stem.startswith("x_") else stem
+
+
+def _load_known() -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(module, line before, line after) -> (kind, reason) of mutants judged by a person."""
+    known = {}
+    for entry in tomllib.loads(EQUIVALENTS.read_text()).get("mutant", []):
+        kind = entry["kind"]
+        if kind not in ("equivalent", "accepted"):
+            raise SystemExit(f"{EQUIVALENTS.name}: unknown kind {kind!r} in {entry}")
+        known[(entry["module"], entry["before"], entry["after"])] = (kind, entry["reason"])
+    return known
+
+
+def _module_line(result: Result) -> str:
+    return (
+        f"{result.module}: {result.killed}/{result.tried - len(result.equivalent)} killed "
+        f"({result.score:.1f} %), {len(result.survivors)} unexplained survivors, "
+        f"{result.seconds / 60:.1f} min"
+    )
+
+
+def _report(results: list[Result]) -> str:
+    lines = [
+        "| module | mutants | equivalent | killed | accepted | survived | score | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| `{r.module}` | {r.tried} | {len(r.equivalent)} | {r.killed} | "
+            f"{len(r.accepted)} | {len(r.survivors)} | {r.score:.1f} % | {r.seconds / 60:.1f} |"
+        )
+    lines.append("")
+    lines.append("Score = killed / (mutants - equivalent); accepted survivors count against it.")
+    for title, rows in (
+        ("Survivors (real gaps)", [(r.module, m, "") for r in results for m in r.survivors]),
+        ("Accepted survivors", [(r.module, m, why) for r in results for m, why in r.accepted]),
+        ("Equivalent mutants", [(r.module, m, why) for r in results for m, why in r.equivalent]),
+    ):
+        lines += ["", f"### {title}", ""]
+        if not rows:
+            lines.append("None.")
+            continue
+        lines += ["| module | function | before | after | why |", "|---|---|---|---|---|"]
+        for module, mutant, why in rows:
+            lines.append(
+                f"| `{module}` | `{mutant.function}` | {_code(mutant.before)} | "
+                f"{_code(mutant.after)} | {why} |"
+            )
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    text = text.replace("|", "\\|")
+    return f"`{text}`" if text else "(removed)"
+
+
+def _document(report: str, args: argparse.Namespace) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "kling_async", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    mutmut = subprocess.run(
+        [str(Path(sys.executable).with_name("mutmut")), "--version"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    command = "python scripts/mutation.py " + " ".join(
+        [*args.modules, f"--workers {args.workers}", f"--write {args.write}"]
+    )
+    return (
+        "# Mutation testing of the money paths\n\n"
+        f"Ran {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit `{commit}`"
+        f"{' (with uncommitted changes)' if dirty else ''}, {mutmut or 'mutmut'}, "
+        f"{os.cpu_count()} cores, as `{command}`.\n"
+        "Each module is mutated alone and run against its own tests only (see `MODULES` in "
+        "`scripts/mutation.py`); judged survivors and their reasons are in "
+        "`scripts/mutation_equivalents.toml`.\n\n" + report + "\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
