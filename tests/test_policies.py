@@ -6,7 +6,6 @@ import math
 import random
 import statistics
 
-import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
