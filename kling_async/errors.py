@@ -88,7 +88,8 @@ class APIError(KlingError):
         facts.append(f"HTTP {self.http_status}" if self.http_status is not None else None)
         facts.append(f"request {self.request_id}" if self.request_id else None)
         detail = ", ".join(fact for fact in facts if fact)
-        text = f"{self.message.rstrip('.')} ({detail})." if detail else f"{self.message}."
+        said = self.message.rstrip(".")
+        text = f"{said} ({detail})." if detail else f"{said}."
         return f"{text} {self.hint}".strip()
 
 

@@ -206,3 +206,9 @@ def test_sole_error_unwraps_a_task_groups_single_error() -> None:
     assert sole_error(inner) is inner
     several = ExceptionGroup("g", [inner, ServerError("down")])
     assert sole_error(several) is several
+
+
+def test_a_message_with_its_own_full_stop_gets_no_second_one() -> None:
+    """A message that ends in a full stop is not given a second one."""
+    assert str(APIError("Refused.")) == "Refused."
+    assert str(APIError("Refused.", http_status=400)) == "Refused (HTTP 400)."
