@@ -16,6 +16,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis' deadline per example is a timed assertion: on a loaded machine (or under a
+# mutation run's instrumentation) it fails tests whose code is right. Correctness only here.
+settings.register_profile("kling_async", deadline=None)
+settings.load_profile("kling_async")
 
 # Shapes of credentials, and the literal test keys the suite hands to clients.
 _SECRET_SHAPES = re.compile(
