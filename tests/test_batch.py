@@ -434,7 +434,7 @@ async def test_a_batch_gives_up_after_max_attempts_refusals(server: FakeKlingSer
     assert [type(o.error) for o in outcomes] == [RateLimitError]
     assert len([r for r in server.record.requests if r.method == "POST"]) == 3
     assert server.record.create_count == 0
-    assert len(clock.sleeps) == 2 and all(wait >= 1.0 for wait in clock.sleeps)
+    assert clock.sleeps == [1.0, 1.0]  # backoff under 1 s, lifted to the floor
 
 
 async def test_over_the_parallel_limit_a_batch_waits_as_long_as_it_takes(
@@ -516,6 +516,21 @@ async def test_the_window_holds_requests_beyond_its_size() -> None:
     assert (window.in_use, window.peak, len(taken)) == (2, 2, 1)
     with pytest.raises(ValueError, match="concurrency must be at least 1, not 0"):
         ConcurrencyWindow(0)
+
+
+async def test_each_halving_starts_a_new_window(caplog: pytest.LogCaptureFixture) -> None:
+    """Slots taken after one halving bring one more halving between them, not two; it is
+    logged with the new size."""
+    window = ConcurrencyWindow(16)
+    first = await window.acquire()
+    caplog.set_level("INFO", logger="kling_async")
+    window.shrink(first)
+    one, other = await window.acquire(), await window.acquire()
+    window.shrink(one)
+    window.shrink(other)
+    assert window.size == 4.0
+    assert "over the parallel-task limit: concurrency lowered to 8" in caplog.messages
+    assert "over the parallel-task limit: concurrency lowered to 4" in caplog.messages
 
 
 async def test_a_slot_taken_again_brings_news_of_the_new_window() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from kling_async import (
@@ -19,10 +20,11 @@ from kling_async import (
     TaskFailedError,
     TaskKind,
     TaskStatus,
+    TransportError,
     VideoExtendRequest,
     WatchTimeoutError,
 )
-from kling_async.errors import error_from_answer, sole_error
+from kling_async.errors import MalformedTaskError, NotSentError, error_from_answer, sole_error
 
 # Every business code of the spec: (HTTP status, code, class, retryable).
 SPEC_TABLE = [
@@ -206,6 +208,106 @@ def test_sole_error_unwraps_a_task_groups_single_error() -> None:
     assert sole_error(inner) is inner
     several = ExceptionGroup("g", [inner, ServerError("down")])
     assert sole_error(several) is several
+
+
+# --- The sentences each error says (what happened, and what to do) -------------------------
+
+
+def test_an_api_error_reads_as_one_sentence_of_its_facts() -> None:
+    """Message, then only the facts there are, in brackets, then the advice; one final stop."""
+    full = InsufficientBalanceError("Pack used up X.", code=1102, http_status=429, request_id="r")
+    assert str(full) == (
+        "Pack used up X (code 1102, HTTP 429, request r). "
+        "Top up the account or buy a resource pack, then submit again."
+    )
+    assert str(APIError("Refused", http_status=409)) == "Refused (HTTP 409)."
+    assert str(APIError("Refused", code="nope")) == "Refused (code nope)."
+    assert str(APIError("Refused")) == "Refused."
+
+
+def test_a_proxy_page_is_quoted_as_plain_words_within_a_limit() -> None:
+    """Tags become spaces; a page of up to 160 characters is quoted whole, a longer one cut."""
+    error = error_from_answer(502, None, "<p>Bad</p><p>Gateway</p>")
+    assert error.message == "Unexpected answer: Bad Gateway"
+    assert error.definitive is False
+    exact = "x" * 160
+    assert error_from_answer(502, None, exact).message == f"Unexpected answer: {exact}"
+    cut = error_from_answer(502, None, "y" * 161).message
+    assert cut == "Unexpected answer: " + "y" * 159 + "…"
+    assert str(error_from_answer(500, None, "")).startswith("Unexpected empty answer (HTTP 500).")
+
+
+def test_a_long_gateway_code_is_kept_to_64_characters() -> None:
+    """A gateway's text code is kept (shortened), never read as a number."""
+    error = error_from_answer(400, {"code": "e" * 100, "message": "x"}, "")
+    assert error.code == "e" * 64
+
+
+def test_the_advice_of_every_error_is_said_in_full() -> None:
+    """Each error ends on what to do next, word for word."""
+    task = Task("t-9", TaskKind.VIDEO_EXTEND, TaskStatus.FAILED)
+    assert str(TaskFailedError(task)) == (
+        "Task t-9 (videos/video-extend) failed: the server gave no reason. "
+        "Nothing more will happen to it; submit a new task if the cause is fixed."
+    )
+    ambiguous = AmbiguousSubmissionError(VideoExtendRequest("vid-7"), "connection dropped")
+    assert ambiguous.reason == "connection dropped"
+    assert str(ambiguous) == (
+        "The extension of video vid-7 may or may not have been created (connection dropped); "
+        "it was not sent again, to avoid paying twice. Look for the task "
+        "(list_tasks, or get_task with its external_task_id) before submitting it again."
+    )
+
+
+def test_a_watch_timeout_says_how_long_and_what_was_last_seen() -> None:
+    """The deadline and the last status are named when known; the advice is always given."""
+    error = WatchTimeoutError("t-1", TaskStatus.PROCESSING, 90.0)
+    assert (error.task_id, error.last_status, error.timeout) == ("t-1", TaskStatus.PROCESSING, 90)
+    assert str(error) == (
+        "Stopped watching task t-1 after 90 s; its last status was processing. "
+        "The task may still finish: watch it again or read it with get_task."
+    )
+    blank = WatchTimeoutError("t-2", None)
+    assert blank.timeout is None
+    assert str(blank).startswith("Stopped watching task t-2; its last status was no status yet.")
+    assert "last status was queued." in str(WatchTimeoutError("t-3", "queued"))
+
+
+def test_a_transport_error_says_its_message_and_whether_it_was_sent() -> None:
+    """may_have_been_sent is a plain bool; the message is the error's text."""
+    error = TransportError("Connection refused.", may_have_been_sent=False)
+    assert error.may_have_been_sent is False and error.retryable
+    assert str(error) == "Connection refused."
+    assert TransportError("Dropped.", may_have_been_sent=True).may_have_been_sent is True
+
+
+def test_a_request_never_sent_says_so_and_why() -> None:
+    """NotSentError names the request, its key and the batch's reason: nothing was paid."""
+    stop = InsufficientBalanceError("Pack used up", code=1102)
+    request = VideoExtendRequest("vid-7", key="row-7")
+    error = NotSentError(request, stop)
+    assert (error.request, error.reason) == (request, stop)
+    assert str(error) == (
+        "Not sent: the extension of video vid-7 (key 'row-7') was not sent because the batch "
+        f"stopped after: {str(stop).rstrip('.')}. Nothing was paid for it; fix the cause and "
+        "run the batch again to send it."
+    )
+    bare = NotSentError(VideoExtendRequest("vid-8"), None)
+    assert str(bare).startswith("Not sent: the extension of video vid-8 was not sent because ")
+    assert "because the batch stopped. Nothing was paid" in str(bare)
+    nameless = NotSentError(attrs.evolve(request, video_id=""), None)
+    assert str(nameless).startswith("Not sent: the request (key 'row-7') was not sent")
+
+
+def test_a_malformed_task_names_the_task_and_the_problem() -> None:
+    """MalformedTaskError keeps the task and says what to do with its id."""
+    task = Task("t-4", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED)
+    error = MalformedTaskError(task, "it succeeded without a video")
+    assert (error.task, error.problem) == (task, "it succeeded without a video")
+    assert str(error) == (
+        "Task t-4 (videos/video-extend) cannot be used: it succeeded without a video. Read it "
+        "again later with get_task; if it stays so, report the task id to the API's provider."
+    )
 
 
 def test_a_message_with_its_own_full_stop_gets_no_second_one() -> None:

@@ -681,3 +681,199 @@ async def test_a_damaged_journal_is_refused_at_open(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(JournalError, match=r"is not a kling_async journal \(it is damaged: "):
         await Journal(path).open()
+
+
+# --- Every refusal names the journal, says what is wrong and what to do ----------------------
+
+MOVE_AWAY = "move it away or pass another --journal."
+
+
+def _no_schema(path: Path) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.close()
+
+
+def _newer(path: Path) -> None:
+    journal_module._connect(path).close()
+    set_user_version(path, SCHEMA_VERSION + 1)
+
+
+REFUSALS: list[tuple[str, Any, str]] = [
+    ("empty", Path.touch, "{path} is not a kling_async journal (the file is empty); " + MOVE_AWAY),
+    (
+        "bytes",
+        lambda path: path.write_bytes(b"x" * 100),
+        "{path} is not a kling_async journal (not an SQLite database); " + MOVE_AWAY,
+    ),
+    (
+        "foreign",
+        make_foreign_db,
+        "{path} is not a kling_async journal (an SQLite database of another application); "
+        + MOVE_AWAY,
+    ),
+    (
+        "schema-less",
+        _no_schema,
+        "{path} is not a kling_async journal (it has no schema version); " + MOVE_AWAY,
+    ),
+    (
+        "newer",
+        _newer,
+        "The journal {path} was written by a newer kling_async (journal schema 2; this version "
+        "reads up to 1); upgrade kling_async to resume it, or pass another --journal.",
+    ),
+    (
+        "a folder",
+        Path.mkdir,
+        "The journal {path} could not be opened (Is a directory); " + MOVE_AWAY,
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "says"), REFUSALS, ids=[r[0] for r in REFUSALS])
+async def test_a_refused_file_is_named_with_what_to_do(
+    tmp_path: Path, kind: str, make: Any, says: str
+) -> None:
+    """Each refusal at open carries the path and says, in full, what is wrong and what to do."""
+    path = tmp_path / "j.db"
+    make(path)
+    with pytest.raises(JournalError) as caught:
+        await Journal(path).open()
+    assert caught.value.path == path
+    assert str(caught.value) == says.format(path=path)
+
+
+async def test_misuse_is_refused_with_the_path_and_the_remedy(tmp_path: Path) -> None:
+    """Records out of order, or for a journal not open, say what must come first."""
+    path = tmp_path / "j.db"
+    with pytest.raises(JournalError) as caught:
+        await Journal(path).entries()
+    assert caught.value.path == path
+    assert str(caught.value) == (
+        f"The journal {path} is not open; use `async with Journal(...)` or await open() first."
+    )
+    missing = tmp_path / "nowhere" / "j.db"
+    with pytest.raises(JournalError) as caught:
+        await Journal(missing).open()
+    assert caught.value.path == missing
+    assert str(caught.value) == (
+        f"The journal {missing} cannot be created: its directory {missing.parent} does not "
+        "exist; create it or pass another --journal."
+    )
+    async with Journal(path) as journal:
+        with pytest.raises(JournalError) as caught:
+            await journal.record_task("k", task(TaskStatus.SUBMITTED))
+        assert caught.value.path == path
+        assert str(caught.value) == (
+            f"Key 'k' has no intent in the journal {path}; record_intent must come first."
+        )
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", task(TaskStatus.SUBMITTED))
+        with pytest.raises(JournalError) as caught:
+            await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-2"))
+        assert str(caught.value) == (
+            f"Key 'k' is journaled with task t-1 in {path}, not t-2: two tasks for one request. "
+            "Check both tasks before running again."
+        )
+        with pytest.raises(JournalError) as caught:
+            await journal.forget("k")
+        assert str(caught.value) == (
+            f"Key 'k' has a running task t-1 in the journal {path}; "
+            "record its outcome before forgetting it."
+        )
+        with pytest.raises(JournalError) as caught:
+            await journal.record_intent("k", attrs.evolve(REQUEST, prompt=None, cfg_scale=0.5))
+        assert str(caught.value) == (
+            f"Key 'k' was journaled for a different request in {path} (different cfg_scale, "
+            "prompt); give each request its own key, or start a new journal."
+        )
+
+
+async def test_a_second_run_is_told_the_journal_is_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal of a second run quotes SQLite's reason and says to let the first finish."""
+    monkeypatch.setattr(journal_module, "_BUSY_TIMEOUT", 0.0)
+    path = tmp_path / "j.db"
+    async with Journal(path):
+        with pytest.raises(JournalError) as caught:
+            await Journal(path).open()
+    assert caught.value.path == path
+    assert str(caught.value) == (
+        f"The journal {path} is in use by another process (database is locked); "
+        "let that run finish, or pass another --journal."
+    )
+
+
+async def test_an_unreadable_entry_is_named(tmp_path: Path) -> None:
+    """An entry whose stored request or task cannot be read names its key and the journal."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("bad-request", REQUEST)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE entry SET request = 'not json' WHERE key = 'bad-request'")
+    db.close()
+    async with Journal(path) as journal:
+        with pytest.raises(JournalError) as caught:
+            await journal.entries()
+    assert caught.value.path == path
+    assert str(caught.value).startswith(
+        f"{path} is not a kling_async journal (a request cannot be read: "
+    )
+
+
+async def test_closing_is_finished_even_when_cancelled(tmp_path: Path) -> None:
+    """A close cut short by cancellation still lets the file go for the next run."""
+    path = tmp_path / "j.db"
+    journal = await Journal(path).open()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await journal.close()
+    with pytest.raises(JournalError, match="is not open"):
+        await journal.entries()
+    async with Journal(path) as later:
+        assert await later.entries() == []
+
+
+async def test_a_journal_is_made_where_hard_links_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without hard links the new journal is moved into place instead."""
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError("hard links are not supported here")
+
+    monkeypatch.setattr(journal_module.os, "link", no_links)
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("k", REQUEST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.db"]
+    async with Journal(path) as journal:
+        assert [entry.key for entry in await journal.entries()] == ["k"]
+
+
+async def test_a_hand_made_task_is_stored_with_only_what_it_has(tmp_path: Path) -> None:
+    """No empty result or info objects, no nulls; a video without a duration comes back so;
+    values JSON cannot hold are stored as text."""
+    path = tmp_path / "j.db"
+    bare = Task("t-1", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED, raw={"cost": Decimal("1.5")})
+    video = Video("v-1", "https://cdn.example/v-1.mp4", None)
+    done = Task("t-1", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED, videos=(video,))
+    async with Journal(path, clock=FakeClock()) as journal:
+        await journal.record_intent("k", REQUEST)
+        await journal.record_task("k", bare)
+        stored = json.loads(read_rows_open(journal)["task_raw"])
+        await journal.record_outcome("k", done, None)
+        entry = await journal.entry("k")
+    assert stored == {"cost": "1.5", "task_id": "t-1", "task_status": "submitted"}
+    assert entry is not None and entry.task is not None
+    assert entry.task.videos == (video,)
+
+
+def read_rows_open(journal: Journal) -> dict[str, Any]:
+    """The one row of an open journal, read through its own connection."""
+    assert journal._db is not None
+    cursor = journal._db.execute("SELECT * FROM entry")
+    names = [column[0] for column in cursor.description]
+    return dict(zip(names, cursor.fetchone(), strict=True))

@@ -110,6 +110,15 @@ def test_poll_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
         PollPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+def test_poll_policy_errors_name_the_setting() -> None:
+    """The refusals say which setting is wrong and why; a timeout under a second is fine."""
+    with pytest.raises(ValueError, match=r"^timeout must be None or a positive number, not 0$"):
+        PollPolicy(timeout=0)
+    with pytest.raises(ValueError, match=r"^min_interval \(40 s\) is above max_interval \(30 s\)$"):
+        PollPolicy(min_interval=40, max_interval=30)
+    assert PollPolicy(timeout=0.5).timeout == 0.5
+
+
 def test_policies_are_frozen() -> None:
     """Policies are values: they cannot be changed after construction."""
     policy = PollPolicy()
@@ -308,6 +317,8 @@ def test_fixed_schedule_starts_late_then_grows_from_the_floor() -> None:
     """initial_delay first, then min_interval, growing by multiplier, capped at the ceiling."""
     policy = PollPolicy(initial_delay=7, min_interval=2, max_interval=5, multiplier=2)
     assert [policy.fixed_delay(n) for n in range(5)] == [7, 2, 4, 5, 5]
+    steep = PollPolicy(initial_delay=7, min_interval=1, max_interval=100, multiplier=3)
+    assert [steep.fixed_delay(n) for n in range(6)] == [7, 1, 3, 9, 27, 81]
 
 
 def test_adaptive_can_be_switched_off() -> None:
@@ -343,6 +354,7 @@ def test_completion_times_interpolate_and_count_survivors() -> None:
     assert times.quantile(0.5) == 25.0
     assert times.quantile(-1) == 10 and times.quantile(2) == 40
     assert [times.survival(age) for age in (5, 25, 40, 41)] == [1.0, 0.5, 0.0, 0.0]
+    assert times.quantile(0.9) == pytest.approx(37.0)  # between the last two
     single = _learned(7)
     assert single.quantile(0.3) == 7 and single.survival(7) == 0.0
 
@@ -356,3 +368,5 @@ def test_completion_times_window_is_checked_and_slides() -> None:
         times.observe(value)
     assert (times.quantile(0), times.quantile(1)) == (1, 9)
     assert len(CompletionTimes(window=1)) == 0
+    default = _learned(*range(1100))
+    assert len(default) == 1024 and default.quantile(0) == 76  # the last 1024 by default

@@ -6,8 +6,12 @@ is left to the caller. Waits come from the fake clock, so they are asserted, nev
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -94,20 +98,46 @@ async def test_a_create_that_never_connected_is_resent_until_the_policy_ends() -
         with pytest.raises(TransportError, match="before it was sent") as caught:
             await client.extend_video("vid-1", task_id="p-1")
     assert not caught.value.may_have_been_sent
+    assert str(caught.value).startswith(
+        "POST /v1/videos/video-extend failed before it was sent: ConnectionTimeoutError ("
+    )
     assert connector.tries == 3
     assert len(clock.sleeps) == 2
+    # The connect phase has a deadline of its own: a slow connect is a connect timeout.
+    assert [timeout.sock_connect for timeout in connector.timeouts] == [30.0] * 3
+
+
+async def test_a_failure_without_words_still_says_what_failed() -> None:
+    """An exception with no message of its own is named, with "no detail"."""
+    connector = NeverConnects(aiohttp.ClientConnectionError())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        client_for("http://127.0.0.1:9", session=session, retry=RetryPolicy(max_attempts=1)) as c,
+    ):
+        with pytest.raises(TransportError) as caught:
+            await c.get_task("t-1")
+    assert str(caught.value) == (
+        "GET /v1/videos/video-extend/t-1 failed after it may have reached the server: "
+        "ClientConnectionError (no detail)."
+    )
 
 
 class NeverConnects(aiohttp.BaseConnector):
-    """A connector whose every connection attempt times out, before anything is sent."""
+    """A connector whose every connection attempt fails (by default a connect timeout)."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         super().__init__()
+        timed_out = aiohttp.ConnectionTimeoutError("Connection timeout to host 127.0.0.1:9")
+        self.error = error or timed_out
         self.tries = 0
+        self.timeouts: list[aiohttp.ClientTimeout] = []
 
-    async def _create_connection(self, *args: object, **kwargs: object) -> Any:
+    async def _create_connection(
+        self, req: object, traces: object, timeout: aiohttp.ClientTimeout
+    ) -> Any:
         self.tries += 1
-        raise aiohttp.ConnectionTimeoutError("Connection timeout to host 127.0.0.1:9")
+        self.timeouts.append(timeout)
+        raise self.error
 
 
 # --- How errors are told apart ---------------------------------------------------------------
@@ -147,21 +177,74 @@ async def test_an_exhausted_quota_in_an_error_object_is_a_balance_error(
     assert posts(gateway) == 1
 
 
-async def test_a_gateway_string_zero_code_is_success() -> None:
-    """Some gateways send the envelope's code as "0": that is a success, not an error."""
-    task = {"task_id": "t-1", "task_status": "submitted", "created_at": 0, "updated_at": 0}
+@contextlib.asynccontextmanager
+async def answering(status: int, body: bytes, **headers: str) -> AsyncIterator[str]:
+    """A server giving every request the same answer, as no fake server would; its URL."""
 
     async def answer(request: web.Request) -> web.Response:
-        return web.json_response({"code": "0", "message": "SUCCEED", "data": task})
+        return web.Response(status=status, body=body, headers=headers)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        TestServer(app, host="127.0.0.1") as server,
-        client_for(str(server.make_url(""))) as client,
-    ):
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url(""))
+
+
+async def test_a_gateway_string_zero_code_is_success() -> None:
+    """Some gateways send the envelope's code as "0": that is a success, not an error."""
+    task = {"task_id": "t-1", "task_status": "submitted", "created_at": 0, "updated_at": 0}
+    body = json.dumps({"code": "0", "message": "SUCCEED", "data": task}).encode()
+    async with answering(200, body) as url, client_for(url) as client:
         got = await client.get_task("t-1")
     assert (got.id, got.status) == ("t-1", TaskStatus.SUBMITTED)
+
+
+@pytest.mark.parametrize("body", [b'{"code": 0, "data": {}}', b"<html>Moved</html>"])
+async def test_a_3xx_answer_is_never_taken_for_success(body: bytes) -> None:
+    """Only a 2xx envelope with code 0 is a success; a 300 is an error of the API's kind."""
+    async with answering(300, body) as url, client_for(url) as client:
+        with pytest.raises(APIError) as caught:
+            await client.get_task("t-1")
+    assert caught.value.http_status == 300
+
+
+async def test_an_unreadable_200_is_quoted_in_part() -> None:
+    """A 200 that is no envelope is a TransportError quoting its first 120 characters."""
+    async with (
+        answering(200, b"x" * 200) as url,
+        client_for(url, retry=RetryPolicy(max_attempts=1)) as client,
+    ):
+        with pytest.raises(TransportError) as caught:
+            await client.get_task("t-1")
+    assert str(caught.value) == (
+        f"The server answered HTTP 200 with a body that is not a Kling envelope: {'x' * 120!r}."
+    )
+    assert caught.value.may_have_been_sent
+
+
+async def test_an_error_page_in_another_encoding_is_still_read() -> None:
+    """Bytes that are not UTF-8 in an error page become replacement marks, not a crash."""
+    async with (
+        answering(502, b"<h1>Bad \xff\xfe Gateway</h1>") as url,
+        client_for(url, retry=RetryPolicy(max_attempts=1)) as client,
+    ):
+        with pytest.raises(ServerError) as caught:
+            await client.get_task("t-1")
+    assert caught.value.message == "Unexpected answer: Bad \ufffd\ufffd Gateway"
+
+
+async def test_a_retry_after_date_already_past_means_at_once() -> None:
+    """A Retry-After HTTP date in the past is a wait of zero, not of a floor."""
+    clock = FakeClock()
+    past = format_datetime(datetime.fromtimestamp(clock.time() - 30, tz=UTC), usegmt=True)
+    body = json.dumps({"code": 5001, "message": "busy"}).encode()
+    async with (
+        answering(503, body, **{"Retry-After": past}) as url,
+        client_for(url, clock=clock, retry=RetryPolicy(max_attempts=2)) as client,
+    ):
+        with pytest.raises(ServerError):
+            await client.get_task("t-1")
+    assert clock.sleeps == [0.0]
 
 
 # --- How long a retry waits ------------------------------------------------------------------
@@ -224,6 +307,22 @@ async def test_a_retry_after_past_the_cap_is_raised(gateway: FakeKlingServer) ->
     assert clock.sleeps == []
 
 
+async def test_a_token_refresh_is_not_counted_as_an_attempt(
+    gateway: FakeKlingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a 1004 and a fresh token, the request still has all of its retries."""
+    clock = FakeClock()
+    async with client_for(gateway, clock=clock, retry=RetryPolicy(max_attempts=2)) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.push(Fault.http_error(401, 1004, "token expired"), method="GET")
+        gateway.faults.push(Fault.http_error(503, 5001, "busy", retry_after=1), method="GET")
+        with caplog.at_level(logging.INFO, logger="kling_async"):
+            assert (await client.get_task(created.id)).id == created.id
+    assert gets(gateway) == 3
+    assert clock.sleeps == [1.0]
+    assert any(message.endswith("; retry 1 of 1 in 1.00 s") for message in caplog.messages)
+
+
 async def test_each_retry_is_logged_with_its_count_and_wait(
     gateway: FakeKlingServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -234,7 +333,20 @@ async def test_each_retry_is_logged_with_its_count_and_wait(
         with caplog.at_level(logging.INFO, logger="kling_async"):
             await client.get_task(created.id)
     assert any(
-        message.startswith(f"GET /v1/videos/video-extend/{created.id} failed (")
+        message.startswith(f"GET /v1/videos/video-extend/{created.id} failed (busy (code 5001")
         and message.endswith("; retry 1 of 3 in 3.00 s")
         for message in caplog.messages
     ), caplog.messages
+
+
+@pytest.mark.parametrize("key", ["k" * 12, "sk-" + "q" * 29])
+async def test_a_key_of_twelve_characters_or_more_is_hidden_even_inside_a_word(key: str) -> None:
+    """A long enough key is scrubbed wherever it appears, a bearer token too: <hidden>."""
+    said = f"upstream said x{key}x; Authorization: Bearer tok-123"
+    async with (
+        answering(400, json.dumps({"code": "bad_auth", "message": said}).encode()) as url,
+        KlingClient(api_key=key, base_url=url, dialect="gateway", clock=FakeClock()) as client,
+    ):
+        with pytest.raises(APIError) as caught:
+            await client.get_task("t-1")
+    assert caught.value.message == "upstream said x<hidden>x; Authorization: Bearer <hidden>"
