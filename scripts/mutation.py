@@ -81,6 +81,11 @@ class Result:
         return 100.0 * (counted - len(self.accepted) - len(self.survivors)) / max(counted, 1)
 
 
+Known = dict[tuple[str, str, str], tuple[str, str]]
+#: (module, functions, kind, reason) of rules: a change of letter case only, outside quotes.
+CaseRules = list[tuple[str, frozenset[str], str, str]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", metavar="module", help=", ".join(MODULES))
@@ -93,14 +98,12 @@ def main() -> int:
     unknown = set(args.modules) - set(MODULES)
     if unknown:
         parser.error(f"no such module: {', '.join(sorted(unknown))} (known: {', '.join(MODULES)})")
-    known = _load_known()
+    known, case_rules = _load_known()
     results = []
     for module in args.modules or list(MODULES):
-        started = time.monotonic()
         if not args.reuse:
             _run(module, args.workers)
-        result = _collect(module, known)
-        result.seconds = time.monotonic() - started
+        result = _collect(module, known, case_rules)
         results.append(result)
         print(_module_line(result), flush=True)
     report = _report(results)
@@ -130,27 +133,36 @@ def _run(module: str, workers: int) -> None:
     )
     mutmut = Path(sys.executable).with_name("mutmut")
     command = ["nice", "-n", "19", str(mutmut), "run", "--max-children", str(workers)]
+    started = time.monotonic()
     with (place / "mutmut.log").open("w") as log:
         done = subprocess.run(command, cwd=place, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"mutmut failed on {module}; see {place / 'mutmut.log'}")
+    (place / "seconds").write_text(f"{time.monotonic() - started:.0f}\n")
 
 
-def _collect(module: str, known: dict[tuple[str, str, str], tuple[str, str]]) -> Result:
+def _collect(module: str, known: Known, case_rules: CaseRules) -> Result:
     """Count the module's mutants by fate and sort its survivors against the known list."""
     mutated = WORK / module / "mutants" / "kling_async" / f"{module}.py"
     codes = json.loads(Path(f"{mutated}.meta").read_text())["exit_code_by_key"]
     functions = _functions(mutated)
     result = Result(module)
+    timing = WORK / module / "seconds"
+    result.seconds = float(timing.read_text()) if timing.exists() else 0.0
     for name, code in sorted(codes.items(), key=lambda item: _natural(item[0])):
+        if code is None:  # the run was cut short before this one
+            result.other["not run"] += 1
+            continue
         result.tried += 1
         if code in _KILLED:
             result.killed += 1
             continue
         mutant = _describe(name, functions)
         if code not in _SURVIVED:
-            result.other[str(code)] += 1
-        verdict = known.get((module, mutant.before, mutant.after))
+            result.other[f"exit {code}"] += 1
+        verdict = known.get((module, mutant.before, mutant.after)) or _by_case(
+            module, mutant, case_rules
+        )
         if verdict is None:
             result.survivors.append(mutant)
         elif verdict[0] == "equivalent":
@@ -168,11 +180,12 @@ def _natural(name: str) -> tuple[str, int]:
 def _functions(mutated: Path) -> dict[str, list[str]]:
     """Every function of mutmut's copy of a module (originals and mutants), as source lines."""
     source = mutated.read_text()
+    lines = source.splitlines()
     found: dict[str, list[str]] = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
-            segment = ast.get_source_segment(source, node, padded=True) or ""
-            found[node.name] = segment.splitlines()[1:]  # the body: the def line holds the name
+            body = lines[node.lineno - 1 : node.end_lineno]
+            found[node.name] = [body[0].replace(node.name, "", 1), *body[1:]]
     return found
 
 
@@ -181,10 +194,14 @@ def _describe(name: str, functions: dict[str, list[str]]) -> Mutant:
     mangled = name.rsplit(".", 1)[-1]
     stem = mangled.rpartition("__mutmut_")[0]
     original, changed = functions.get(f"{stem}__mutmut_orig", []), functions.get(mangled, [])
-    diff = list(difflib.ndiff(original, changed))
-    before = " / ".join(line[2:].strip() for line in diff if line.startswith("- "))
-    after = " / ".join(line[2:].strip() for line in diff if line.startswith("+ "))
-    return Mutant(name, _readable(stem), before, after)
+    removed: list[str] = []
+    added: list[str] = []
+    matcher = difflib.SequenceMatcher(None, original, changed, autojunk=False)
+    for tag, i, j, k, m in matcher.get_opcodes():
+        if tag != "equal":
+            removed += [line.strip() for line in original[i:j]]
+            added += [line.strip() for line in changed[k:m]]
+    return Mutant(name, _readable(stem), " / ".join(removed), " / ".join(added))
 
 
 def _readable(stem: str) -> str:
@@ -193,21 +210,46 @@ def _readable(stem: str) -> str:
     return stem[2:] if stem.startswith("x_") else stem
 
 
-def _load_known() -> dict[tuple[str, str, str], tuple[str, str]]:
-    """(module, line before, line after) -> (kind, reason) of mutants judged by a person."""
-    known = {}
+def _load_known() -> tuple[Known, CaseRules]:
+    """Mutants judged by a person: one by one, (module, line before, line after) -> (kind,
+    reason); and rules for changes of letter case only in the named functions."""
+    known: Known = {}
+    case_rules: CaseRules = []
     for entry in tomllib.loads(EQUIVALENTS.read_text()).get("mutant", []):
         kind = entry["kind"]
         if kind not in ("equivalent", "accepted"):
             raise SystemExit(f"{EQUIVALENTS.name}: unknown kind {kind!r} in {entry}")
-        known[(entry["module"], entry["before"], entry["after"])] = (kind, entry["reason"])
-    return known
+        if "case_only_in" in entry:
+            functions = frozenset(entry["case_only_in"])
+            case_rules.append((entry["module"], functions, kind, entry["reason"]))
+        else:
+            known[(entry["module"], entry["before"], entry["after"])] = (kind, entry["reason"])
+    return known, case_rules
+
+
+def _by_case(module: str, mutant: Mutant, rules: CaseRules) -> tuple[str, str] | None:
+    """The rule under which `mutant` only changes the letter case of words outside quotes."""
+    if mutant.before == mutant.after or _unquoted_lower(mutant.before) != _unquoted_lower(
+        mutant.after
+    ):
+        return None
+    for rule_module, functions, kind, reason in rules:
+        if rule_module == module and mutant.function in functions:
+            return kind, reason
+    return None
+
+
+def _unquoted_lower(line: str) -> str:
+    """`line` in lower case, except within single quotes (SQL's string literals)."""
+    parts = line.split("'")
+    return "'".join(part if index % 2 else part.lower() for index, part in enumerate(parts))
 
 
 def _module_line(result: Result) -> str:
+    odd = "".join(f", {count} {what}" for what, count in sorted(result.other.items()))
     return (
         f"{result.module}: {result.killed}/{result.tried - len(result.equivalent)} killed "
-        f"({result.score:.1f} %), {len(result.survivors)} unexplained survivors, "
+        f"({result.score:.1f} %), {len(result.survivors)} unexplained survivors{odd}, "
         f"{result.seconds / 60:.1f} min"
     )
 
