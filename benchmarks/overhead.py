@@ -146,19 +146,27 @@ async def measure(contenders: dict[str, Fetch], size: Size) -> dict[str, dict[st
     """
     results: dict[str, dict[str, Any]] = {}
     for concurrency in CONCURRENCIES:
-        rounds = {name: Rounds() for name in contenders}
-        for fetch in contenders.values():
-            await run_round(fetch, concurrency, size.warmup_seconds)
-        for turn in range(size.rounds):
-            for name in rotated(list(contenders), turn):
-                rps, cpu = await run_round(contenders[name], concurrency, size.round_seconds)
-                rounds[name].rps.append(rps)
-                rounds[name].cpu_us.append(cpu)
+        rounds = await interleaved(contenders, concurrency, size)
         results[str(concurrency)] = {name: r.summary() for name, r in rounds.items()}
         results[str(concurrency)]["paired_ours_over_aiohttp"] = paired(
             rounds["kling_async"].rps, rounds["aiohttp"].rps
         )
     return results
+
+
+async def interleaved(
+    contenders: dict[str, Fetch], concurrency: int, size: Size
+) -> dict[str, Rounds]:
+    """A warm-up, then `size.rounds` turns of one round per contender in rotating order."""
+    rounds = {name: Rounds() for name in contenders}
+    for fetch in contenders.values():
+        await run_round(fetch, concurrency, size.warmup_seconds)
+    for turn in range(size.rounds):
+        for name in rotated(list(contenders), turn):
+            rps, cpu = await run_round(contenders[name], concurrency, size.round_seconds)
+            rounds[name].rps.append(rps)
+            rounds[name].cpu_us.append(cpu)
+    return rounds
 
 
 def paired(ours: list[float], base: list[float]) -> dict[str, float]:

@@ -46,6 +46,7 @@ from .models import (
     VideoExtendRequest,
 )
 from .policies import PollPolicy, RetryBudget, RetryPolicy
+from .telemetry import Telemetry
 from .watcher import TaskWatcher
 
 try:
@@ -96,6 +97,7 @@ __all__ = [
     "TaskKind",
     "TaskStatus",
     "TaskWatcher",
+    "Telemetry",
     "TextToVideoRequest",
     "TransportError",
     "Video",

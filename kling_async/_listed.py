@@ -27,10 +27,11 @@ from ._clock import Clock
 from .errors import KlingError
 from .models import Task, TaskKind
 from .policies import RetryPolicy
+from .telemetry import log_fields
 
 __all__ = ["ListedReads"]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 #: Pages read in one round at most when some watched task's age is not known yet.
 MAX_PAGES = 4
@@ -157,7 +158,8 @@ class ListedReads:
         try:
             await self._read_pages(kind, {task_id, *self._resting})
         except KlingError as exc:
-            log.info("a list read failed; watchers read their tasks alone: %s", exc)
+            fields = log_fields(request_id=getattr(exc, "request_id", None))
+            log.info("a list read failed; watchers read their tasks alone: %s", exc, extra=fields)
         finally:
             self._round.set()
             self._round = None

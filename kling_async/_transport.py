@@ -40,10 +40,11 @@ from .errors import (
     error_from_answer,
 )
 from .policies import RetryBudget, RetryPolicy
+from .telemetry import NO_TELEMETRY, _Off, _RequestTrace, log_fields, task_in_path
 
 __all__ = ["Abandoned", "Transport", "surely_not_created"]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 #: aiohttp failures by whether the request may have reached the server. The first match wins,
 #: so the specific "never connected" cases come before their broader parents.
@@ -99,6 +100,7 @@ class Transport:
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     # More values to scrub from quoted answers (the callback token); secret, so not in the repr.
     hidden: tuple[str, ...] = attrs.field(default=(), repr=False)
+    telemetry: _Off = NO_TELEMETRY
     _session: aiohttp.ClientSession | None = attrs.field(default=None, alias="session")
     _owns_session: bool = attrs.field(default=False, init=False)
     closed: bool = attrs.field(default=False, init=False)
@@ -160,56 +162,64 @@ class Transport:
         attempt = 0
         slot_taken = paced
         refund: float | None = None  # the last retry's cost, which a success pays back
-        while True:
-            attempt += 1
-            if self.limiter is not None and not slot_taken:
-                await self.limiter.acquire()
-            slot_taken = False
-            try:
-                if not resend_safe:
-                    exchange = self._attempt(method, path, body, params)
-                    data = await _to_the_answer(exchange, on_abandoned)
+        trace = self.telemetry.request(method, self.base_url, path)
+        try:
+            while True:
+                attempt += 1
+                if self.limiter is not None and not slot_taken:
+                    await self.limiter.acquire()
+                slot_taken = False
+                try:
+                    if not resend_safe:
+                        exchange = self._attempt(method, path, body, params, trace)
+                        data = await _to_the_answer(exchange, on_abandoned)
+                    else:
+                        # The exchange is written out here rather than in a helper coroutine: this
+                        # is the path of every poll, and each coroutine layer costs every
+                        # resumption a frame.
+                        async with self._open(method, path, body, params) as response:
+                            data = self._interpret(
+                                response.status,
+                                response.headers,
+                                # Not kept in a local: the body may quote a credential back.
+                                await response.read()
+                                if _known_to_fit(response, method, path)
+                                else await _read_capped(response, method, path),
+                                trace,
+                            )
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    error: APIError | TransportError = self._transport_error(method, path, exc)
+                except (APIError, TransportError) as exc:
+                    error = exc
                 else:
-                    # The exchange is written out here rather than in a helper coroutine: this
-                    # is the path of every poll, and each coroutine layer costs every
-                    # resumption a frame.
-                    async with self._open(method, path, body, params) as response:
-                        data = self._interpret(
-                            response.status,
-                            response.headers,
-                            # Not kept in a local: the body may quote a credential back.
-                            await response.read()
-                            if _known_to_fit(response, method, path)
-                            else await _read_capped(response, method, path),
-                        )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                error: APIError | TransportError = self._transport_error(method, path, exc)
-            except (APIError, TransportError) as exc:
-                error = exc
-            else:
-                if self.tokens < self.budget.capacity:
-                    self.tokens = self.budget.deposit(self.tokens, refund)
-                return data
-            if _needs_new_token(error) and not refreshed:
-                self.auth.invalidate()
-                refreshed = True
-                attempt -= 1
-                continue
-            wait = self._wait_before_retry(error, attempt, policy, resend_safe)
-            refund = self._pay_for_retry(error)
-            log.info(
-                "%s %s failed (%s); retry %d of %d in %.2f s",
-                method,
-                path,
-                error,
-                attempt,
-                policy.max_attempts - 1,
-                wait,
-            )
-            if on_retry is not None:
-                on_retry(error)
-            del error  # its traceback holds this frame: a cycle, were the retry to succeed
-            await self.clock.sleep(wait)
+                    if self.tokens < self.budget.capacity:
+                        self.tokens = self.budget.deposit(self.tokens, refund)
+                    return data
+                if _needs_new_token(error) and not refreshed:
+                    self.auth.invalidate()
+                    refreshed = True
+                    attempt -= 1
+                    continue
+                wait = self._wait_before_retry(error, attempt, policy, resend_safe)
+                refund = self._pay_for_retry(error)
+                log.info(
+                    "%s %s failed (%s); retry %d of %d in %.2f s",
+                    method,
+                    path,
+                    error,
+                    attempt,
+                    policy.max_attempts - 1,
+                    wait,
+                    extra=log_fields(task_in_path(path), None, getattr(error, "request_id", None)),
+                )
+                trace.retried(error, attempt, wait)
+                if on_retry is not None:
+                    on_retry(error)
+                del error  # its traceback holds this frame: a cycle, were the retry to succeed
+                await self.clock.sleep(wait)
+        except BaseException as exc:
+            trace.failed(exc)
+            raise
 
     def _open(
         self,
@@ -236,6 +246,7 @@ class Transport:
         path: str,
         body: Mapping[str, Any] | None,
         params: Mapping[str, str | int] | None,
+        trace: _RequestTrace,
     ) -> Any:
         """One exchange of a request that must not be cut short, its failure mapped."""
         try:
@@ -246,6 +257,7 @@ class Transport:
                     await response.read()
                     if _known_to_fit(response, method, path)
                     else await _read_capped(response, method, path),
+                    trace,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(method, path, exc) from None
@@ -274,15 +286,22 @@ class Transport:
         timeout = isinstance(exc, TransportError)
         left = self.budget.withdraw(self.tokens, timeout=timeout)
         if left is None:
-            log.info("not retried, the retry budget is spent until requests succeed: %s", exc)
+            log.info(
+                "not retried, the retry budget is spent until requests succeed: %s",
+                exc,
+                extra=log_fields(request_id=getattr(exc, "request_id", None)),
+            )
             raise exc
         self.tokens = left
         return self.budget.cost(timeout=timeout)
 
-    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+    def _interpret(
+        self, status: int, headers: Mapping[str, str], raw: bytes, trace: _RequestTrace
+    ) -> Any:
         body = decode_json(raw)
         code = body.get("code") if isinstance(body, dict) else None
         if 200 <= status < 300 and code in (0, "0"):
+            trace.answered(status, body)
             return body.get("data")
         # Past here the answer is quoted to a person: scrub credentials before reading it,
         # and drop the raw copies, which a traceback's record of locals would show.

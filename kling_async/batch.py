@@ -53,6 +53,7 @@ from .journal import (
 )
 from .models import CreateRequest, Task, TaskStatus
 from .policies import RetryPolicy
+from .telemetry import NO_TELEMETRY, _Off, log_fields
 from .watcher import TaskWatcher
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "ConcurrencyWindow",
 ]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 RetryHook = Callable[[Exception], object]
 
@@ -182,7 +183,11 @@ class ConcurrencyWindow:
         if slot.epoch == self._epoch:
             self.size = max(1.0, self.size / 2)
             self._epoch += 1
-            log.info("over the parallel-task limit: concurrency lowered to %d", int(self.size))
+            log.info(
+                "over the parallel-task limit: concurrency lowered to %d",
+                int(self.size),
+                extra=log_fields(),
+            )
 
     def grow(self) -> None:
         """Widen the window by about one slot per window of successes."""
@@ -276,6 +281,7 @@ class _Run:
     journal: JournalStore = attrs.field(factory=_NoJournal)
     owns_journal: bool = False
     rng: random.Random = attrs.field(factory=random.Random)
+    telemetry: _Off = NO_TELEMETRY
     stopping: bool = False  # nothing more is sent
     stopped_by: Exception | None = None  # the error that stopped the batch
     replays: anyio.CapacityLimiter = attrs.field(
@@ -288,7 +294,8 @@ class _Run:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self.journal.hold)  # a shared journal's leases
-                    await self._run(requests)
+                    with self.telemetry.batch(self.window.limit):
+                        await self._run(requests)
                     group.cancel_scope.cancel()
             finally:
                 if self.owns_journal:
@@ -444,7 +451,10 @@ class _Run:
         if self.stopping or not (account or (self.fail_fast and not outcome.ok)):
             return
         if account:
-            log.warning("stopping the batch: %s", outcome.error)
+            task_id = outcome.task.id if outcome.task is not None else None
+            request_id = getattr(outcome.error, "request_id", None)
+            fields = log_fields(task_id, outcome.request.key, request_id)
+            log.warning("stopping the batch: %s", outcome.error, extra=fields)
         self.stopping, self.stopped_by = True, outcome.error
 
     async def _submit(self, request: CreateRequest, key: str, slot: _Slot, *, resent: bool) -> Task:
@@ -466,7 +476,8 @@ class _Run:
                     task = await self.extender.submit(
                         request, retry=_ONE_ATTEMPT, resent=resent or refusals > 0
                     )
-                    log.info("task %s created for request %s", task.id, key)
+                    fields = log_fields(task.id, key)
+                    log.debug("task %s created for request %s", task.id, key, extra=fields)
                     await self._journal_task(key, task)
             except (APIError, TransportError) as exc:
                 if not (exc.retryable and surely_not_created(exc)):
@@ -523,7 +534,10 @@ class _Run:
         try:
             self.on_event(BatchEvent(kind, request, **fields))  # type: ignore[arg-type]
         except Exception:
-            log.exception("the batch's on_event callback failed; the batch goes on")
+            log.exception(
+                "the batch's on_event callback failed; the batch goes on",
+                extra=log_fields(request_key=request.key),
+            )
 
 
 class Batch:

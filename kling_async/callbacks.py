@@ -28,10 +28,11 @@ from aiohttp import web
 
 from ._clock import Clock, SystemClock
 from .models import TaskStatus
+from .telemetry import log_fields
 
 __all__ = ["CallbackReceiver"]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 DEFAULT_MAX_BODY = 64 * 1024
 SIGNATURE_TOLERANCE = 300.0
@@ -119,7 +120,7 @@ class CallbackReceiver:
         if refusal is not None:
             reason, status = refusal
             self.stats[reason] += 1
-            log.info("callback refused: %s", reason)
+            log.info("callback refused: %s", reason, extra=log_fields())
             return status
         self.stats["accepted"] += 1
         accepted, self._accepted = self._accepted, None

@@ -99,14 +99,18 @@ from .models import (
     subject_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
+from .telemetry import Telemetry, log_fields, telemetry_for
 from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from .postgres import Coordination, PostgresJournal
 
 __all__ = ["DEFAULT_BASE_URL", "KlingClient"]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
@@ -192,6 +196,9 @@ class KlingClient:
         namespace: str = "default",
         list_reads: bool = True,
         allow_private_downloads: bool = False,
+        telemetry: Telemetry | bool | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         # Downloads reach public addresses only, through a session of their own whose resolver
@@ -214,6 +221,11 @@ class KlingClient:
         self._tasks: TaskGroup | None = None
         self._called_back: OrderedDict[str, None] = OrderedDict()
         # Indexed by "the client has a rate limiter": the watchers then take their own slots.
+        # Spans and metrics on the application's providers (the global ones unless given),
+        # when opentelemetry-api is installed and `telemetry` is not False.
+        self.telemetry = telemetry_for(telemetry, tracer_provider, meter_provider)
+        if callbacks is not None:
+            self.telemetry.count_callbacks(callbacks.stats)
         self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
         self._list_reads = list_reads
         self._listed: dict[tuple[TaskKind, bool], ListedReads] = {}
@@ -234,6 +246,7 @@ class KlingClient:
             limiter=limiter,
             session=session,
             hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
+            telemetry=self.telemetry,
         )
         self.namespace = namespace
         self._keyed: PostgresJournal | None = None
@@ -580,7 +593,12 @@ class KlingClient:
             reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from exc
         if task is not None:
-            log.warning("recovered task %s (%s) by its external id", task.id, subject_of(request))
+            log.warning(
+                "recovered task %s (%s) by its external id",
+                task.id,
+                subject_of(request),
+                extra=log_fields(task.id, request.key),
+            )
             return task
         if resent:
             reason = f"{exc} No task with external id {request.external_task_id} exists yet"
@@ -590,6 +608,7 @@ class KlingClient:
             subject_of(request),
             exc,
             request.external_task_id,
+            extra=log_fields(None, request.key, getattr(exc, "request_id", None)),
         )
         return await self._create(kind, request, None, None, resent=True)
 
@@ -615,6 +634,7 @@ class KlingClient:
             task.id,
             subject_of(request),
             request.external_task_id,
+            extra=log_fields(task.id, request.key),
         )
         return task
 
@@ -643,6 +663,7 @@ class KlingClient:
                         subject_of(request),
                         error,
                         request.external_task_id or "none",
+                        extra=log_fields(None, request.key, getattr(error, "request_id", None)),
                     )
                 return
             try:
@@ -653,6 +674,7 @@ class KlingClient:
                     "be read (%s)",
                     subject_of(request),
                     unreadable,
+                    extra=log_fields(None, request.key),
                 )
                 return
             self._adopt_orphan(OrphanedTask(task, request))
@@ -666,6 +688,7 @@ class KlingClient:
             "and is paid for: find it in KlingClient.orphaned_tasks",
             orphan.task.id,
             subject_of(orphan.request),
+            extra=log_fields(orphan.task.id, orphan.request.key),
         )
         if self._uses_receiver(orphan.request):
             _remember(self._called_back, orphan.task.id)
@@ -674,7 +697,11 @@ class KlingClient:
             try:
                 self._on_orphaned_task(orphan)
             except Exception:
-                log.exception("on_orphaned_task failed for task %s", orphan.task.id)
+                log.exception(
+                    "on_orphaned_task failed for task %s",
+                    orphan.task.id,
+                    extra=log_fields(orphan.task.id, orphan.request.key),
+                )
 
     async def find_created(self, request: CreateRequest) -> Task | None:
         """The task a create of `request` made, found by its external id (official API).
@@ -768,6 +795,7 @@ class KlingClient:
             policy=policy,
             clock=self._clock,
             learned=self._completion.setdefault(kind, CompletionTimes()),
+            telemetry=self.telemetry,
             rng=self._rng,
             on_poll_error=on_poll_error,
             # Only tasks created here with the receiver's URL will call it back; any other
@@ -854,15 +882,16 @@ class KlingClient:
         """Download `video` of `task`; an expired link is refreshed from the task once."""
 
         async def fetch(url: str) -> Path:
-            return await download_file(
-                self._downloads(),
-                url,
-                path,
-                retry=self.retry,
-                clock=self._clock,
-                on_progress=on_progress,
-                addresses=self._download_rules,
-            )
+            with self.telemetry.download(url, video.id):
+                return await download_file(
+                    self._downloads(),
+                    url,
+                    path,
+                    retry=self.retry,
+                    clock=self._clock,
+                    on_progress=self.telemetry.progress(on_progress),
+                    addresses=self._download_rules,
+                )
 
         try:
             return await fetch(video.url)
@@ -870,7 +899,11 @@ class KlingClient:
             if task is None or exc.http_status not in EXPIRED_LINK_STATUSES:
                 raise
             fresh = await self._fresh_link(task, video, exc)
-        log.info("the link of video %s had expired; retrying with a fresh one", video.id)
+        log.info(
+            "the link of video %s had expired; retrying with a fresh one",
+            video.id,
+            extra=log_fields(task.id),
+        )
         return await fetch(fresh.url)
 
     def _downloads(self) -> aiohttp.ClientSession:
@@ -949,6 +982,7 @@ class KlingClient:
             retry=self.retry,
             fail_fast=fail_fast,
             on_event=on_event,
+            telemetry=self.telemetry,
         )
         if self.coordination is not None and isinstance(journal, str | None):
             run.journal = self.coordination.journal(journal or f"batch-{uuid.uuid4().hex}")

@@ -39,6 +39,7 @@ from ._clock import Clock
 from ._transport import parse_retry_after
 from .errors import InvalidArgumentError, KlingError
 from .policies import RetryPolicy
+from .telemetry import log_fields
 
 __all__ = [
     "EXPIRED_LINK_STATUSES",
@@ -50,7 +51,7 @@ __all__ = [
     "target_path",
 ]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 _SCHEMES = frozenset({"http", "https"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -229,7 +230,7 @@ async def download_file(
     except BaseException:
         await part.discard()
         raise
-    log.debug("downloaded %s to %s (%d bytes)", shown, dest, job.received)
+    log.debug("downloaded %s to %s (%d bytes)", shown, dest, job.received, extra=log_fields())
     return dest
 
 
@@ -324,7 +325,13 @@ class _Download:
                 problem.http_status,
                 "Try again later.",
             )
-        log.info("download of %s: %s; retrying in %.2f s", self.shown, problem.reason, wait)
+        log.info(
+            "download of %s: %s; retrying in %.2f s",
+            self.shown,
+            problem.reason,
+            wait,
+            extra=log_fields(),
+        )
         await self.clock.sleep(wait)
 
     async def _attempt(self) -> bool:
@@ -471,7 +478,7 @@ class _Download:
         self.use_ranges = self.use_ranges and not encoded
         self.validator = _validator(response.headers)
         if self.received:
-            log.info("%s sent the whole file again; starting over", self.shown)
+            log.info("%s sent the whole file again; starting over", self.shown, extra=log_fields())
             await self.part.restart()
             self.received = 0
             self._report()
@@ -581,7 +588,7 @@ class _PartFile:
                     await self._file.aclose()
                 await anyio.Path(self.path).unlink(missing_ok=True)
             except OSError as exc:
-                log.warning("could not remove %s: %s", self.path, exc)
+                log.warning("could not remove %s: %s", self.path, exc, extra=log_fields())
 
     async def _open(self) -> anyio.AsyncFile[bytes]:
         self._file = await anyio.open_file(self.path, "xb")

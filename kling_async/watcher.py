@@ -20,10 +20,11 @@ from ._clock import Clock
 from .errors import APIError, NotFoundError, TaskFailedError, TransportError, WatchTimeoutError
 from .models import Task, TaskKind, TaskStatus
 from .policies import CompletionTimes, PollPolicy, RetryPolicy
+from .telemetry import NO_TELEMETRY, _Off, log_fields
 
 __all__ = ["Pacer", "TaskSource", "TaskWatcher", "Wakeups"]
 
-log = logging.getLogger("kling_async")
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 #: Seconds after the watch starts during which "not found" for a task known to exist is read
 #: as a lagging gateway cache (retried) rather than as the end of the watch.
@@ -115,6 +116,7 @@ class TaskWatcher:
         "_shared_rest",
         "_source",
         "_started",
+        "_telemetry",
         "_wakeups",
         "kind",
         "last",
@@ -137,6 +139,7 @@ class TaskWatcher:
         wakeups: Wakeups | None = None,
         pacer: Pacer | None = None,
         backoff: RetryPolicy | None = None,
+        telemetry: _Off = NO_TELEMETRY,
     ) -> None:
         self.task_id = task.id if isinstance(task, Task) else task
         self.kind = task.kind if isinstance(task, Task) else kind
@@ -155,6 +158,7 @@ class TaskWatcher:
         self._on_poll_error = on_poll_error
         self._wakeups = wakeups
         self._pacer = pacer
+        self._telemetry = telemetry
         self._started = clock.monotonic()
         self._last_poll = float("-inf")
         self._failures_in_a_row = 0
@@ -172,8 +176,15 @@ class TaskWatcher:
     async def result(self) -> Task:
         """Watch to the end; the succeeded task (what ``await watcher`` does)."""
         deadline = self._deadline()
-        while self.last is None or not self.last.is_terminal:
-            await self._step(deadline)
+        trace = self._telemetry.watch(self.task_id, self.kind)
+        try:
+            while self.last is None or not self.last.is_terminal:
+                with trace.step():
+                    await self._step(deadline)
+        except BaseException as exc:
+            trace.ended(self.last, self.polls, exc)
+            raise
+        trace.ended(self.last, self.polls)
         if self.last.status is TaskStatus.FAILED:
             raise TaskFailedError(self.last)
         return self.last
@@ -183,10 +194,17 @@ class TaskWatcher:
 
     async def _changes(self) -> AsyncIterator[Task]:
         deadline = self._deadline()
-        while self.last is None or not self.last.is_terminal:
-            changed = await self._step(deadline)
-            if changed is not None:
-                yield changed
+        trace = self._telemetry.watch(self.task_id, self.kind)
+        try:
+            while self.last is None or not self.last.is_terminal:
+                with trace.step():  # never across a yield: the caller's context is not ours
+                    changed = await self._step(deadline)
+                if changed is not None:
+                    yield changed
+        except BaseException as exc:
+            trace.ended(self.last, self.polls, exc)
+            raise
+        trace.ended(self.last, self.polls)
 
     async def _step(self, deadline: float | None) -> Task | None:
         """Wait, then read the task once; the new snapshot if its status changed."""
@@ -228,6 +246,7 @@ class TaskWatcher:
                 self.task_id,
                 task.status_text,
                 last.status_text,
+                extra=log_fields(self.task_id),
             )
         return stale
 
@@ -309,6 +328,7 @@ class TaskWatcher:
                 self.task_id,
                 self._failures_in_a_row,
                 exc,
+                extra=log_fields(self.task_id, None, getattr(exc, "request_id", None)),
             )
             if self._on_poll_error is not None:
                 self._on_poll_error(exc)

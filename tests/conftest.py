@@ -36,13 +36,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+#: The structured fields of the package's records (``extra=``), scanned with the message.
+_FIELDS = ("task_id", "request_key", "request_id")
+
+
 class _Collector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.leaks: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
+        fields = (getattr(record, f"kling_{name}", None) for name in _FIELDS)
+        message = " ".join([record.getMessage(), *(str(f) for f in fields if f is not None)])
         if _SECRET_SHAPES.search(message):
             self.leaks.append(f"{record.name}: {message}")
 

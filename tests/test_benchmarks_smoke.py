@@ -137,3 +137,14 @@ def test_outage_counts_reads_per_watcher_and_every_recovery(tmp_path: Path) -> N
         assert run["attempts_mean"] >= 1
         assert positive(run["target"])
         assert positive(run["over_budget_off"])
+
+
+def test_tracing_pairs_off_and_on_against_no_telemetry(tmp_path: Path) -> None:
+    """The tracing run reports the three clients and both paired ratios at 1 and 16."""
+    results = run_quick("tracing", tmp_path)["results"]
+    assert set(results["by_concurrency"]) == {"1", "16"}
+    for measured in results["by_concurrency"].values():
+        clients = ("without", "off", "on", "sampled")
+        assert all(positive(measured[name]["rps_median"]) for name in clients)
+    for ratios in results["ratios"].values():
+        assert all(positive(ratios[name]["paired_median"]) for name in clients[1:])

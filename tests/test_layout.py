@@ -19,6 +19,9 @@ ORDER = [
     "_validate",
     "_wire",
     "auth",
+    # Spans and metrics: the transport, watchers and batches call its hooks (no-ops without
+    # OpenTelemetry), so it sits above them.
+    "telemetry",
     "journal",
     "_transport",
     "_addresses",
@@ -169,6 +172,7 @@ def test_public_names_are_pinned() -> None:
             "TaskKind",
             "TaskStatus",
             "TaskWatcher",
+            "Telemetry",
             "TextToVideoRequest",
             "TransportError",
             "Video",

@@ -83,6 +83,7 @@ async def test_no_secret_in_any_text(caplog: pytest.LogCaptureFixture) -> None:
             official.faults.push(Fault.openai_error(401, f"bad token {tokens[0]}"), times=2)
             await _collect(caplog, lambda: client.get_task("t-1"), texts)
     texts.extend(record.getMessage() for record in caplog.records)
+    texts.extend(str(vars(record)) for record in caplog.records)  # every field of every record
     shown = "\n".join(texts)
     assert "refused" in shown  # the echoing answers were really seen
     for secret in (API_KEY, SECRET, *tokens):

@@ -1,0 +1,456 @@
+"""OpenTelemetry spans and metrics; a no-op without ``opentelemetry-api``.
+
+The transport, the watchers and the batches call one hook per event (a request starts, is
+answered, is retried; a watch steps and ends; a batch runs). Without OpenTelemetry, or with
+``telemetry=False``, every hook is a method of `NO_TELEMETRY` that does nothing, and the
+``opentelemetry`` package is never imported. With it, `Telemetry` records:
+
+- a span per API request (``POST``/``GET`` of a create, read or list, and each download) with
+  the HTTP semantic-convention attributes (``http.request.method``, ``url.full`` without its
+  query, ``server.address``, ``server.port``, ``http.response.status_code``, ``error.type``),
+  ``kling.request_id``, ``kling.task_id`` and ``kling.code``; each retry is an event;
+- a span per watch (``kling.watch``) and per batch (``kling.batch``); the spans of the
+  requests made for them are their children;
+- metrics: ``kling.client.requests`` (by endpoint and outcome), ``kling.client.retries`` (by
+  reason), ``kling.tasks.in_flight`` and ``kling.task.reads`` / ``kling.task.duration`` (by
+  kind and final status), ``kling.callbacks`` (by outcome and reason),
+  ``kling.download.bytes``.
+
+Until a provider is given or the application sets a global one, nothing is built: a client
+on OpenTelemetry's placeholder providers costs what a client without it costs. The module
+also holds the structured fields of the package's log records (`log_fields`).
+
+Span attributes may name a task; metric attributes never do (only bounded values: the
+endpoint, an error's class, a kind, a status). No secret, prompt or signed query is
+recorded anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .errors import APIError, ConfigurationError
+from .models import Task, TaskKind
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+    from opentelemetry.trace import Span, TracerProvider
+
+__all__ = ["NO_TELEMETRY", "Telemetry", "available", "log_fields", "task_in_path", "telemetry_for"]
+
+Progress = Callable[[Any], object]  # a DownloadProgress hook (download.py is below this one)
+_SCOPE = "kling_async"
+#: The global providers' classes before an application sets its own (no SDK configured).
+_PLACEHOLDERS = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+_KINDS = {f"/v1/{kind.value}": kind.value for kind in TaskKind}  # the path under the base URL
+
+
+def log_fields(
+    task_id: str | None = None,
+    request_key: str | None = None,
+    request_id: object = None,
+) -> dict[str, str | None]:
+    """The structured fields of every log record of the package (``extra=``): the task id,
+    the batch request's key and the Kling request id, None where not known. Prefixed, so
+    they never clash with a web application's own ``request_id`` field."""
+    return {
+        "kling_task_id": task_id,
+        "kling_request_key": request_key,
+        "kling_request_id": request_id if isinstance(request_id, str) else None,
+    }
+
+
+def task_in_path(path: str) -> str | None:
+    """The task id in the path of a request for one task (under the base URL), if any."""
+    return _endpoint("GET", path)[2]
+
+
+def available() -> bool:
+    """Whether ``opentelemetry-api`` is installed (found without importing it)."""
+    return importlib.util.find_spec("opentelemetry") is not None
+
+
+class _RequestTrace:
+    """What one request's hooks do when nothing is recorded: nothing."""
+
+    __slots__ = ()
+
+    def answered(self, status: int, body: Mapping[str, Any]) -> None:
+        """A successful envelope came back (ends the request)."""
+
+    def retried(self, error: Exception, attempt: int, wait: float) -> None:
+        """Attempt `attempt` failed with `error`; the next starts after `wait` seconds."""
+
+    def failed(self, error: BaseException) -> None:
+        """The request ended with `error` (ends the request)."""
+
+
+class _WatchTrace:
+    """What one watch's hooks do when nothing is recorded: nothing."""
+
+    __slots__ = ()
+
+    def step(self) -> AbstractContextManager[object]:
+        """The context one step of the watch (its wait and read) runs in."""
+        return _NULL
+
+    def ended(self, task: Task | None, polls: int, error: BaseException | None = None) -> None:
+        """The watch ended: with its last snapshot, or with `error`."""
+
+
+_NULL = nullcontext()
+_NO_REQUEST = _RequestTrace()
+_NO_WATCH = _WatchTrace()
+
+
+class _Off:
+    """The hooks of a client without telemetry: each returns at once."""
+
+    enabled = False
+
+    def request(self, method: str, base_url: str, path: str) -> _RequestTrace:
+        """A trace for one API request (sent to `base_url` + `path`)."""
+        return _NO_REQUEST
+
+    def watch(self, task_id: str, kind: TaskKind) -> _WatchTrace:
+        """A trace for one watch of `task_id`."""
+        return _NO_WATCH
+
+    def batch(self, concurrency: int) -> AbstractContextManager[object]:
+        """The context a batch runs in."""
+        return _NULL
+
+    def download(self, url: str, video_id: str) -> AbstractContextManager[object]:
+        """The context one download runs in."""
+        return _NULL
+
+    def count_callbacks(self, stats: Mapping[str, int]) -> None:
+        """Report a callback receiver's counts (``"accepted"`` or a refusal's reason)."""
+
+    def progress(self, on_progress: Progress | None) -> Progress | None:
+        """The progress hook a download reports to (`on_progress`, or one that also counts
+        the bytes received before calling it)."""
+        return on_progress
+
+
+NO_TELEMETRY = _Off()
+
+
+class Telemetry(_Off):
+    """Spans and metrics through OpenTelemetry, on the providers given or the global ones.
+
+    >>> client = KlingClient(api_key="...", telemetry=Telemetry(tracer_provider=provider))
+    ... # doctest: +SKIP
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        if not available():
+            raise ConfigurationError(
+                "Telemetry needs opentelemetry-api: pip install 'kling-async[otel]'."
+            )
+        from opentelemetry import metrics, trace
+
+        from . import __version__
+
+        self._bases: dict[str, _Address] = {}
+        # Given providers are live; the global ones are placeholders until the application
+        # sets its own (once per process), and until then nothing is worth recording.
+        self._live = tracer_provider is not None or meter_provider is not None
+        self._providers = (trace.get_tracer_provider, metrics.get_meter_provider)
+        self._next_look = 0.0
+        self.use_span = trace.use_span
+        self._observation = metrics.Observation
+        self.client_kind = trace.SpanKind.CLIENT
+        self.error_status = trace.StatusCode.ERROR
+        self.tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider)
+        meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
+        # Counted here and read by the SDK when it collects: a counter's `add` per request
+        # would cost more than the rest of the request's telemetry.
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.received = 0
+        meter.create_observable_counter(
+            "kling.client.requests",
+            [self._observe_requests],
+            "{request}",
+            "API requests by endpoint and outcome",
+        )
+        self.retries = meter.create_counter(
+            "kling.client.retries", "{retry}", "Retries of API requests by reason"
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "kling.tasks.in_flight", "{task}", "Tasks being watched to their end"
+        )
+        self.reads = meter.create_histogram(
+            "kling.task.reads", "{read}", "Reads of a task until it ended"
+        )
+        self.durations = meter.create_histogram(
+            "kling.task.duration", "s", "Time from a task's creation to its end"
+        )
+        self._callback_stats: list[Mapping[str, int]] = []
+        meter.create_observable_counter(
+            "kling.callbacks",
+            [self._observe_callbacks],
+            "{callback}",
+            "Callbacks received, by outcome (accepted, refused) and reason",
+        )
+        meter.create_observable_counter(
+            "kling.download.bytes",
+            [self._observe_bytes],
+            "By",
+            "Bytes of result videos downloaded",
+        )
+
+    @property
+    def live(self) -> bool:
+        """Whether anything records: a provider was given, or the application has set a
+        global one (looked for at most once a second until it has: a look costs more than
+        the request it would trace)."""
+        if self._live or time.monotonic() < self._next_look:
+            return self._live
+        names = {type(get()).__name__ for get in self._providers}
+        self._live = not names <= _PLACEHOLDERS
+        self._next_look = time.monotonic() + 1.0
+        return self._live
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (endpoint, outcome), count in list(self.requests.items()):  # a copy: another thread
+            yield self._observation(count, {"kling.endpoint": endpoint, "kling.outcome": outcome})
+
+    def _observe_bytes(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield self._observation(self.received)
+
+    def count_callbacks(self, stats: Mapping[str, int]) -> None:
+        self._callback_stats.append(stats)
+
+    def _observe_callbacks(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: Counter[str] = Counter()
+        for stats in self._callback_stats:
+            totals.update(dict(stats))  # a copy: the SDK may collect from another thread
+        for reason, count in totals.items():
+            outcome = "accepted" if reason == "accepted" else "refused"
+            yield self._observation(count, {"kling.outcome": outcome, "kling.reason": reason})
+
+    def request(self, method: str, base_url: str, path: str) -> _RequestTrace:
+        return _Request(self, method, base_url, path) if self.live else _NO_REQUEST
+
+    def base(self, url: str) -> _Address:
+        """The parsed base URL of a client's requests (parsed once)."""
+        address = self._bases.get(url)
+        if address is None:
+            address = self._bases[url] = _Address(url)
+        return address
+
+    def watch(self, task_id: str, kind: TaskKind) -> _WatchTrace:
+        return _Watch(self, task_id, kind) if self.live else _NO_WATCH
+
+    def batch(self, concurrency: int) -> AbstractContextManager[object]:
+        if not self.live:
+            return _NULL
+        attributes = {"kling.batch.concurrency": concurrency}
+        return self.tracer.start_as_current_span("kling.batch", attributes=attributes)
+
+    def download(self, url: str, video_id: str) -> AbstractContextManager[object]:
+        return self._download(url, video_id) if self.live else _NULL
+
+    @contextmanager
+    def _download(self, url: str, video_id: str) -> Iterator[object]:
+        address = _Address(url)
+        attributes: dict[str, str | int] = {
+            "http.request.method": "GET",
+            "url.full": address.url,
+            "server.address": address.host,
+            "kling.video_id": video_id,
+        }
+        with self.tracer.start_as_current_span("kling.download", attributes=attributes) as span:
+            yield span
+
+    def progress(self, on_progress: Progress | None) -> Progress | None:
+        if not self.live:
+            return on_progress
+        counted = 0
+
+        def count(progress: Any) -> None:
+            nonlocal counted
+            if progress.received < counted:  # the server sent the whole file again
+                counted = 0
+            self.received += progress.received - counted
+            counted = progress.received
+            if on_progress is not None:
+                on_progress(progress)
+
+        return count
+
+
+def telemetry_for(
+    telemetry: Telemetry | bool | None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> _Off:
+    """The hooks a client uses: `telemetry` itself; none for False; else (True or None)
+    OpenTelemetry on the providers given (the global ones by default) when it is
+    installed, none when it is not (None) or an error (True, or a provider given)."""
+    if isinstance(telemetry, Telemetry):
+        return telemetry
+    if telemetry is False:
+        return NO_TELEMETRY
+    asked = telemetry is True or tracer_provider is not None or meter_provider is not None
+    if not asked and not available():
+        return NO_TELEMETRY
+    return Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+
+class _Address:
+    """Where a request goes: its URL without query or fragment (a signed link's query is a
+    credential), host and port."""
+
+    __slots__ = ("host", "path", "port", "url")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.url = parts._replace(query="", fragment="").geturl()
+        self.host = parts.hostname or ""
+        self.path = parts.path
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _endpoint(method: str, path: str) -> tuple[str, str, str | None]:
+    """The bounded name of the endpoint of `path` (under the base URL), its route and the
+    task id in it, if any: dictionary look-ups only, as this runs for every request."""
+    kind = _KINDS.get(path)
+    if kind is not None:
+        return f"{kind} {'create' if method == 'POST' else 'list'}", path, None
+    head, _, task_id = path.rpartition("/")
+    kind = _KINDS.get(head)
+    if kind is not None and task_id:
+        return f"{kind} read", head + "/{task_id}", task_id
+    return "other", path, None
+
+
+class _Request(_RequestTrace):
+    """One API request's span and its metrics."""
+
+    __slots__ = ("_endpoint", "_owner", "_span")
+
+    _span: Span
+
+    def __init__(self, owner: Telemetry, method: str, base_url: str, path: str) -> None:
+        self._owner = owner
+        base = owner.base(base_url)
+        endpoint, route, task_id = _endpoint(method, path)
+        self._endpoint = endpoint
+        route = base.path + route
+        attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "url.full": base.url + path.partition("?")[0],
+            "server.address": base.host,
+            "server.port": base.port,
+        }
+        if task_id is not None:
+            attributes["kling.task_id"] = task_id
+        self._span = owner.tracer.start_span(
+            f"{method} {route}", kind=owner.client_kind, attributes=attributes
+        )
+
+    def answered(self, status: int, body: Mapping[str, Any]) -> None:
+        span = self._span
+        if span.is_recording():
+            answer: dict[str, str | int] = {"http.response.status_code": status, "kling.code": 0}
+            if isinstance(body.get("request_id"), str):
+                answer["kling.request_id"] = body["request_id"]
+            data = body.get("data")
+            if isinstance(data, dict) and isinstance(data.get("task_id"), str):
+                answer["kling.task_id"] = data["task_id"]
+            span.set_attributes(answer)
+        span.end()
+        self._owner.requests[self._endpoint, "ok"] += 1
+
+    def retried(self, error: Exception, attempt: int, wait: float) -> None:
+        reason = _reason(error)
+        self._span.add_event(
+            "retry",
+            {"kling.attempt": attempt, "kling.retry.wait": wait, **_error_attributes(error)},
+        )
+        self._owner.retries.add(1, {"kling.endpoint": self._endpoint, "kling.reason": reason})
+
+    def failed(self, error: BaseException) -> None:
+        span = self._span
+        if span.is_recording():
+            span.set_attributes(_error_attributes(error))
+            span.set_status(self._owner.error_status, type(error).__name__)
+        span.end()
+        self._owner.requests[self._endpoint, type(error).__name__] += 1
+
+
+def _reason(error: BaseException) -> str:
+    """A retry's bounded reason: the error's class, and its business code when it has one."""
+    if isinstance(error, APIError) and isinstance(error.code, int):
+        return f"{type(error).__name__} {error.code}"
+    return type(error).__name__
+
+
+def _error_attributes(error: BaseException) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {"error.type": type(error).__name__}
+    if isinstance(error, APIError):
+        if error.http_status is not None:
+            attributes["http.response.status_code"] = error.http_status
+        if error.code is not None:
+            attributes["kling.code"] = error.code
+        if error.request_id:
+            attributes["kling.request_id"] = error.request_id
+    return attributes
+
+
+class _Watch(_WatchTrace):
+    """One watch's span (current during each step, so its reads are its children)."""
+
+    __slots__ = ("_kind", "_owner", "_span", "_started")
+
+    def __init__(self, owner: Telemetry, task_id: str, kind: TaskKind) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._started = time.monotonic()
+        attributes = {"kling.task_id": task_id, "kling.task.kind": kind.value}
+        self._span = owner.tracer.start_span("kling.watch", attributes=attributes)
+        owner.in_flight.add(1, {"kling.task.kind": kind.value})
+
+    def step(self) -> AbstractContextManager[object]:
+        return self._owner.use_span(self._span, end_on_exit=False)
+
+    def ended(self, task: Task | None, polls: int, error: BaseException | None = None) -> None:
+        owner, span = self._owner, self._span
+        kind = {"kling.task.kind": self._kind.value}
+        owner.in_flight.add(-1, kind)
+        span.set_attribute("kling.reads", polls)
+        if task is not None:
+            span.set_attribute("kling.task.status", task.status_text)
+        if isinstance(error, Exception):  # not a cancellation, nor a loop left early
+            span.set_attributes(_error_attributes(error))
+            span.set_status(owner.error_status, type(error).__name__)
+        elif task is not None and task.is_terminal:
+            finished = {**kind, "kling.task.status": task.status.value}
+            owner.reads.record(polls, finished)
+            owner.durations.record(_duration(task, self._started), finished)
+        span.end()
+
+
+def _duration(task: Task, started: float) -> float:
+    """Seconds from the task's creation to its end: by the server's stamps when it gave them,
+    else since the watch began."""
+    if task.created_at is not None and task.updated_at is not None:
+        return max(0.0, (task.updated_at - task.created_at).total_seconds())
+    return time.monotonic() - started
