@@ -219,7 +219,11 @@ def next_step(entry: JournalEntry | None) -> _Step:
         return _Step.SEND
     if entry.task is None:
         return _Step.RECONCILE
-    return _Step.REPLAY if entry.task.is_terminal else _Step.WATCH
+    if entry.task.is_terminal and entry.state is EntryState.FINISHED:
+        return _Step.REPLAY
+    # A task seen to end by a process that died before it recorded the outcome is watched
+    # (one read) so that the outcome is recorded and the task's slot given back.
+    return _Step.WATCH
 
 
 class _NoJournal:

@@ -400,3 +400,26 @@ async def test_closing_a_batch_mid_create_still_journals_the_paid_task(tmp_path:
         entry = await opened.entry("row-0")
     assert entry is not None and entry.task is not None
     assert entry.task.id == created
+
+
+async def test_a_task_seen_to_end_without_its_outcome_is_finished_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """A run that died between seeing a task end and recording its outcome: the next run
+    records it (and so gives the task's slot back), paying nothing again."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        journal_path = tmp_path / "j"
+        request = requests(1)[0]
+        async with client_for(server) as client:
+            task = await client.extend_and_wait(request.video_id, task_id=request.task_id)
+        async with Journal(journal_path) as journal:
+            key = request_key(request)
+            await journal.record_intent(key, request)
+            await journal.record_task(key, task)
+            await journal.record_status(key, task)  # ... and the process died here
+        outcomes = await run(server, [request], journal_path)
+        async with Journal(journal_path) as journal:
+            entry = await journal.entry(key)
+        assert server.record.create_count == 1
+    assert outcomes[0].ok
+    assert entry is not None and entry.state is EntryState.FINISHED
