@@ -142,15 +142,14 @@ class ChainError(KlingError):
         self.step = step
         self.chain = chain
         what = "Making the source video" if step == 0 else f"Step {step} of the chain"
+        last = chain.tasks[-1] if chain.tasks else chain.source
         kept = (
-            f" The longest video so far is {chain.video.id} ({chain.duration} s)."
-            if chain.video is not None
+            f" The longest video so far is {chain.video.id} ({chain.duration} s, task "
+            f"{last.id}): a new chain from it goes on from there."
+            if chain.video is not None and last is not None
             else ""
         )
-        super().__init__(
-            f"{what} failed: {reason}.{kept} Run the chain again with the same journal to "
-            "go on from there."
-        )
+        super().__init__(f"{what} failed: {reason}.{kept}")
 
 
 @attrs.frozen

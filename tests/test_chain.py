@@ -21,6 +21,7 @@ from kling_async import (
     ChainEvent,
     ChainRequest,
     ContentPolicyError,
+    ImageToVideoRequest,
     InvalidArgumentError,
     TextToVideoRequest,
 )
@@ -233,3 +234,16 @@ async def test_stopping_early_leaves_nothing_running(gateway: FakeKlingServer) -
         count = gateway.record.create_count
         await anyio.lowlevel.checkpoint()
     assert gateway.record.create_count == count
+
+
+async def test_on_the_official_api_a_step_names_only_the_video(tmp_path: Path) -> None:
+    """The official API takes no parent task: each step sends the previous video's id only;
+    a chain may start from an image."""
+    async with FakeKlingServer(dialect="official", api_key=KEY) as official:
+        async with client_of(official) as client:
+            source = ImageToVideoRequest("https://example.com/first.png", duration=10)
+            chain = await client.extend_chain(source, steps=2)
+        bodies = [r.body for r in creates(official)]
+    assert [set(body) - {"external_task_id"} for body in bodies[1:]] == [{"video_id"}] * 2
+    assert bodies[2]["video_id"] == chain.tasks[0].videos[0].id
+    assert chain.source is not None and chain.source.videos[0].duration == 10
