@@ -519,7 +519,9 @@ async def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.chains:  # many tasks each: on a server that fails rarely, so most reach 30 s
-        chain_server = FakeKlingServer(speed=args.speed, durations=durations, fail_rate=0.02)
+        chain_server = FakeKlingServer(
+            speed=args.speed, seed=int(time.time()), durations=durations, fail_rate=0.02
+        )
         async with chain_server:
             await demo_chains(chain_server.url, key, poll, count=args.chains, as_json=args.json)
     return EXIT_OK if outcomes else EXIT_FAILED
