@@ -10,19 +10,24 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._wire import request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
 from .errors import NotSentError
 from .models import Task, TaskStatus, subject_of
 
+if TYPE_CHECKING:  # the fake server is loaded only by the commands that run it
+    from .testing import RequestRecord, ServerRecord
+
 __all__ = [
     "Progress",
     "RichProgress",
+    "log_request",
     "outcome_record",
     "print_summary",
     "progress_for",
+    "server_summary",
     "show_task",
     "task_record",
 ]
@@ -211,3 +216,21 @@ def task_record(task: Task) -> dict[str, Any]:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def log_request(record: RequestRecord) -> None:
+    """One short line per request the fake server answered (no headers: they hold keys)."""
+    answer = "dropped" if record.status is None else str(record.status)
+    task = f" task {record.task_id}" if record.task_id else ""
+    fault = f" [{record.fault}]" if record.fault else ""
+    print(f"{record.method} {record.path} -> {answer}{task}{fault}", flush=True)
+
+
+def server_summary(record: ServerRecord) -> str:
+    """What the fake server saw, in one line."""
+    refused = sum(r.status is not None and r.status >= 400 for r in record.requests)
+    return (
+        f"Saw {len(record.requests)} requests: {record.create_count} creates "
+        f"({record.duplicate_count} for a video already extended), {record.read_count} task "
+        f"reads, {refused} refused; at most {record.peak_concurrent} tasks at once."
+    )

@@ -31,6 +31,7 @@ from ._ratelimit import RateLimiter
 from ._wire import decode_json
 from .auth import Auth
 from .errors import (
+    SETTING_NAMES,
     TOKEN_REFRESH_CODES,
     APIError,
     ConfigurationError,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)  # a child of "kling_async"
 #: aiohttp failures by whether the request may have reached the server. The first match wins,
 #: so the specific "never connected" cases come before their broader parents.
 _MAY_HAVE_BEEN_SENT: tuple[tuple[type[BaseException], bool], ...] = (
+    (aiohttp.InvalidURL, False),
     (aiohttp.ConnectionTimeoutError, False),
     (aiohttp.ClientConnectorError, False),
     (aiohttp.ClientError, True),
@@ -321,8 +323,11 @@ class Transport:
         what = type(exc).__name__
         detail = self._redact(str(exc)) or "no detail"
         when = "after it may have reached the server" if sent else "before it was sent"
+        # The whole URL, prefix included: a wrong base URL is the usual cause of no connection.
+        hint = "" if sent else f" Is the server up? Check {SETTING_NAMES.get().base_url}."
         return TransportError(
-            f"{method} {path} failed {when}: {what} ({detail}).", may_have_been_sent=sent
+            f"{method} {self.base_url}{path} failed {when}: {what} ({detail}).{hint}",
+            may_have_been_sent=sent,
         )
 
     def _redact(self, text: str) -> str:

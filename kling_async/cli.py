@@ -8,15 +8,19 @@ code, never a traceback; secrets are never printed.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import logging
+import math
 import os
+import random
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
@@ -29,12 +33,27 @@ from ._chain_cli import (
     run_chain_command,
     run_chain_lines,
 )
-from ._display import outcome_record, print_summary, progress_for, show_task
+from ._display import (
+    log_request,
+    outcome_record,
+    print_summary,
+    progress_for,
+    server_summary,
+    show_task,
+)
 from ._wire import request_from_json
 from .batch import BatchOutcome
 from .chain import ChainRequest, chain_key
 from .client import KlingClient, download_folder
-from .errors import ConfigurationError, KlingError, NotSentError, sole_error
+from .errors import (
+    SETTING_NAMES,
+    ConfigurationError,
+    InvalidArgumentError,
+    KlingError,
+    NotSentError,
+    SettingNames,
+    sole_error,
+)
 from .journal import request_key
 from .models import Task, TaskStatus, VideoExtendRequest
 from .policies import PollPolicy
@@ -43,7 +62,20 @@ __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
+#: 0: everything succeeded. 1: a task failed, or the API or the network did. 2: a usage or
+#: input error (a flag, a setting, an argument, an input line): nothing was sent. 130: Ctrl-C.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Settings named as a user of the command sets them.
+CLI_SETTING_NAMES = SettingNames(
+    api_key="KLING_API_KEY (or --api-key)",
+    access_key="KLING_ACCESS_KEY (or --access-key)",
+    secret_key="KLING_SECRET_KEY (or --secret-key)",  # noqa: S106 - a name, not a key
+    base_url="KLING_BASE_URL (or --base-url)",
+    dialect="KLING_DIALECT (or --dialect)",
+    requests_per_second="--rate",
+)
+_MAX_PROBLEMS_SHOWN = 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     _show_warnings()
+    names = SETTING_NAMES.set(CLI_SETTING_NAMES)
     try:
-        return anyio.run(handler, args, backend="asyncio")
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_in_one_line
+            return anyio.run(handler, args, backend="asyncio")
     except KeyboardInterrupt:
         resumable = handler in (_batch, _chain)
         resume = "; run the same command again to resume" if resumable else ""
@@ -64,6 +99,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         return _report_failure(sole_error(exc))  # `watch` follows tasks in a group
+    finally:
+        SETTING_NAMES.reset(names)
+
+
+def _warning_in_one_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning (a dependency's too) as one line, never the source line Python adds."""
+    text = " ".join(str(message).split())
+    print(f"kling-async: warning: {text}", file=sys.stderr)
 
 
 def _show_warnings() -> None:
@@ -80,7 +130,7 @@ def _show_warnings() -> None:
 
 def _report_failure(error: BaseException) -> int:
     """One clear line for a failure the user can act on; anything else is a bug: re-raised."""
-    if isinstance(error, ConfigurationError):
+    if isinstance(error, ConfigurationError | InvalidArgumentError):
         return _fail(error, EXIT_USAGE)
     if isinstance(error, KlingError):
         return _fail(error, EXIT_FAILED)
@@ -95,12 +145,46 @@ def _fail(error: object, code: int) -> int:
     return code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the command's one-line form."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"kling-async: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _number(kind: type[float], *, low: float, low_allowed: bool, high: float = math.inf) -> Any:
+    """An argparse type: a finite number of `kind` within its bounds, checked at parse time."""
+    above = f"at least {low:g}" if low_allowed else f"more than {low:g}"
+    within = above if high == math.inf else f"from {low:g} to {high:g}"
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun} {within}, not {text!r}") from None
+        fits = (value >= low if low_allowed else value > low) and value <= high
+        if not (math.isfinite(value) and fits):
+            raise argparse.ArgumentTypeError(f"must be {noun} {within}, not {text!r}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _number(float, low=0, low_allowed=False)
+_COUNT = _number(int, low=1, low_allowed=True)
+_FRACTION = _number(float, low=0, low_allowed=True, high=1)
+_PORT = _number(int, low=0, low_allowed=True, high=65535)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kling-async",
         description="Extend videos with the Kling API, watch tasks, and try it on a fake server.",
         epilog="Credentials come from KLING_API_KEY (or KLING_ACCESS_KEY and KLING_SECRET_KEY); "
-        "KLING_BASE_URL and KLING_DIALECT pick the endpoint.",
+        "KLING_BASE_URL and KLING_DIALECT pick the endpoint. Exit codes: 0 all succeeded, "
+        "1 a task or the API failed, 2 a usage or input error (nothing sent), 130 Ctrl-C.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -116,19 +200,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def _connection_options() -> argparse.ArgumentParser:
     """Options every command that talks to the API shares."""
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = _Parser(add_help=False)
     group = shared.add_argument_group("connection (defaults from the environment)")
     group.add_argument("--base-url", help="API base URL (KLING_BASE_URL)")
-    group.add_argument("--dialect", choices=["official", "gateway"], help="(KLING_DIALECT)")
+    group.add_argument(
+        "--dialect",
+        choices=["official", "gateway"],
+        help="official API or a reselling gateway (KLING_DIALECT; default: official for a "
+        "klingai.com host, else gateway)",
+    )
     group.add_argument(
         "--api-key", help="API key (prefer KLING_API_KEY: flags show up in process lists)"
     )
     group.add_argument("--access-key", help="official access key (KLING_ACCESS_KEY)")
     group.add_argument("--secret-key", help="official secret key (prefer KLING_SECRET_KEY)")
     group.add_argument("--json", action="store_true", help="print JSON lines for scripts")
-    group.add_argument(
+    return shared
+
+
+def _polling_options() -> argparse.ArgumentParser:
+    """The option of commands that follow tasks until they end."""
+    shared = _Parser(add_help=False)
+    shared.add_argument(
         "--poll-interval",
-        type=float,
+        type=_POSITIVE,
         metavar="SECONDS",
         help="first look and shortest gap between status reads "
         "(default: adaptive, first look after 10 s, then 2-30 s apart)",
@@ -138,13 +233,13 @@ def _connection_options() -> argparse.ArgumentParser:
 
 def _add_extend(commands: Any) -> None:
     command = commands.add_parser(
-        "extend", parents=[_connection_options()], help="extend one video"
+        "extend", parents=[_connection_options(), _polling_options()], help="extend one video"
     )
     command.add_argument("video_id", metavar="VIDEO_ID")
     command.add_argument("--task-id", help="the task that produced the video (gateways need it)")
     command.add_argument("--prompt")
     command.add_argument("--negative-prompt")
-    command.add_argument("--cfg-scale", type=float)
+    command.add_argument("--cfg-scale", type=_FRACTION, help="0 to 1")
     command.add_argument("--callback-url")
     command.add_argument("--external-task-id")
     command.add_argument("--wait", action="store_true", help="watch the task until it ends")
@@ -164,7 +259,9 @@ def _add_status(commands: Any) -> None:
 
 def _add_watch(commands: Any) -> None:
     command = commands.add_parser(
-        "watch", parents=[_connection_options()], help="follow tasks until they end"
+        "watch",
+        parents=[_connection_options(), _polling_options()],
+        help="follow tasks until they end",
     )
     command.add_argument("task_ids", metavar="TASK_ID", nargs="+")
     command.set_defaults(handler=_watch)
@@ -173,7 +270,7 @@ def _add_watch(commands: Any) -> None:
 def _add_batch(commands: Any) -> None:
     command = commands.add_parser(
         "batch",
-        parents=[_connection_options()],
+        parents=[_connection_options(), _polling_options()],
         help="extend every video of a JSONL file, resumably",
         description="Each input line is a JSON object with VideoExtendRequest's fields "
         "(video_id, task_id, prompt, negative_prompt, cfg_scale, callback_url, "
@@ -191,8 +288,10 @@ def _add_batch(commands: Any) -> None:
         help="default: RESULTS.jsonl.journal; with a database, the batch's name "
         "(default: the input file's name)",
     )
-    command.add_argument("--concurrency", type=int, default=8, help="tasks in flight (8)")
-    command.add_argument("--rate", type=float, help="at most this many requests a second")
+    command.add_argument("--concurrency", type=_COUNT, default=8, help="tasks in flight (8)")
+    command.add_argument(
+        "--rate", type=_POSITIVE, help="at most this many requests a second (default: no limit)"
+    )
     command.add_argument("--download", metavar="DIR", help="download each result into DIR")
     command.add_argument(
         "--skip-invalid",
@@ -209,11 +308,11 @@ def _add_batch(commands: Any) -> None:
         "--database-url", metavar="URL", help="postgresql://... (KLING_DATABASE_URL)"
     )
     shared.add_argument(
-        "--parallel-tasks", type=int, metavar="N", help="the account's quota of tasks in flight"
+        "--parallel-tasks", type=_COUNT, metavar="N", help="the account's quota of tasks in flight"
     )
     shared.add_argument(
         "--lease",
-        type=float,
+        type=_POSITIVE,
         metavar="SECONDS",
         help="how long a silent host keeps its requests before another takes them (30)",
     )
@@ -221,17 +320,55 @@ def _add_batch(commands: Any) -> None:
 
 
 def _add_fake_server(commands: Any) -> None:
-    command = commands.add_parser("fake-server", help="serve the fake Kling API locally")
+    command = commands.add_parser(
+        "fake-server",
+        help="serve the fake Kling API locally",
+        description="A fake of the Kling API for trying clients: real paths, auth checks, "
+        "error codes and task life cycles, on a faster clock. It logs each request and, on "
+        "Ctrl-C, sums up what it saw.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     command.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    command.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
-    command.add_argument("--dialect", choices=["official", "gateway"], default="gateway")
+    command.add_argument("--port", type=_PORT, default=8765, help="port (0 picks a free one)")
     command.add_argument(
-        "--speed", type=float, default=20.0, help="service seconds per real second (default 20)"
+        "--dialect",
+        choices=["official", "gateway"],
+        default="gateway",
+        help="the API to imitate: 'official' (paths /v1/..., an API key or access/secret-key "
+        "JWTs, lists, external ids) or 'gateway' (a reseller: paths /kling/v1/..., a bearer "
+        "key, extensions name their parent task)",
     )
     command.add_argument(
-        "--api-key", default="test-api-key", help="the key it accepts (default: test-api-key)"
+        "--speed", type=_POSITIVE, default=20.0, help="service seconds per real second"
     )
-    command.add_argument("--seed", type=int, default=0, help="makes ids and durations repeatable")
+    command.add_argument("--api-key", default="test-api-key", help="the static key it accepts")
+    command.add_argument(
+        "--access-key", help="with --secret-key: also accept JWTs signed with this pair (official)"
+    )
+    command.add_argument("--secret-key", help="the secret key those JWTs are signed with")
+    command.add_argument(
+        "--seed",
+        type=int,
+        help="makes ids, durations and failures repeatable (default: a random seed, printed)",
+    )
+    command.add_argument(
+        "--fail-rate", type=_FRACTION, default=0.0, help="share of tasks that end failed"
+    )
+    command.add_argument(
+        "--max-concurrent",
+        type=_COUNT,
+        help="tasks allowed to run at once; more are refused with code 1303 (default: no limit)",
+    )
+    command.add_argument(
+        "--webhook-secret",
+        help="sign callbacks with this Standard Webhooks secret (whsec_...) (default: unsigned)",
+    )
+    command.add_argument(
+        "--require-known-videos",
+        action="store_true",
+        help="refuse to extend videos (and parent tasks) the server has not made",
+    )
+    command.add_argument("--quiet", action="store_true", help="no line per request")
     command.set_defaults(handler=_fake_server)
 
 
@@ -239,13 +376,16 @@ def _add_demo(commands: Any) -> None:
     command = commands.add_parser(
         "demo", help="extend a batch of videos on the embedded fake server, with progress"
     )
-    command.add_argument("--count", type=int, default=24, help="extensions to run (default 24)")
+    command.add_argument("--count", type=_COUNT, default=24, help="extensions to run (default 24)")
     command.add_argument(
-        "--chains", type=int, default=3, help="videos grown to 30 s by chains (default 3)"
+        "--chains",
+        type=_number(int, low=0, low_allowed=True),
+        default=3,
+        help="videos grown to 30 s by chains (default 3)",
     )
-    command.add_argument("--concurrency", type=int, default=6, help="tasks in flight (6)")
+    command.add_argument("--concurrency", type=_COUNT, default=6, help="tasks in flight (6)")
     command.add_argument(
-        "--speed", type=float, default=60.0, help="how much faster than real tasks run (60)"
+        "--speed", type=_POSITIVE, default=60.0, help="how much faster than real tasks run (60)"
     )
     command.add_argument("--json", action="store_true", help="print JSON lines for scripts")
     command.set_defaults(handler=_demo)
@@ -255,7 +395,7 @@ def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
     overrides = {
         name: value
         for name in ("base_url", "dialect", "api_key", "access_key", "secret_key")
-        if (value := getattr(args, name, None))
+        if (value := getattr(args, name, None)) is not None
     }
     base_url = overrides.get("base_url") or os.environ.get("KLING_BASE_URL") or ""
     if is_loopback_url(base_url):
@@ -263,8 +403,6 @@ def _client(args: argparse.Namespace, **settings: Any) -> KlingClient:
         settings.setdefault("allow_private_downloads", True)
     interval = getattr(args, "poll_interval", None)
     if interval is not None:
-        if interval <= 0:
-            raise ConfigurationError(f"--poll-interval must be positive, not {interval:g}")
         settings["poll"] = PollPolicy(
             initial_delay=interval, min_interval=interval, max_interval=max(interval, 30.0)
         )
@@ -336,8 +474,6 @@ async def _chain(args: argparse.Namespace) -> int:
 
 
 async def _batch(args: argparse.Namespace) -> int:
-    if args.concurrency < 1:
-        raise ConfigurationError("--concurrency must be at least 1")
     shared = {
         name: value
         for name in ("database_url", "parallel_tasks", "lease")
@@ -351,6 +487,8 @@ async def _batch(args: argparse.Namespace) -> int:
     chains = [request for request in requests if isinstance(request, ChainRequest)]
     requests = [request for request in requests if not isinstance(request, ChainRequest)]
     with _results_file(Path(args.out)) as results:
+        if not requests and not chains:
+            return EXIT_OK  # warned while reading; an empty results file says the same
         outcomes = (
             await _run_batch(
                 client,
@@ -394,34 +532,59 @@ def read_requests(path: Path, client: KlingClient, *, skip_invalid: bool) -> lis
     """
     requests, problems = [], []
     lines_by_key: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line.rstrip("\r\n"))
-                chain = chain_from_json(value)
-                request = client.prepare_chain(chain) if chain else _prepared(client, value)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
-                continue
-            except (ValueError, KlingError) as exc:
-                problems.append(f"{path}:{number}: {_first_line(exc)}")
-                continue
-            key = chain_key(request) if isinstance(request, ChainRequest) else request_key(request)
-            first = lines_by_key.setdefault(key, number)
-            if first != number:
-                problems.append(f"{path}:{number}: {_same_key(request, first)}")
-                continue
-            requests.append(request)
-    for problem in problems:
+    for number, line in _text_lines(path):
+        if isinstance(line, UnicodeDecodeError):
+            byte = line.object[line.start]
+            problems.append(
+                f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at column "
+                f"{line.start + 1}); save the file as UTF-8"
+            )
+            continue
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            chain = chain_from_json(value)
+            request = client.prepare_chain(chain) if chain else _prepared(client, value)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
+            continue
+        except (ValueError, KlingError) as exc:
+            problems.append(f"{path}:{number}: {_first_line(exc)}")
+            continue
+        key = chain_key(request) if isinstance(request, ChainRequest) else request_key(request)
+        first = lines_by_key.setdefault(key, number)
+        if first != number:
+            problems.append(f"{path}:{number}: {_same_key(request, first)}")
+            continue
+        requests.append(request)
+    for problem in problems[:_MAX_PROBLEMS_SHOWN]:
         print(f"kling-async: {'skipped ' if skip_invalid else ''}{problem}", file=sys.stderr)
+    if len(problems) > _MAX_PROBLEMS_SHOWN:
+        more = len(problems) - _MAX_PROBLEMS_SHOWN
+        print(f"kling-async: ... and {more} more invalid line(s)", file=sys.stderr)
     if problems and not skip_invalid:
         raise ConfigurationError(
             f"{len(problems)} invalid line(s) in {path}; nothing was sent "
             "(fix them, or pass --skip-invalid)"
         )
+    if not requests and not problems:
+        print(f"kling-async: warning: {path} holds no requests; nothing to send", file=sys.stderr)
     return requests
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
+    """The file's lines by number, each decoded as UTF-8 (or the error saying why not)."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigurationError(
+            f"{path} is UTF-16 text; save it as UTF-8 (one JSON object per line). Nothing was sent."
+        )
+    for number, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).splitlines(), start=1):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, exc
 
 
 @contextlib.contextmanager
@@ -456,28 +619,49 @@ def _first_line(exc: BaseException) -> str:
 async def _fake_server(args: argparse.Namespace) -> int:
     from .testing import FakeKlingServer  # the fake is only loaded by the commands that use it
 
+    if (args.access_key is None) != (args.secret_key is None):
+        raise ConfigurationError("--access-key and --secret-key go together")
+    if args.access_key is not None and args.dialect != "official":
+        raise ConfigurationError(
+            "--access-key and --secret-key need --dialect official: gateways take a bearer key"
+        )
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     server = FakeKlingServer(
         dialect=args.dialect,
         api_key=args.api_key,
+        access_key=args.access_key,
+        secret_key=args.secret_key,
         speed=args.speed,
-        seed=args.seed,
+        seed=seed,
+        fail_rate=args.fail_rate,
+        max_concurrent=args.max_concurrent,
+        require_known_videos=args.require_known_videos,
+        webhook_secret=args.webhook_secret,
         host=args.host,
         port=args.port,
+        on_request=None if args.quiet else log_request,
     )
     async with server:
-        print(f"Fake Kling API ({args.dialect}) on {server.url}; Ctrl-C stops it. Try:")
-        print(f"  export KLING_BASE_URL={server.url} KLING_DIALECT={args.dialect}")
-        print(f"  export KLING_API_KEY={args.api_key}  # the fake's own test key")
-        print("  kling-async extend VIDEO_ID --task-id PARENT_TASK --wait", flush=True)
-        await anyio.sleep_forever()
+        print(
+            f"Fake Kling API ({args.dialect}) on {server.url}, seed {seed} "
+            f"(--seed {seed} repeats it); Ctrl-C stops it. Try:"
+        )
+        for name, value in server.environment.items():
+            print(f"  export {name}={value}")
+        if "KLING_ACCESS_KEY" in server.environment:
+            print("  unset KLING_API_KEY  # a key and a key pair together are refused")
+        parent = " --task-id PARENT_TASK" if args.dialect == "gateway" else ""
+        print(f"  kling-async extend VIDEO_ID{parent} --wait", flush=True)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            print(server_summary(server.record), flush=True)
     return EXIT_OK  # pragma: no cover - only Ctrl-C ends the server
 
 
 async def _demo(args: argparse.Namespace) -> int:
     from .testing import Durations, FakeKlingServer
 
-    if args.count < 1 or args.concurrency < 1 or args.speed <= 0 or args.chains < 0:
-        raise ConfigurationError("--count, --concurrency and --speed must be positive")
     # Two service minutes per extension, played 60 times faster by default: about 2 s each.
     durations = Durations(submitted_for=5.0, median=120.0, sigma=0.3)
     server = FakeKlingServer(
@@ -497,8 +681,8 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         for n in range(1, args.count + 1)
     ]
+    key = "test-api-key"
     async with server:
-        key = "test-api-key"
         client = KlingClient(
             api_key=key,
             base_url=server.url,

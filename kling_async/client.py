@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
+import math
 import os
 import random
 import re
@@ -28,7 +30,7 @@ from contextlib import aclosing
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -74,6 +76,7 @@ from .download import (
     target_path,
 )
 from .errors import (
+    SETTING_NAMES,
     AmbiguousSubmissionError,
     APIError,
     ConfigurationError,
@@ -108,7 +111,10 @@ if TYPE_CHECKING:
 
     from .postgres import Coordination, PostgresJournal
 
-__all__ = ["DEFAULT_BASE_URL", "KlingClient"]
+__all__ = ["DEFAULT_BASE_URL", "Dialect", "KlingClient"]
+
+#: The two dialects of the API: the official endpoint, or a gateway that resells it.
+Dialect = Literal["official", "gateway"]
 
 log = logging.getLogger(__name__)  # a child of "kling_async"
 
@@ -116,6 +122,7 @@ DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
 _ONCE = RetryPolicy(max_attempts=1)  # a list page is not worth a retry: single reads are
 _PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
+_CREDENTIALS = ("api_key", "access_key", "secret_key")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
 #: How many orphaned tasks `KlingClient.orphaned_tasks` keeps (the oldest go first).
@@ -133,7 +140,7 @@ class _Dialect:
     allows_jwt: bool
 
 
-_DIALECTS: Mapping[str, _Dialect] = {
+_DIALECTS: Mapping[Dialect, _Dialect] = {
     "official": _Dialect(
         prefix="",
         needs_parent_task=False,
@@ -180,7 +187,7 @@ class KlingClient:
         access_key: str | None = None,
         secret_key: str | None = None,
         base_url: str | None = None,
-        dialect: str | None = None,
+        dialect: Dialect | None = None,
         retry: RetryPolicy | None = None,
         retry_budget: RetryBudget | None = None,
         poll: PollPolicy | None = None,
@@ -210,8 +217,8 @@ class KlingClient:
         #: (the last `ORPHANS_KEPT`); ``on_orphaned_task`` hears of each as it comes.
         self.orphaned_tasks: deque[OrphanedTask] = deque(maxlen=ORPHANS_KEPT)
         self._on_orphaned_task = on_orphaned_task
-        self.base_url = _normalise_base_url(base_url or DEFAULT_BASE_URL)
-        self.dialect = _choose_dialect(dialect, self.base_url)
+        self.base_url = _normalise_base_url(DEFAULT_BASE_URL if base_url is None else base_url)
+        self.dialect: Dialect = _choose_dialect(dialect, self.base_url)
         self._dialect = _DIALECTS[self.dialect]
         self.poll = poll or PollPolicy()
         self.retry = retry or RetryPolicy()
@@ -229,13 +236,16 @@ class KlingClient:
         self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
         self._list_reads = list_reads
         self._listed: dict[tuple[TaskKind, bool], ListedReads] = {}
-        if timeout <= 0:
-            raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
-        limiter = (
-            RateLimiter(requests_per_second, clock=self._clock)
-            if requests_per_second is not None
-            else None
-        )
+        if not _is_positive(timeout):
+            raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
+        limiter = None
+        if requests_per_second is not None:
+            if not _is_positive(requests_per_second):
+                name = SETTING_NAMES.get().requests_per_second
+                raise ConfigurationError(
+                    f"{name} must be a positive number, not {requests_per_second!r}."
+                )
+            limiter = RateLimiter(requests_per_second, clock=self._clock)
         self._transport = Transport(
             base_url=self.base_url + self._dialect.prefix,
             auth=self._make_auth(api_key, access_key, secret_key),
@@ -261,42 +271,42 @@ class KlingClient:
         """A client configured from ``KLING_*`` variables; keyword arguments win over them.
 
         Reads ``KLING_API_KEY`` (or ``KLING_ACCESS_KEY`` and ``KLING_SECRET_KEY``),
-        ``KLING_BASE_URL``, ``KLING_DIALECT`` and ``KLING_DATABASE_URL``.
+        ``KLING_BASE_URL``, ``KLING_DIALECT`` and ``KLING_DATABASE_URL``. A credential given
+        as an argument replaces the environment's credentials; a key and a key pair both set in
+        the environment, or a ``KLING_BASE_URL`` set but empty, raise `ConfigurationError`.
 
         >>> client = KlingClient.from_env()  # doctest: +SKIP
         """
         env = os.environ if environ is None else environ
         settings: dict[str, Any] = {
-            "base_url": env.get("KLING_BASE_URL") or None,
+            "base_url": env.get("KLING_BASE_URL"),
             "dialect": env.get("KLING_DIALECT") or None,
             "database_url": env.get("KLING_DATABASE_URL") or None,
         }
-        if env.get("KLING_API_KEY"):
-            settings["api_key"] = env["KLING_API_KEY"]
-        else:
-            settings["access_key"] = env.get("KLING_ACCESS_KEY") or None
-            settings["secret_key"] = env.get("KLING_SECRET_KEY") or None
+        if not any(overrides.get(name) for name in _CREDENTIALS):
+            settings |= {name: env.get(f"KLING_{name.upper()}") or None for name in _CREDENTIALS}
         settings.update(overrides)
         return cls(**settings)
 
     def _make_auth(self, api_key: str | None, access_key: str | None, secret: str | None) -> Auth:
+        names = SETTING_NAMES.get()
+        pair = f"{names.access_key} and {names.secret_key}"
         if api_key and (access_key or secret):
-            raise ConfigurationError("Give either api_key or access_key and secret_key, not both.")
+            raise ConfigurationError(f"Give either {names.api_key} or {pair}, not both.")
         if api_key:
             return BearerAuth(api_key)
         if access_key and secret:
             if not self._dialect.allows_jwt:
                 raise ConfigurationError(
-                    f"The {self.dialect} dialect takes an api_key; access and secret keys "
-                    "are for the official API."
+                    f"The {self.dialect} dialect takes {names.api_key}; access and secret keys "
+                    f"are for the official API: set {names.dialect} to official."
                 )
             return JWTAuth(access_key, secret, clock=self._clock)
         if access_key or secret:
-            missing = "secret_key (KLING_SECRET_KEY)" if access_key else "access_key"
+            missing = names.secret_key if access_key else names.access_key
             raise ConfigurationError(f"An access key pair needs both keys; {missing} is missing.")
         raise ConfigurationError(
-            "No credentials: pass api_key= (or set KLING_API_KEY), or access_key= and "
-            "secret_key= (KLING_ACCESS_KEY and KLING_SECRET_KEY) for the official API."
+            f"No credentials: give {names.api_key}, or {pair} for the official API."
         )
 
     def _account(self) -> str:
@@ -1109,13 +1119,46 @@ def _coordination(
 
 
 def _normalise_base_url(base_url: str) -> str:
-    if not is_http_url(base_url):
-        raise ConfigurationError(f"base_url must be an absolute http(s) URL, not {base_url!r}.")
-    url = base_url.rstrip("/")
+    """The base URL without a trailing slash or ``/kling``; `ConfigurationError` at once when
+    it is empty or cannot name a server (a mistyped address must not look like an outage)."""
+    problem = _base_url_problem(base_url)
+    if problem is not None:
+        name = SETTING_NAMES.get().base_url
+        raise ConfigurationError(
+            f"{name} must be the API's http(s) URL, such as {DEFAULT_BASE_URL}; "
+            f"{base_url!r} {problem}."
+        )
+    url = base_url.strip().rstrip("/")
     return url.removesuffix("/kling")
 
 
-def _choose_dialect(dialect: str | None, base_url: str) -> str:
+def _base_url_problem(base_url: str) -> str | None:
+    if not base_url.strip():
+        return "is empty"
+    if not is_http_url(base_url.strip()):
+        return "is not an absolute http:// or https:// URL"
+    parts = urlsplit(base_url.strip())
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    host = parts.hostname or ""
+    if host.rsplit(".", 1)[-1].isdigit() and not _is_ip_address(host):
+        return f"has host {host!r}, which is neither an IP address nor a domain name"
+    if any(c.isspace() for c in host):
+        return f"has a space in its host {host!r}"
+    return None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _choose_dialect(dialect: str | None, base_url: str) -> Dialect:
     if dialect is None:
         host = urlsplit(base_url).hostname or ""
         official = host == _OFFICIAL_HOST_SUFFIX or host.endswith("." + _OFFICIAL_HOST_SUFFIX)
@@ -1123,9 +1166,17 @@ def _choose_dialect(dialect: str | None, base_url: str) -> str:
     name = dialect.strip().lower()
     if name not in _DIALECTS:
         raise ConfigurationError(
-            f"dialect must be one of {', '.join(sorted(_DIALECTS))}, not {dialect!r}."
+            f"{SETTING_NAMES.get().dialect} must be one of {', '.join(sorted(_DIALECTS))}, "
+            f"not {dialect!r}."
         )
-    return name
+    return cast(Dialect, name)
+
+
+def _is_positive(value: float) -> bool:
+    """A positive, finite number (not a bool): a timeout, a rate."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 @attrs.frozen

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "SETTING_NAMES",
     "APIError",
     "AmbiguousSubmissionError",
     "AuthenticationError",
@@ -30,6 +33,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
+    "SettingNames",
     "TaskFailedError",
     "TransportError",
     "WatchTimeoutError",
@@ -46,6 +50,26 @@ class KlingError(Exception):
 
 class ConfigurationError(KlingError, ValueError):
     """The client was set up inconsistently (missing credentials, wrong dialect, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingNames:
+    """How messages about settings name them: by default the Python argument and its
+    environment variable; a command line sets its own flags instead (`SETTING_NAMES`)."""
+
+    api_key: str = "api_key= (KLING_API_KEY)"
+    access_key: str = "access_key= (KLING_ACCESS_KEY)"
+    secret_key: str = "secret_key= (KLING_SECRET_KEY)"  # noqa: S105 - a name, not a key
+    base_url: str = "base_url= (KLING_BASE_URL)"
+    dialect: str = "dialect= (KLING_DIALECT)"
+    requests_per_second: str = "requests_per_second="
+
+
+#: The names in use for the current context (a command line sets it for its run).
+SETTING_NAMES: ContextVar[SettingNames] = ContextVar(
+    "kling_async_setting_names",
+    default=SettingNames(),  # noqa: B039 - frozen: shared safely
+)
 
 
 class InvalidArgumentError(KlingError, ValueError):

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -82,3 +89,43 @@ class FakeResolver(AbstractResolver):
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+@attrs.define
+class ServerProcess:
+    """`kling-async fake-server` running in its own process, as a user starts it."""
+
+    url: str
+    banner: list[str]
+    log: list[str] = attrs.Factory(list)  # the request lines and the closing summary
+    stderr: str = ""
+    returncode: int | None = None
+
+
+@contextlib.contextmanager
+def fake_server_process(*args: str) -> Iterator[ServerProcess]:
+    """Start the fake server with `args` (a free port), and stop it with Ctrl-C (SIGINT).
+
+    Its output is read all along (a full pipe would stall its request log); after the block
+    `log` holds every line after the banner and `stderr` what it printed there.
+    """
+    command = [sys.executable, "-m", "kling_async", "fake-server", "--port", "0", *args]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        banner = [process.stdout.readline()]
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", banner[0])
+        assert match, banner[0] + process.stderr.read()
+        while not banner[-1].startswith("  kling-async "):
+            banner.append(process.stdout.readline())
+        server = ServerProcess(match.group(1), banner)
+        reader = threading.Thread(target=lambda: server.log.extend(process.stdout or ()))
+        reader.start()
+        try:
+            yield server
+        finally:
+            process.send_signal(signal.SIGINT)
+            server.returncode = process.wait(timeout=30)
+            reader.join(timeout=30)
+            server.stderr = process.stderr.read()

@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pytest
+from helpers import fake_server_process
 
 from kling_async import BatchEvent, BatchEventKind, BatchOutcome, Task, TaskKind, TaskStatus
 from kling_async import VideoExtendRequest as Request
@@ -41,32 +41,11 @@ def run_cli(
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[str]:
     """`kling-async fake-server` in its own process; yields its URL."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kling_async",
-            "fake-server",
-            "--port",
-            "0",
-            "--speed",
-            "1000",
-            "--api-key",
-            KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    match = re.search(r"on (http://127\.0\.0\.1:\d+)", first)
-    assert match, first
-    yield match.group(1)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
-    assert process.returncode == 130
-    assert "Traceback" not in err
+    with fake_server_process("--speed", "1000", "--api-key", KEY) as server:
+        yield server.url
+    assert server.returncode == 130
+    assert "Traceback" not in server.stderr
+    assert server.log[-1].startswith("Saw ")
 
 
 def env_for(url: str) -> dict[str, str]:
@@ -157,8 +136,8 @@ def test_watch_many(fake_server: str) -> None:
     [
         (["status", "123"], {"KLING_API_KEY": "wrong"}, 1, "Invalid API key"),
         (["status", "999"], {}, 1, "not exist"),
-        (["extend", ""], {}, 1, "video_id"),
-        (["extend", "v"], {}, 1, "task_id"),
+        (["extend", ""], {}, 2, "video_id"),
+        (["extend", "v"], {}, 2, "task_id"),
         (["status", "1"], {"KLING_API_KEY": ""}, 2, "No credentials"),
     ],
 )

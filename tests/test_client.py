@@ -878,12 +878,36 @@ def test_from_env(environ: dict[str, str], dialect: str, auth: str) -> None:
         ({"access_key": "a", "secret_key": "s", "base_url": "https://gw.test"}, "api_key"),
         ({"api_key": "k", "dialect": "martian"}, "dialect"),
         ({"api_key": "k", "base_url": "ftp://x"}, "base_url"),
+        ({"api_key": "k", "base_url": ""}, r"base_url= \(KLING_BASE_URL\) .* '' is empty"),
+        ({"api_key": "k", "base_url": "http://10.0.0.1.8080"}, "neither an IP address"),
+        ({"api_key": "k", "requests_per_second": float("nan")}, "requests_per_second"),
+        ({"api_key": "k", "requests_per_second": 0}, "requests_per_second"),
+        ({"api_key": "k", "timeout": float("inf")}, "timeout"),
     ],
 )
 def test_bad_configuration_is_explained(kwargs: dict[str, str], says: str) -> None:
     """Inconsistent settings raise ConfigurationError saying what to fix."""
     with pytest.raises(ConfigurationError, match=says):
         KlingClient(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"KLING_API_KEY": "k", "KLING_ACCESS_KEY": "a", "KLING_SECRET_KEY": "s"}, "not both"),
+        ({"KLING_API_KEY": "k", "KLING_BASE_URL": ""}, "is empty"),
+    ],
+)
+def test_from_env_reports_inconsistent_settings(environ: dict[str, str], says: str) -> None:
+    """A key and a key pair both in the environment, or an empty base URL, are refused."""
+    with pytest.raises(ConfigurationError, match=says):
+        KlingClient.from_env(environ)
+
+
+def test_a_credential_argument_replaces_the_environments() -> None:
+    """from_env(api_key=...) wins over a key pair in the environment instead of clashing."""
+    environ = {"KLING_ACCESS_KEY": "a", "KLING_SECRET_KEY": "s" * 32}
+    assert "Bearer" in repr(KlingClient.from_env(environ, api_key="k"))
 
 
 def test_gateway_base_url_with_prefix_is_not_doubled() -> None:

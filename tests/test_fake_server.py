@@ -363,10 +363,11 @@ async def test_list_bad_page(params: dict[str, str], http: aiohttp.ClientSession
 
 @pytest.mark.anyio
 async def test_gateway_has_no_list(http: aiohttp.ClientSession) -> None:
-    """The gateway dialect has no list endpoint: a plain 404."""
+    """The gateway dialect has no list endpoint: a 404 in the API's envelope."""
     async with FakeKlingServer() as server:
         status, body = await call(http, "GET", f"{server.url}/kling{EXTEND}")
-    assert (status, body) == (404, "404: Not Found")
+    assert (status, body["code"]) == (404, 1203)
+    assert body["message"] == (f"no API at GET /kling{EXTEND}; check the base URL and the dialect")
 
 
 @pytest.mark.anyio
@@ -832,3 +833,126 @@ def test_pytest_plugin_fixtures(pytester: pytest.Pytester) -> None:
 
     result = pytester.runpytest("-p", "no:kling_async", plugins=[pytest_plugin])
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("dialect", "path"),
+    [
+        ("gateway", "/nope"),
+        ("gateway", f"/kling{EXTEND}/"),
+        ("official", f"{EXTEND}/"),
+        ("official", "/v2/videos/video-extend"),
+        ("official", "/files/unknown.mp4"),
+    ],
+)
+async def test_unknown_paths_answer_in_the_envelope(
+    dialect: str, path: str, http: aiohttp.ClientSession
+) -> None:
+    """Unknown paths and a trailing slash get a JSON 404 envelope, as error parsers expect."""
+    async with FakeKlingServer(dialect=dialect) as server:
+        status, body = await call(http, "GET", server.url + path)
+    assert status == 404
+    assert body["code"] == 1203
+    assert body["message"].startswith(f"no API at GET {path};")
+    assert body["request_id"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("dialect", ["official", "gateway"])
+async def test_a_create_answers_with_its_task_id_as_request_id(
+    dialect: str, http: aiohttp.ClientSession
+) -> None:
+    """As in every real capture, a create's request_id is the new task's id."""
+    async with FakeKlingServer(dialect=dialect) as server:
+        status, body = await call(http, "POST", prefix(server) + EXTEND, json=extend_body(server))
+    assert status == 200
+    assert body["request_id"] == body["data"]["task_id"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/account/costs", "/v1/account/costs"])
+async def test_account_costs_of_the_official_dialect(
+    path: str, http: aiohttp.ClientSession
+) -> None:
+    """GET /account/costs lists one resource pack, drawn down by each created task."""
+    async with FakeKlingServer(dialect="official") as server:
+        await create(http, server)
+        window = {"start_time": "0", "end_time": str(int(time.time() * 1000))}
+        status, body = await call(http, "GET", server.url + path, params=window)
+    assert (status, body["code"]) == (200, 0)
+    (pack,) = body["data"]["resource_pack_subscribe_infos"]
+    assert body["data"]["code"] == 0
+    assert pack["status"] == "online"
+    assert pack["total_quantity"] - pack["remaining_quantity"] == 1
+    assert set(pack) >= {"resource_pack_name", "resource_pack_type", "invalid_time"}
+
+
+@pytest.mark.anyio
+async def test_account_costs_needs_its_window_and_a_key() -> None:
+    """Missing times are 1201; no key is 401; a gateway has no such path."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        aiohttp.ClientSession() as bare,
+        FakeKlingServer(dialect="official") as official,
+        FakeKlingServer() as gateway,
+    ):
+        costs = official.url + "/account/costs"
+        status, body = await call(bare, "GET", costs, params={"end_time": "1"}, headers=auth)
+        assert (status, body["code"]) == (400, 1201)
+        assert "start_time" in body["message"]
+        status, body = await call(bare, "GET", costs)
+        assert (status, body["code"]) == (401, 1001)
+        status, body = await call(bare, "GET", gateway.url + "/account/costs", headers=auth)
+        assert (status, body["code"]) == (404, 1203)
+
+
+def test_the_credentials_are_exposed() -> None:
+    """A test can read the keys a server accepts, and the variables that point at it."""
+    server = FakeKlingServer(dialect="official", access_key=ACCESS, secret_key=SECRET)
+    assert (server.api_key, server.access_key, server.secret_key) == (KEY, ACCESS, SECRET)
+    assert FakeKlingServer(api_key=None).api_key is None
+
+
+@pytest.mark.anyio
+async def test_the_environment_points_a_client_at_the_server() -> None:
+    """`environment` holds KLING_* variables: the key pair when there is one, else the key."""
+    async with FakeKlingServer() as gateway:
+        assert gateway.environment == {
+            "KLING_BASE_URL": gateway.url,
+            "KLING_DIALECT": "gateway",
+            "KLING_API_KEY": KEY,
+        }
+    async with FakeKlingServer(
+        dialect="official", access_key=ACCESS, secret_key=SECRET
+    ) as official:
+        assert official.environment == {
+            "KLING_BASE_URL": official.url,
+            "KLING_DIALECT": "official",
+            "KLING_ACCESS_KEY": ACCESS,
+            "KLING_SECRET_KEY": SECRET,
+        }
+
+
+@pytest.mark.anyio
+async def test_on_request_hears_of_every_answer(http: aiohttp.ClientSession) -> None:
+    """on_request is called once per request, with what the record keeps."""
+    heard: list[tuple[str, int | None]] = []
+    async with FakeKlingServer(on_request=lambda r: heard.append((r.method, r.status))) as server:
+        task_id = await create(http, server)
+        await get(http, server, task_id)
+        await call(http, "GET", server.url + "/nope")
+    assert heard == [("POST", 200), ("GET", 200), ("GET", 404)]
+
+
+@pytest.mark.anyio
+async def test_the_record_counts_reads_and_duplicates(http: aiohttp.ClientSession) -> None:
+    """read_count sums the task reads; duplicate_count the creates past the first per video."""
+    async with FakeKlingServer() as server:
+        first = await create(http, server)
+        await create(http, server)
+        await create(http, server, video_id="v-2")
+        for _ in range(3):
+            await get(http, server, first)
+    assert server.record.read_count == 3
+    assert server.record.duplicate_count == 1

@@ -107,9 +107,10 @@ def html_page(status: int) -> Answer:
     return Answer(status, page.encode(), content_type="text/html")
 
 
-def not_found_page() -> Answer:
-    """What aiohttp itself answers for an unknown route."""
-    return Answer(404, b"404: Not Found", content_type="text/plain")
+def no_such_path(method: str, path: str, request_id: str) -> Answer:
+    """HTTP 404 for a path the API does not have, in the envelope a client's parser reads."""
+    message = f"no API at {method} {path}; check the base URL and the dialect"
+    return kling_error(404, 1203, message, request_id)
 
 
 def fault_answer(fault: Fault, request_id: str) -> Answer:

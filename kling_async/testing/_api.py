@@ -29,6 +29,8 @@ from ._tasks import (
 )
 from ._validate import Problem, create_problem, page_param
 
+COST_PACK_UNITS = 1000  # the fake account's one resource pack; each created task uses a unit
+
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
@@ -108,7 +110,8 @@ class KlingBackend:
         if refusal is not None:
             return refusal
         task = self._new_task(kind, body, now)
-        return kling_ok(created_wire(task), self.request_id()).with_task(task.id)
+        # Real create answers carry the new task's id as their request id.
+        return kling_ok(created_wire(task), task.id).with_task(task.id)
 
     def get(self, kind: str, ref: str, now: float, fault: Fault | None = None) -> Answer:
         """Handle a single-task query; a task fault changes what it reports."""
@@ -159,6 +162,30 @@ class KlingBackend:
         chosen = newest[(page - 1) * size : page * size]
         expires = self.link_expiry()
         data = [task_wire(t, now, self.base_url, expires=expires) for t in chosen]
+        return kling_ok(data, self.request_id())
+
+    def costs(self, query: Mapping[str, str]) -> Answer:
+        """The official ``GET /account/costs``: one video resource pack, drawn down by creates.
+
+        ``start_time`` and ``end_time`` (Unix ms) are required, as on the real API.
+        """
+        for name in ("start_time", "end_time"):
+            value = query.get(name, "")
+            if not (value.isascii() and value.isdigit()):
+                return self.error(Problem(400, 1201, f"{name} must be a Unix time in ms"))
+        started = int(self.config.wall_clock() * 1000)
+        pack = {
+            "resource_pack_name": "Fake video pack",
+            "resource_pack_id": "fake-pack-1",
+            "resource_pack_type": "decreasing_total",
+            "total_quantity": float(COST_PACK_UNITS),
+            "remaining_quantity": float(max(0, COST_PACK_UNITS - len(self._tasks))),
+            "purchase_time": started,
+            "effective_time": started,
+            "invalid_time": started + 365 * 86_400_000,
+            "status": "online",
+        }
+        data = {"code": 0, "msg": "success", "resource_pack_subscribe_infos": [pack]}
         return kling_ok(data, self.request_id())
 
     def _refusal(self, kind: str, body: Any, now: float) -> Answer | None:

@@ -73,6 +73,16 @@ class ServerRecord:
         """Largest number of tasks that were running (created, not yet terminal) at once."""
         return self._peak
 
+    @property
+    def read_count(self) -> int:
+        """Single-task GETs that reached the handler (every task's `polls` together)."""
+        return sum(self._polls.values())
+
+    @property
+    def duplicate_count(self) -> int:
+        """Creates beyond the first for the same video: tasks a client may have paid twice."""
+        return sum(count - 1 for count in self._creates_by_video.values())
+
     def creates_for(self, video_id: str) -> int:
         """Number of tasks created to extend ``video_id`` (more than one means a duplicate)."""
         return self._creates_by_video[video_id]

@@ -17,7 +17,7 @@ from ._answers import (
     expired_link,
     fault_answer,
     kling_error,
-    not_found_page,
+    no_such_path,
     read_json,
 )
 from ._api import BackendConfig, KlingBackend
@@ -33,6 +33,7 @@ from ._webhooks import CallbackFaults
 # In-flight handlers (e.g. sleeping in a delay fault) get this long before close cancels them.
 _SHUTDOWN_GRACE = 0.25
 _FILES = "/files/"
+_COSTS = ("/account/costs", "/v1/account/costs")  # clients spell the official path both ways
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class FakeKlingServer:
         webhook_secret: str | None = None,
         callback_faults: CallbackFaults | None = None,
         link_lifetime: float | None = None,
+        on_request: Callable[[RequestRecord], object] | None = None,
     ) -> None:
         """Configure the server; nothing listens until `start` (or ``async with``).
 
@@ -92,7 +94,8 @@ class FakeKlingServer:
         never move backwards). Callbacks are timed on the event loop, from the delay known at
         creation, so a hand-moved ``monotonic`` does not hurry them. With ``link_lifetime``
         (wall seconds) a result URL is signed when a task is read and answers 403 once
-        expired, as real signed links do: read the task again for a fresh one.
+        expired, as real signed links do: read the task again for a fresh one. ``on_request``
+        hears of each request once it is answered (a log line, a live counter).
         """
         check_server_arguments(dialect, speed, fail_rate, failure_messages)
         if (access_key is None) != (secret_key is None):
@@ -101,6 +104,7 @@ class FakeKlingServer:
         self.faults = FaultPlan(seed)
         self.record = ServerRecord()
         self._credentials = OfficialCredentials(api_key, access_key, secret_key)
+        self._on_request = on_request
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._bind = (host, port)
@@ -131,6 +135,36 @@ class FakeKlingServer:
             wall_clock=wall_clock,
             monotonic=monotonic,
         )
+
+    @property
+    def api_key(self) -> str | None:
+        """The static key the server accepts (None: a gateway then accepts any key)."""
+        return self._credentials.api_key
+
+    @property
+    def access_key(self) -> str | None:
+        """The access key whose JWTs the official dialect accepts, if any."""
+        return self._credentials.access_key
+
+    @property
+    def secret_key(self) -> str | None:
+        """The secret key those JWTs must be signed with, if any."""
+        return self._credentials.secret_key
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The ``KLING_*`` variables that point a client (or the command line) at this server.
+
+        With an access key pair the pair is given, else the static key (if any).
+
+        >>> os.environ.update(server.environment)  # doctest: +SKIP
+        """
+        env = {"KLING_BASE_URL": self.url, "KLING_DIALECT": self.dialect}
+        if self.access_key is not None and self.secret_key is not None:
+            env |= {"KLING_ACCESS_KEY": self.access_key, "KLING_SECRET_KEY": self.secret_key}
+        elif self.api_key is not None:
+            env["KLING_API_KEY"] = self.api_key
+        return env
 
     @property
     def url(self) -> str:
@@ -245,19 +279,20 @@ class FakeKlingServer:
             return await self._handle(request, body, note)
         finally:
             self._handlers.discard(handler)
-            self.record._note_request(
-                RequestRecord(
-                    method=request.method,
-                    path=request.path,
-                    query=dict(request.query),
-                    headers=dict(request.headers),
-                    body=body,
-                    status=note.status,
-                    at=arrived,
-                    task_id=note.task_id,
-                    fault=note.fault,
-                )
+            record = RequestRecord(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers=dict(request.headers),
+                body=body,
+                status=note.status,
+                at=arrived,
+                task_id=note.task_id,
+                fault=note.fault,
             )
+            self.record._note_request(record)
+            if self._on_request is not None:
+                self._on_request(record)
 
     async def _handle(self, request: web.Request, body: Any, note: _Note) -> web.StreamResponse:
         is_file = request.path.startswith(_FILES)
@@ -295,20 +330,25 @@ class FakeKlingServer:
     def _api(self, request: web.Request, body: Any, fault: Fault | None) -> Answer:
         gateway = self._backend.config.gateway
         prefix = "/kling/v1/" if gateway else "/v1/"
-        if not request.path.startswith(prefix):
-            return not_found_page()
+        costs = not gateway and request.path in _COSTS
+        if not (costs or request.path.startswith(prefix)):
+            return self._no_such_path(request)
         header = request.headers.get("Authorization")
         refusal = auth_refusal(
             header, self._credentials, self._backend.config.gateway, self._wall_clock()
         )
         if refusal is not None:
             return refusal
+        if costs:
+            if request.method != "GET":
+                return self._wrong_method(request.method)
+            return self._backend.costs(request.query)
         rest = request.path[len(prefix) :]
         if rest in KINDS:
             return self._collection(request, rest, body)
         kind, _, ref = rest.rpartition("/")
         if kind not in KINDS or not ref:
-            return not_found_page()
+            return self._no_such_path(request)
         if request.method != "GET":
             return self._wrong_method(request.method)
         return self._backend.get(kind, ref, self._monotonic(), fault)
@@ -317,7 +357,7 @@ class FakeKlingServer:
         backend = self._backend
         if request.method == "GET":
             if backend.config.gateway:
-                return not_found_page()
+                return self._no_such_path(request)
             return backend.list(kind, request.query, self._monotonic())
         if request.method != "POST":
             return self._wrong_method(request.method)
@@ -330,6 +370,9 @@ class FakeKlingServer:
             self._callbacks.watch(backend.task(answer.task_id), body["callback_url"], self.url)
         return answer
 
+    def _no_such_path(self, request: web.Request) -> Answer:
+        return no_such_path(request.method, request.path, self._backend.request_id())
+
     def _wrong_method(self, method: str) -> Answer:
         message = f"method {method} is not supported on this path"
         return kling_error(404, 1202, message, self._backend.request_id())
@@ -341,7 +384,7 @@ class FakeKlingServer:
         video_id = name.removesuffix(".mp4")
         known = name.endswith(".mp4") and self._backend.video(video_id, self._monotonic())
         if not known or request.method not in ("GET", "HEAD"):
-            return self._send(not_found_page(), note)
+            return self._send(self._no_such_path(request), note)
         if self._backend.link_expired(request.query):
             return self._send(expired_link(), note)
         drop_after = (
