@@ -1,15 +1,18 @@
 """Callbacks in a FastAPI (or Starlette) app: forward the POST to `CallbackReceiver.handle`.
 
-    pip install fastapi uvicorn kling-async
+    pip install fastapi uvicorn ./kling_async   # a clone: the package is not on PyPI yet
     KLING_API_KEY=... PUBLIC_URL=https://your.host uvicorn fastapi_callbacks:app
 
 `PUBLIC_URL` is how the Kling API reaches this app. Watchers wake as soon as a task's
-callback arrives (and confirm with one read); polling becomes a slow safety net.
+callback arrives (and confirm with one read); polling becomes a slow safety net. The
+callback path carries the receiver's secret token, so the access log is filtered to hide it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,8 +21,23 @@ from fastapi import FastAPI, Request, Response
 from kling_async import CallbackReceiver, KlingClient
 
 receiver = CallbackReceiver(
-    base_url=os.environ["PUBLIC_URL"], secret=os.environ.get("KLING_WEBHOOK_SECRET")
+    public_url=os.environ["PUBLIC_URL"], secret=os.environ.get("KLING_WEBHOOK_SECRET")
 )
+
+
+class HideCallbackTokens(logging.Filter):
+    """Writes access-log lines with the callback token replaced by ``<token>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                TOKEN.sub(r"\1<token>", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+TOKEN = re.compile(r"(/kling-callbacks/)[^/?\s]+")
+logging.getLogger("uvicorn.access").addFilter(HideCallbackTokens())
 
 
 @asynccontextmanager

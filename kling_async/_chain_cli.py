@@ -14,6 +14,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._display import human_duration
 from .batch import BatchEventKind
 from .chain import Chain, ChainEvent, ChainOutcome, ChainRequest, chain_key
 from .client import KlingClient, download_folder, image_argument
@@ -150,13 +151,8 @@ class _Progress:
         what = "source" if event.step == 0 else f"step {event.step}/{event.steps or '?'}"
         verb = "started" if event.kind is BatchEventKind.SUBMITTED else "ended"
         length = f"{event.chain.duration} s so far" if event.chain.duration else "no video yet"
-        eta = f"ETA {_clock(event.eta)}" if event.eta is not None else "ETA unknown"
+        eta = f"ETA {human_duration(event.eta)}" if event.eta is not None else "ETA unknown"
         print(f"  {name}{what} {verb} · {length} · {eta}", file=self.stream, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def _record(chain: Chain, path: Path | None) -> dict[str, Any]:

@@ -9,8 +9,10 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
 
 from ._wire import request_record
 from .batch import BatchEvent, BatchEventKind, BatchOutcome
@@ -20,9 +22,13 @@ from .models import Task, TaskStatus, subject_of
 if TYPE_CHECKING:  # the fake server is loaded only by the commands that run it
     from .testing import RequestRecord, ServerRecord
 
+BAR_WIDTH = 20  # a bar of fixed width: it neither vanishes nor jumps at 80 columns
+
 __all__ = [
+    "BAR_WIDTH",
     "Progress",
     "RichProgress",
+    "human_duration",
     "log_request",
     "outcome_record",
     "print_summary",
@@ -36,30 +42,58 @@ __all__ = [
 class Progress:
     """A live progress line: counts by state, rate and ETA (redrawn in place on a terminal).
 
-    Without a terminal (CI, a pipe) it prints a plain line at most every few seconds, so logs
-    stay readable.
+    Redrawn on events (at most every `interval` seconds) and by `redraw` on a timer, so a
+    burst of events is shown even when nothing follows it. Requests replayed from a journal
+    count as done but not in the rate or the ETA, which speak of live work only. Without a
+    terminal (CI, a pipe) it prints a plain line only when something changed, at most every
+    few seconds, so logs stay readable.
     """
 
-    def __init__(self, total: int, stream: TextIO, *, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO,
+        *,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total
         self.stream = stream
         self.states: Counter[str] = Counter()
         self._latest: dict[int, str] = {}
-        self._started = time.monotonic()
-        self._last_drawn = 0.0
-        self._interval = 0.1 if _is_terminal(stream) else interval
+        self._clock = clock
+        self._started = clock()
+        self._last_drawn = float("-inf")
+        self._live_done = 0
+        self._changed = False  # a batch that fails before any event leaves no line in a log
+        self._finished = False
+        self.terminal = _is_terminal(stream)
+        self.interval = 0.1 if self.terminal else interval
 
     def on_event(self, event: BatchEvent) -> None:
         """Take one batch event and redraw when it is time."""
         request = id(event.request)
         if event.kind is BatchEventKind.FINISHED and event.outcome is not None:
             self._move(request, "succeeded" if event.outcome.ok else "failed")
+            self._live_done += not event.replayed
         elif event.kind is not BatchEventKind.RETRIED and event.task and not event.task.is_terminal:
-            self._move(request, event.task.status_text)  # a terminal one counts at FINISHED
-        now = time.monotonic()
-        if now - self._last_drawn >= self._interval:
-            self._last_drawn = now
-            self._draw(self.line())
+            self._move(request, event.task.status_label)  # a terminal one counts at FINISHED
+        self._changed = True
+        if self._clock() - self._last_drawn >= self.interval:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the line now: on a terminal always (the rate moves), elsewhere if changed."""
+        if self._finished or not (self.terminal or self._changed):
+            return
+        self._last_drawn, self._changed = self._clock(), False
+        self._draw(self.line())
+
+    async def redraw_every(self, sleep: Callable[[float], Awaitable[object]] = anyio.sleep) -> None:
+        """Redraw every `interval` until cancelled (the owner's task group does that)."""
+        while True:
+            await sleep(self.interval)
+            self.redraw()
 
     def _move(self, request: int, state: str) -> None:
         previous = self._latest.get(request)
@@ -71,49 +105,57 @@ class Progress:
     def line(self) -> str:
         """The progress line as it stands."""
         done = self.states["succeeded"] + self.states["failed"]
-        elapsed = max(time.monotonic() - self._started, 1e-9)
-        rate = done / elapsed
-        eta = f"{(self.total - done) / rate:.0f} s" if rate > 0 and done < self.total else "-"
-        running = {
-            state: count
+        elapsed = max(self._clock() - self._started, 1e-9)
+        rate = self._live_done / elapsed
+        left = self.total - done
+        eta = human_duration(left / rate) if rate > 0 and left > 0 else "-"
+        running = [
+            f"{count} {state}"
             for state, count in sorted(self.states.items())
             if count and state not in ("succeeded", "failed")
-        }
-        states = ", ".join(f"{count} {state}" for state, count in running.items())
-        return (
-            f"{done}/{self.total} done ({self.states['succeeded']} succeeded, "
-            f"{self.states['failed']} failed){'; ' + states if states else ''}; "
-            f"{rate:.1f}/s; ETA {eta}"
-        )
+        ]
+        # What matters most comes first: a narrow terminal cuts the end of the line.
+        done_text = f"{done}/{self.total} done ({self.states['failed']} failed)"
+        return " · ".join([done_text, f"ETA {eta}", f"{rate:.1f}/s", *running])
 
     def finish(self) -> None:
-        """Draw the final line and end it."""
-        self._draw(self.line())
-        if _is_terminal(self.stream):
+        """Draw the final line once and end it (also when the batch was interrupted)."""
+        if self._finished:
+            return
+        if self.terminal or self._changed:
+            self._draw(self.line())
+        self._finished = True
+        if self.terminal:
             self.stream.write("\n")
             self.stream.flush()
 
     def _draw(self, line: str) -> None:
-        if _is_terminal(self.stream):
-            self.stream.write("\r\x1b[2K" + line)
+        if self.terminal:  # one screen line, or the next redraw clears only its last part
+            self.stream.write("\r\x1b[2K" + _cut(line, _columns(self.stream) - 1))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
 
 class RichProgress(Progress):
-    """The same counts, rate and ETA under a progress bar, drawn by rich on a terminal."""
+    """The same line beside a bar of fixed width, drawn by rich on a terminal; the line is
+    cut with an ellipsis where the terminal ends (the counts and the ETA come first)."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
         super().__init__(total, stream)
         from rich.console import Console  # the `cli` extra; only needed on a terminal
         from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as Bar
+        from rich.table import Column
 
         self._bar = Bar(
-            BarColumn(),
-            TextColumn("{task.description}"),
+            BarColumn(bar_width=BAR_WIDTH, table_column=Column(width=BAR_WIDTH, no_wrap=True)),
+            TextColumn(
+                "{task.description}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             console=Console(file=stream),
+            expand=True,
         )
         self._task = self._bar.add_task(self.line(), total=total)
         self._bar.start()
@@ -123,8 +165,11 @@ class RichProgress(Progress):
         self._bar.update(self._task, completed=done, description=line)
 
     def finish(self) -> None:
-        """Draw the final state and release the terminal."""
+        """Draw the final state once and release the terminal."""
+        if self._finished:
+            return
         self._draw(self.line())
+        self._finished = True
         self._bar.stop()
 
 
@@ -138,25 +183,52 @@ def progress_for(total: int, stream: TextIO) -> Progress:
     return Progress(total, stream)
 
 
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
 def _is_terminal(stream: TextIO) -> bool:
     return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def print_summary(outcomes: Sequence[BatchOutcome], stream: TextIO) -> None:
-    """A table of every outcome, then the totals."""
-    rows = [("VIDEO", "STATUS", "TASK", "RESULT")]
-    for outcome in outcomes:
-        record = outcome_record(outcome)
-        result = record.get("error") or (record.get("video_urls") or [""])[0]
-        task = record["new_task_id"] or "-"
-        rows.append((subject_of(outcome.request), record["status"], task, result))
-    widths = [min(max(len(row[i]) for row in rows), 40) for i in range(3)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
-        stream.write("  ".join([*cells, _shorten(row[3], 90)]).rstrip() + "\n")
-    succeeded = sum(outcome.ok and outcome.error is None for outcome in outcomes)
-    stream.write(f"\n{succeeded} of {len(outcomes)} extensions succeeded.\n")
+    """The successes, then the failures together (in red on a terminal), then the totals.
+
+    Each result (the saved files, else the URLs, or the error) has a line of its own under
+    its row, so a long URL never wraps inside a table.
+    """
+    ok = [outcome for outcome in outcomes if outcome.ok and outcome.error is None]
+    failed = [outcome for outcome in outcomes if not (outcome.ok and outcome.error is None)]
+    width = min(max((len(subject_of(o.request)) for o in outcomes), default=0), 40)
+    paint = _is_terminal(stream)
+    for title, group, colour in (("Succeeded", ok, ""), ("Failed", failed, _RED)):
+        if not group:
+            continue
+        stream.write(_painted(f"{title} ({len(group)}):", colour, paint) + "\n")
+        for outcome in group:
+            record = outcome_record(outcome)
+            row = f"  {subject_of(outcome.request).ljust(width)}  {record['status']}"
+            if record["new_task_id"]:
+                row += f"  task {record['new_task_id']}"
+            stream.write(_painted(row, colour, paint) + "\n")
+            for detail in record.get("files") or record.get("video_urls") or [record["error"]]:
+                stream.write(f"    {detail}\n")
+    stream.write(f"\n{len(ok)} of {len(outcomes)} extensions succeeded.\n")
     stream.flush()
+
+
+_RED = "\x1b[31m"
+
+
+def _painted(text: str, colour: str, paint: bool) -> str:
+    return f"{colour}{text}\x1b[0m" if colour and paint else text
 
 
 def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:
@@ -192,7 +264,7 @@ def show_task(task: Task, as_json: bool) -> None:
     if as_json:
         print(json.dumps(task_record(task)), flush=True)
         return
-    line = f"{task.id}  {task.status_text}"
+    line = f"{task.id}  {task.status_label}"
     if task.status_message:
         line += f"  ({task.status_message})"
     for video in task.videos:
@@ -205,7 +277,7 @@ def task_record(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.id,
         "kind": task.kind.value,
-        "status": task.status_text,
+        "status": task.status_label,
         "status_message": task.status_message,
         "videos": [
             {"id": v.id, "url": v.url, "duration": str(v.duration) if v.duration else None}
@@ -214,8 +286,22 @@ def task_record(task: Task) -> dict[str, Any]:
     }
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def human_duration(seconds: float) -> str:
+    """A duration as a person reads it: ``42 s``, ``36 min``, ``1 h 12 min``, ``25 d``.
+
+    >>> human_duration(4320)
+    '1 h 12 min'
+    """
+    if seconds < 60:
+        return f"{max(0, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if days < 10 and hours else f"{days} d"
 
 
 def log_request(record: RequestRecord) -> None:

@@ -96,6 +96,15 @@ class BatchOutcome:
         """True when the extension succeeded."""
         return self.task is not None and self.task.status is TaskStatus.SUCCEED
 
+    @property
+    def succeeded_task(self) -> Task | None:
+        """The task when the extension succeeded (`ok`), else None: a typed way to the video.
+
+        >>> if task := outcome.succeeded_task:  # doctest: +SKIP
+        ...     print(task.videos[0].url)
+        """
+        return self.task if self.ok else None
+
 
 class BatchEventKind(enum.Enum):
     """What happened to a request of a batch."""
@@ -115,6 +124,7 @@ class BatchEvent:
     task: Task | None = None
     error: Exception | None = None
     outcome: BatchOutcome | None = None
+    replayed: bool = False  # a FINISHED event replayed from the journal, not live work
 
 
 class Extender(Protocol):
@@ -136,7 +146,7 @@ class Extender(Protocol):
         """The task an unrecorded create made, None if surely none; raises if it cannot tell."""
         ...
 
-    async def fetch(self, task: Task) -> tuple[Path, ...]:
+    async def fetch(self, request: CreateRequest, task: Task) -> tuple[Path, ...]:
         """Download the task's videos when the batch downloads (else nothing)."""
         ...
 
@@ -439,11 +449,18 @@ class _Run:
             error = TaskFailedError(task)
         elif task is not None and task.status is TaskStatus.SUCCEED and error is None:
             try:
-                files = await self.extender.fetch(task)
+                files = await self.extender.fetch(request, task)
             except Exception as exc:  # the task succeeded; only its file is missing
                 error = exc
         outcome = BatchOutcome(request, task, error, files)
-        self._emit(BatchEventKind.FINISHED, request, task=task, error=error, outcome=outcome)
+        self._emit(
+            BatchEventKind.FINISHED,
+            request,
+            task=task,
+            error=error,
+            outcome=outcome,
+            replayed=replayed,
+        )
         if not replayed:
             self._stop_after(outcome)
         await self.send.send(outcome)

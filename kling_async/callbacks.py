@@ -46,8 +46,8 @@ class CallbackReceiver:
 
     Standalone: ``await receiver.start(host, port, public_url=...)`` (``public_url`` is how
     the API reaches this machine; it defaults to ``http://host:port``). Mounted:
-    ``receiver.add_routes(app)`` in your aiohttp app, with `base_url` set to your app's public
-    URL. From another framework (FastAPI, Starlette): route POSTs for `path` to
+    ``receiver.add_routes(app)`` in your aiohttp app, made with ``public_url=`` your app's
+    public URL. From another framework (FastAPI, Starlette): route POSTs for `path` to
     ``await receiver.handle(body, headers)`` and answer with the status it returns.
 
     Give the receiver to the client (``KlingClient(callbacks=receiver)``): creates then carry
@@ -63,14 +63,20 @@ class CallbackReceiver:
     def __init__(
         self,
         *,
-        base_url: str | None = None,
+        public_url: str | None = None,
         secret: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         tolerance: float = SIGNATURE_TOLERANCE,
         clock: Clock | None = None,
         token: str | None = None,
+        base_url: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/") if base_url else None
+        """`public_url` is how the API reaches the receiver (`start` can set it instead);
+        `base_url` is its older name, still accepted."""
+        if public_url and base_url and public_url != base_url:
+            raise ValueError("give public_url or its older name base_url, not both")
+        url = public_url or base_url
+        self.base_url = url.rstrip("/") if url else None
         if token is not None and (len(token) < 16 or not token.isascii() or "/" in token):
             raise ValueError("a callback token must be 16 or more ASCII characters, no '/'")
         # Replicas behind one public URL share one token (from their configuration).
@@ -97,7 +103,7 @@ class CallbackReceiver:
         """The URL to give the API (it contains the receiver's secret token)."""
         if self.base_url is None:
             raise RuntimeError(
-                "The callback receiver has no public URL yet: start() it, or pass base_url="
+                "The callback receiver has no public URL yet: start() it, or pass public_url="
             )
         return self.base_url + self.path
 

@@ -192,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_watch(commands)
     _add_batch(commands)
-    add_chain_command(commands, [_connection_options()]).set_defaults(handler=_chain)
+    chain = add_chain_command(commands, [_connection_options(), _polling_options()])
+    chain.set_defaults(handler=_chain)
     _add_fake_server(commands)
     _add_demo(commands)
     return parser
@@ -722,21 +723,26 @@ async def _run_batch(
 ) -> list[BatchOutcome]:
     progress = progress_for(len(requests), sys.stderr)
     outcomes: list[BatchOutcome] = []
-    async with (
-        client,
-        client.extend_many(
-            requests, concurrency=concurrency, on_event=progress.on_event, **options
-        ) as batch,
-    ):
-        async for outcome in batch:
-            outcomes.append(outcome)
-            line = json.dumps(outcome_record(outcome))
-            if results is not None:
-                results.write(line + "\n")
-                results.flush()
-            if as_json:
-                print(line, flush=True)
-    progress.finish()
+    try:
+        async with anyio.create_task_group() as timer:
+            timer.start_soon(progress.redraw_every)  # a burst of events then a quiet spell
+            async with (
+                client,
+                client.extend_many(
+                    requests, concurrency=concurrency, on_event=progress.on_event, **options
+                ) as batch,
+            ):
+                async for outcome in batch:
+                    outcomes.append(outcome)
+                    line = json.dumps(outcome_record(outcome))
+                    if results is not None:
+                        results.write(line + "\n")
+                        results.flush()
+                    if as_json:
+                        print(line, flush=True)
+            timer.cancel_scope.cancel()
+    finally:
+        progress.finish()  # once, and before an "interrupted" line
     if not as_json:
         print_summary(outcomes, sys.stdout)
     return outcomes

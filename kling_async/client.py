@@ -1201,13 +1201,17 @@ class _BatchExtender:
     async def find(self, request: CreateRequest) -> Task | None:
         return await self.client.find_created(request)
 
-    async def fetch(self, task: Task) -> tuple[Path, ...]:
-        """Download each video not already on disk (a resumed batch replays its successes)."""
+    async def fetch(self, request: CreateRequest, task: Task) -> tuple[Path, ...]:
+        """Download each video not already on disk (a resumed batch replays its successes).
+
+        A file is named after its input row (the request's key, else the video it extends)
+        and the new video's id, so the user finds the row of each file."""
         if self.download_to is None:
             return ()
         files = []
         for video in task.videos:
-            path = await anyio.to_thread.run_sync(target_path, self.download_to, video.id)
+            name = f"{_row_name(request)}_{video.id}"
+            path = await anyio.to_thread.run_sync(target_path, self.download_to, name)
             exists = await anyio.to_thread.run_sync(path.exists)
             files.append(path if exists else await self.client._download(video, path, task))
         return tuple(files)
@@ -1364,3 +1368,12 @@ def _read_base64(path: Path, name: str) -> str:
         raise InvalidArgumentError(
             f"{name} {path} cannot be read ({exc}). Nothing was sent."
         ) from exc
+
+
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _row_name(request: CreateRequest) -> str:
+    """A file-name-safe name of a batch's input row: its key, else the video it extends."""
+    row = request.key or getattr(request, "video_id", None) or "task"
+    return _UNSAFE_IN_NAME.sub("_", row).strip("._")[:80] or "task"

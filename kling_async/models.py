@@ -59,6 +59,15 @@ class TaskStatus(enum.Enum):
         """True for `SUCCEED` and `FAILED`: the task will not change again."""
         return self in (TaskStatus.SUCCEED, TaskStatus.FAILED)
 
+    @property
+    def label(self) -> str:
+        """The status as a person reads it: ``succeeded`` for the API's ``succeed``.
+
+        >>> TaskStatus.SUCCEED.label
+        'succeeded'
+        """
+        return "succeeded" if self is TaskStatus.SUCCEED else self.value
+
 
 class TaskKind(enum.Enum):
     """The kind of task, valued by its path under ``/v1/`` (the same on every dialect).
@@ -116,6 +125,12 @@ class Task:
     def is_terminal(self) -> bool:
         """True once the task has succeeded or failed."""
         return self.status.is_terminal
+
+    @property
+    def status_label(self) -> str:
+        """The status as a person reads it (`TaskStatus.label`); an unknown status as the
+        server spelled it. The API's own word stays in `status_text` and `raw`."""
+        return self.status_text if self.status is TaskStatus.UNKNOWN else self.status.label
 
     @property
     def status_text(self) -> str:

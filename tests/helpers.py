@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -129,3 +130,19 @@ def fake_server_process(*args: str) -> Iterator[ServerProcess]:
             server.returncode = process.wait(timeout=30)
             reader.join(timeout=30)
             server.stderr = process.stderr.read()
+
+
+def read_terminal(controller: int) -> str:
+    """All a pseudo-terminal was sent, read until its terminal side is closed (one read may
+    return only the first of several writes); closes `controller`."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal side is closed and everything has been read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return b"".join(chunks).decode()

@@ -280,7 +280,8 @@ async def test_batch_downloads_results_as_tasks_finish(
             assert len(outcome.files) == 1
             assert outcome.files[0].stat().st_size > 0
             assert outcome.task is not None
-            assert outcome.files[0].name == f"{outcome.task.videos[0].id}.mp4"
+            row = outcome.request.key  # named after its input row, then the new video
+            assert outcome.files[0].name == f"{row}_{outcome.task.videos[0].id}.mp4"
     assert len(list(tmp_path.iterdir())) == 5
 
 

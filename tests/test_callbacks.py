@@ -263,3 +263,16 @@ async def test_the_receiver_token_is_scrubbed_from_errors() -> None:
                 await client.extend_video("v", task_id="p")
     assert token not in str(caught.value)
     assert "not reachable" in str(caught.value)
+
+
+def test_public_url_is_the_one_name() -> None:
+    """The constructor takes public_url=, as start() does; base_url= stays accepted."""
+    receiver = CallbackReceiver(public_url="http://hooks.test/")
+    assert receiver.callback_url == "http://hooks.test" + receiver.path
+    assert CallbackReceiver(base_url="http://hooks.test").callback_url.startswith(
+        "http://hooks.test/kling-callbacks/"
+    )
+    with pytest.raises(ValueError, match="not both"):
+        CallbackReceiver(public_url="http://a.test", base_url="http://b.test")
+    with pytest.raises(RuntimeError, match="pass public_url="):
+        _ = CallbackReceiver().callback_url

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pytest
-from helpers import fake_server_process
+from helpers import fake_server_process, read_terminal
 
 from kling_async import BatchEvent, BatchEventKind, BatchOutcome, Task, TaskKind, TaskStatus
 from kling_async import VideoExtendRequest as Request
@@ -95,11 +95,11 @@ def test_extend_wait_then_status(fake_server: str) -> None:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines[0]["status"] == "submitted"
-    assert lines[-1]["status"] == "succeed"
+    assert lines[-1]["status"] == "succeeded"  # the API's "succeed", as a person reads it
     assert lines[-1]["videos"][0]["url"].startswith(fake_server)
     status = run_cli("status", lines[0]["task_id"], env=env_for(fake_server))
     assert status.returncode == 0
-    assert "succeed" in status.stdout
+    assert status.stdout.split()[1] == "succeeded"
 
 
 def test_extend_and_download(fake_server: str, tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_watch_many(fake_server: str) -> None:
         ids.append(json.loads(made.stdout)["task_id"])
     watched = run_cli("watch", *ids, *QUICK, env=env_for(fake_server))
     assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.count("succeed") == 2
+    assert watched.stdout.count(" succeeded") == 2
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_progress_without_a_terminal() -> None:
         progress.on_event(event)
     progress.finish()
     text = stream.getvalue()
-    assert "1/1 done (1 succeeded, 0 failed)" in text
+    assert text.splitlines()[-1].startswith("1/1 done (0 failed) · ETA - · ")
     assert "\r" not in text
     assert "\x1b" not in text
 
@@ -204,17 +204,7 @@ def _drawn_on_a_terminal(make: Callable[[TextIO], Progress]) -> tuple[Progress, 
         for event in _events():
             progress.on_event(event)
         progress.finish()
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # EIO: the terminal side is closed and everything has been read
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    return progress, b"".join(chunks).decode()
+    return progress, read_terminal(controller)
 
 
 def test_progress_on_a_terminal() -> None:
@@ -229,7 +219,7 @@ def test_rich_bar_on_a_terminal() -> None:
     progress, shown = _drawn_on_a_terminal(lambda stream: progress_for(1, stream))
     assert isinstance(progress, RichProgress)
     assert "1/1 done" in shown
-    assert "1 succeeded" in shown
+    assert "(0 failed)" in shown
     assert "━" in shown
 
 
@@ -452,3 +442,28 @@ def test_watch_of_several_unknown_tasks_is_a_line_each(fake_server: str) -> None
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 3
+
+
+def test_downloads_are_named_after_their_input_row(fake_server: str, tmp_path: Path) -> None:
+    """--download names each file after its row's key (else its video) and the new video's
+    id, and the summary shows where each was saved."""
+    rows = [
+        {"video_id": "v1", "task_id": "p", "key": "row-1"},
+        {"video_id": "v2", "task_id": "p", "key": "shots/2 b"},
+        {"video_id": "v3", "task_id": "p"},
+    ]
+    source = _batch_input(tmp_path, [json.dumps(row) for row in rows])
+    folder = tmp_path / "videos"
+    out = tmp_path / "o.jsonl"
+    done = run_cli(
+        "batch", str(source), "--out", str(out), "--download", str(folder), *QUICK,
+        env=env_for(fake_server),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = {line["video_id"]: line for line in map(json.loads, out.read_text().splitlines())}
+    for row, prefix in zip(rows, ["row-1_", "shots_2_b_", "v3_"], strict=True):
+        (saved,) = results[row["video_id"]]["files"]
+        new_video = results[row["video_id"]]["video_ids"][0]
+        assert Path(saved) == folder / f"{prefix}{new_video}.mp4"
+        assert Path(saved).exists()
+        assert f"    {saved}\n" in done.stdout

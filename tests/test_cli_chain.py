@@ -71,10 +71,11 @@ def test_a_chain_killed_in_step_five_resumes(gateway: ThreadedServer, tmp_path: 
 
 
 def test_a_chain_past_three_minutes_sends_nothing(gateway: ThreadedServer, tmp_path: Path) -> None:
-    """The command refuses a chain that would pass 3 minutes: one line, exit 1, no request."""
+    """The command refuses a chain that would pass 3 minutes: one line, exit 2 (an input
+    error, nothing sent), no request."""
     command, env = chain_command(gateway, "vid-1", "--task-id", "t-1", "--steps", "50")
     finished = run(command, env, tmp_path)
-    assert finished.returncode == 1
+    assert finished.returncode == 2
     assert "3 minutes" in finished.stderr and "Traceback" not in finished.stderr
     assert gateway.call(lambda: len(gateway.server.record.requests)) == 0
 
