@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._display import human_duration
+from ._flags import COUNT, POSITIVE
 from .batch import BatchEventKind
 from .chain import Chain, ChainEvent, ChainOutcome, ChainRequest, chain_key
 from .client import KlingClient, download_folder, image_argument
@@ -55,8 +56,8 @@ def add_chain_command(
     source.add_argument("--model", help="the source's model (default kling-v1-6, extendable)")
     source.add_argument("--duration", type=int, choices=(5, 10), help="the source's seconds")
     how_far = command.add_mutually_exclusive_group(required=True)
-    how_far.add_argument("--steps", type=int, help="how many extensions")
-    how_far.add_argument("--until", type=float, metavar="SECONDS", help="grow to at least this")
+    how_far.add_argument("--steps", type=COUNT, help="how many extensions")
+    how_far.add_argument("--until", type=POSITIVE, metavar="SECONDS", help="grow to at least this")
     how_far.add_argument(
         "--prompts-file", metavar="FILE", help="one prompt per line, one step per prompt"
     )

@@ -12,7 +12,6 @@ import codecs
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -41,6 +40,7 @@ from ._display import (
     server_summary,
     show_task,
 )
+from ._flags import COUNT, FRACTION, NATURAL, PORT, POSITIVE
 from ._wire import request_from_json
 from .batch import BatchOutcome
 from .chain import ChainRequest, chain_key
@@ -153,31 +153,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _number(kind: type[float], *, low: float, low_allowed: bool, high: float = math.inf) -> Any:
-    """An argparse type: a finite number of `kind` within its bounds, checked at parse time."""
-    above = f"at least {low:g}" if low_allowed else f"more than {low:g}"
-    within = above if high == math.inf else f"from {low:g} to {high:g}"
-    noun = "a whole number" if kind is int else "a number"
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {noun} {within}, not {text!r}") from None
-        fits = (value >= low if low_allowed else value > low) and value <= high
-        if not (math.isfinite(value) and fits):
-            raise argparse.ArgumentTypeError(f"must be {noun} {within}, not {text!r}")
-        return value
-
-    return parse
-
-
-_POSITIVE = _number(float, low=0, low_allowed=False)
-_COUNT = _number(int, low=1, low_allowed=True)
-_FRACTION = _number(float, low=0, low_allowed=True, high=1)
-_PORT = _number(int, low=0, low_allowed=True, high=65535)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kling-async",
@@ -224,7 +199,7 @@ def _polling_options() -> argparse.ArgumentParser:
     shared = _Parser(add_help=False)
     shared.add_argument(
         "--poll-interval",
-        type=_POSITIVE,
+        type=POSITIVE,
         metavar="SECONDS",
         help="first look and shortest gap between status reads "
         "(default: adaptive, first look after 10 s, then 2-30 s apart)",
@@ -240,7 +215,7 @@ def _add_extend(commands: Any) -> None:
     command.add_argument("--task-id", help="the task that produced the video (gateways need it)")
     command.add_argument("--prompt")
     command.add_argument("--negative-prompt")
-    command.add_argument("--cfg-scale", type=_FRACTION, help="0 to 1")
+    command.add_argument("--cfg-scale", type=FRACTION, help="0 to 1")
     command.add_argument("--callback-url")
     command.add_argument("--external-task-id")
     command.add_argument("--wait", action="store_true", help="watch the task until it ends")
@@ -289,9 +264,9 @@ def _add_batch(commands: Any) -> None:
         help="default: RESULTS.jsonl.journal; with a database, the batch's name "
         "(default: the input file's name)",
     )
-    command.add_argument("--concurrency", type=_COUNT, default=8, help="tasks in flight (8)")
+    command.add_argument("--concurrency", type=COUNT, default=8, help="tasks in flight (8)")
     command.add_argument(
-        "--rate", type=_POSITIVE, help="at most this many requests a second (default: no limit)"
+        "--rate", type=POSITIVE, help="at most this many requests a second (default: no limit)"
     )
     command.add_argument("--download", metavar="DIR", help="download each result into DIR")
     command.add_argument(
@@ -309,11 +284,11 @@ def _add_batch(commands: Any) -> None:
         "--database-url", metavar="URL", help="postgresql://... (KLING_DATABASE_URL)"
     )
     shared.add_argument(
-        "--parallel-tasks", type=_COUNT, metavar="N", help="the account's quota of tasks in flight"
+        "--parallel-tasks", type=COUNT, metavar="N", help="the account's quota of tasks in flight"
     )
     shared.add_argument(
         "--lease",
-        type=_POSITIVE,
+        type=POSITIVE,
         metavar="SECONDS",
         help="how long a silent host keeps its requests before another takes them (30)",
     )
@@ -330,7 +305,7 @@ def _add_fake_server(commands: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     command.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    command.add_argument("--port", type=_PORT, default=8765, help="port (0 picks a free one)")
+    command.add_argument("--port", type=PORT, default=8765, help="port (0 picks a free one)")
     command.add_argument(
         "--dialect",
         choices=["official", "gateway"],
@@ -340,7 +315,7 @@ def _add_fake_server(commands: Any) -> None:
         "key, extensions name their parent task)",
     )
     command.add_argument(
-        "--speed", type=_POSITIVE, default=20.0, help="service seconds per real second"
+        "--speed", type=POSITIVE, default=20.0, help="service seconds per real second"
     )
     command.add_argument("--api-key", default="test-api-key", help="the static key it accepts")
     command.add_argument(
@@ -353,11 +328,11 @@ def _add_fake_server(commands: Any) -> None:
         help="makes ids, durations and failures repeatable (default: a random seed, printed)",
     )
     command.add_argument(
-        "--fail-rate", type=_FRACTION, default=0.0, help="share of tasks that end failed"
+        "--fail-rate", type=FRACTION, default=0.0, help="share of tasks that end failed"
     )
     command.add_argument(
         "--max-concurrent",
-        type=_COUNT,
+        type=COUNT,
         help="tasks allowed to run at once; more are refused with code 1303 (default: no limit)",
     )
     command.add_argument(
@@ -377,16 +352,16 @@ def _add_demo(commands: Any) -> None:
     command = commands.add_parser(
         "demo", help="extend a batch of videos on the embedded fake server, with progress"
     )
-    command.add_argument("--count", type=_COUNT, default=24, help="extensions to run (default 24)")
+    command.add_argument("--count", type=COUNT, default=24, help="extensions to run (default 24)")
     command.add_argument(
         "--chains",
-        type=_number(int, low=0, low_allowed=True),
+        type=NATURAL,
         default=3,
         help="videos grown to 30 s by chains (default 3)",
     )
-    command.add_argument("--concurrency", type=_COUNT, default=6, help="tasks in flight (6)")
+    command.add_argument("--concurrency", type=COUNT, default=6, help="tasks in flight (6)")
     command.add_argument(
-        "--speed", type=_POSITIVE, default=60.0, help="how much faster than real tasks run (60)"
+        "--speed", type=POSITIVE, default=60.0, help="how much faster than real tasks run (60)"
     )
     command.add_argument("--json", action="store_true", help="print JSON lines for scripts")
     command.set_defaults(handler=_demo)

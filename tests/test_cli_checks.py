@@ -3,19 +3,24 @@ the documented exit code; the fake server as other people's clients meet it."""
 
 from __future__ import annotations
 
+import base64
 import codecs
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import ServerProcess, fake_server_process
+
+from kling_async.testing import sign_webhook
 
 USAGE, FAILED = 2, 1
 
@@ -64,6 +69,11 @@ BATCH = ("batch", "in.jsonl", "--out", "o")
         (("demo", "--count", "-3"), COUNT),
         (("fake-server", "--fail-rate", "nan"), "a number from 0 to 1"),
         (("fake-server", "--port", "70000"), "a whole number from 0 to 65535"),
+        (("chain", "v", "--until", "nan"), POSITIVE),
+        (("chain", "v", "--steps", "0"), COUNT),
+        (("demo", "--chains", "-1"), "a whole number at least 0"),
+        (("batch", "in", "--out", "o", "--parallel-tasks", "0"), COUNT),
+        (("batch", "in", "--out", "o", "--lease", "-5"), POSITIVE),
     ],
 )
 def test_every_numeric_flag_is_checked_when_parsed(args: tuple[str, ...], rule: str) -> None:
@@ -334,3 +344,36 @@ def test_fake_server_fault_knobs() -> None:
         task_id = create(server)["data"]["task_id"]
         task = http("GET", f"{server.url}/kling/v1/videos/video-extend/{task_id}")["data"]
     assert task["task_status"] == "failed"
+
+
+def test_fake_server_signs_callbacks_with_its_webhook_secret() -> None:
+    """--webhook-secret: callbacks carry Standard Webhooks headers, signed with the secret."""
+    heard: list[tuple[dict[str, str], bytes]] = []
+    arrived = threading.Event()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            heard.append((dict(self.headers), body))
+            arrived.set()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    secret = "whsec_" + base64.b64encode(b"a webhook secret of 32 bytes....").decode()
+    with (
+        ThreadingHTTPServer(("127.0.0.1", 0), Hook) as hooks,
+        fake_server_process("--webhook-secret", secret, "--speed", "1e9") as server,
+    ):
+        threading.Thread(target=hooks.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{hooks.server_address[1]}/hook"
+        body = {"video_id": "v1", "task_id": "p", "callback_url": url}
+        assert http("POST", f"{server.url}/kling/v1/videos/video-extend", body)["code"] == 0
+        assert arrived.wait(timeout=120)  # a guard against a hang only
+        hooks.shutdown()
+    headers, payload = heard[0]
+    assert headers["webhook-signature"] == sign_webhook(
+        secret, headers["webhook-id"], int(headers["webhook-timestamp"]), payload
+    )

@@ -35,6 +35,7 @@ ORDER = [
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
     "_display",
+    "_flags",
     "_chain_cli",
     "cli",
 ]
