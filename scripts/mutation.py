@@ -40,14 +40,23 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
 EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.toml"
 
-#: module of kling_async -> the tests that are its own (its docstring examples are added).
+#: module of kling_async -> the tests that are its own (its docstring examples are added),
+#: as pytest arguments.
 MODULES: dict[str, tuple[str, ...]] = {
     "errors": ("tests/test_errors.py",),
     "policies": ("tests/test_policies.py",),
     "_ratelimit": ("tests/test_ratelimit.py",),
     "_transport": ("tests/test_transport.py", "tests/test_client.py", "tests/test_secrets.py"),
     "journal": ("tests/test_journal.py",),
-    "batch": ("tests/test_batch.py", "tests/test_batch_journal.py"),
+    "batch": (
+        "tests/test_batch.py",
+        "tests/test_batch_journal.py",
+        # Soak tests of hundreds of tasks: seconds each, and the rules they check have
+        # tests of their own above.
+        *("--deselect", "tests/test_batch.py::test_500_extensions_at_concurrency_20"),
+        *("--deselect", "tests/test_batch.py::test_1303_storm_is_survived"),
+        *("--deselect", "tests/test_batch.py::test_faults_lose_nothing"),
+    ),
 }
 
 # mutmut's exit codes of a mutant's test run, by what they mean here. A timeout is a mutant
