@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import attrs
 import pytest
 
@@ -12,6 +14,7 @@ from kling_async import (
     ContentPolicyError,
     InsufficientBalanceError,
     InvalidRequestError,
+    KlingError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -182,7 +185,8 @@ def test_an_error_object_without_a_code_is_named_by_its_type() -> None:
     """Without a code, the object's type names the error; without a message, that is said."""
     error = error_from_answer(429, {"error": {"type": "rate_limit_exceeded"}}, "")
     assert type(error) is RateLimitError and error.code == "rate_limit_exceeded"
-    assert "the gateway gave no message" in str(error)
+    said = "the gateway gave no message (code rate_limit_exceeded, HTTP 429)."
+    assert str(error).startswith(said)
 
 
 @pytest.mark.parametrize(
@@ -314,3 +318,13 @@ def test_a_message_with_its_own_full_stop_gets_no_second_one() -> None:
     """A message that ends in a full stop is not given a second one."""
     assert str(APIError("Refused.")) == "Refused."
     assert str(APIError("Refused.", http_status=400)) == "Refused (HTTP 400)."
+
+
+def test_errors_about_requests_without_a_video_still_read_well() -> None:
+    """A request of another kind (no video id) is named as such; a reason is quoted whole."""
+    ambiguous = AmbiguousSubmissionError(types.SimpleNamespace(prompt="a cat"), "timed out")
+    assert str(ambiguous).startswith("The new video's task may or may not have been created")
+    unsent = NotSentError(types.SimpleNamespace(key=None), KlingError("Stopped by X."))
+    assert str(unsent).startswith(
+        "Not sent: the request was not sent because the batch stopped after: Stopped by X. "
+    )
