@@ -265,16 +265,21 @@ def _module_line(result: Result) -> str:
 
 def _report(results: list[Result]) -> str:
     lines = [
-        "| module | mutants | equivalent | killed | accepted | survived | score | minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | not run | equivalent | killed | accepted | survived | score "
+        "| minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| `{r.module}` | {r.tried} | {len(r.equivalent)} | {r.killed} | "
-            f"{len(r.accepted)} | {len(r.survivors)} | {r.score:.1f} % | {r.seconds / 60:.1f} |"
+            f"| `{r.module}` | {r.tried + r.other['not run']} | {r.other['not run']} | "
+            f"{len(r.equivalent)} | {r.killed} | {len(r.accepted)} | {len(r.survivors)} | "
+            f"{r.score:.1f} % | {r.seconds / 60:.1f} |"
         )
     lines.append("")
-    lines.append("Score = killed / (mutants - equivalent); accepted survivors count against it.")
+    lines.append(
+        "Score = killed / (mutants tried - equivalent); accepted survivors count against it. "
+        'A timeout counts as killed. "Not run": mutants a run cut short never tried.'
+    )
     for title, rows in (
         ("Survivors (real gaps)", [(r.module, m, "") for r in results for m in r.survivors]),
         ("Accepted survivors", [(r.module, m, why) for r in results for m, why in r.accepted]),
