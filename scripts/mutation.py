@@ -46,7 +46,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "errors": ("tests/test_errors.py",),
     "policies": ("tests/test_policies.py",),
     "_ratelimit": ("tests/test_ratelimit.py",),
-    "_transport": ("tests/test_transport.py", "tests/test_client.py", "tests/test_secrets.py"),
+    # test_secrets reads traceback locals, which mutmut's trampolines fill: left out.
+    "_transport": ("tests/test_transport.py", "tests/test_client.py"),
     "journal": ("tests/test_journal.py",),
     "batch": (
         "tests/test_batch.py",
