@@ -60,7 +60,9 @@ class Progress:
         self.total = total
         self.stream = stream
         self.states: Counter[str] = Counter()
-        self._latest: dict[int, str] = {}
+        # By identity (a batch may hold equal requests); each entry keeps its request alive,
+        # so a freed request's id cannot be reused by a new one and inherit its state.
+        self._latest: dict[int, tuple[object, str]] = {}
         self._clock = clock
         self._started = clock()
         self._last_drawn = float("-inf")
@@ -72,7 +74,7 @@ class Progress:
 
     def on_event(self, event: BatchEvent) -> None:
         """Take one batch event and redraw when it is time."""
-        request = id(event.request)
+        request = event.request
         if event.kind is BatchEventKind.FINISHED and event.outcome is not None:
             self._move(request, "succeeded" if event.outcome.ok else "failed")
             self._live_done += not event.replayed
@@ -95,11 +97,11 @@ class Progress:
             await sleep(self.interval)
             self.redraw()
 
-    def _move(self, request: int, state: str) -> None:
-        previous = self._latest.get(request)
+    def _move(self, request: object, state: str) -> None:
+        previous = self._latest.get(id(request))
         if previous is not None:
-            self.states[previous] -= 1
-        self._latest[request] = state
+            self.states[previous[1]] -= 1
+        self._latest[id(request)] = (request, state)
         self.states[state] += 1
 
     def line(self) -> str:

@@ -90,17 +90,27 @@ async def test_the_timer_redraws_until_cancelled() -> None:
     stream = io.StringIO()
     progress = Progress(2, stream, interval=5.0, clock=Clock())
     sleeps: list[float] = []
+    requests = [Request(f"v{n}") for n in range(3)]  # held, as a batch holds them: ids stay apart
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        progress.on_event(submitted(Request(f"v{len(sleeps)}")))  # a change to draw
+        progress.on_event(submitted(requests[len(sleeps) - 1]))  # a change to draw
         if len(sleeps) == 3:
             raise LookupError  # stands in for the cancellation that ends it
 
     with pytest.raises(LookupError):
         await progress.redraw_every(sleep)
     assert sleeps == [5.0, 5.0, 5.0]
-    assert stream.getvalue().splitlines()[-1].endswith(" submitted")  # the timer drew it
+    assert stream.getvalue().splitlines()[-1].endswith("· 2 submitted")  # the timer drew it
+
+
+def test_requests_the_caller_let_go_are_counted_apart() -> None:
+    """A request freed after its event cannot lend its id, and so its state, to a new one."""
+    stream = io.StringIO()
+    progress = Progress(3, stream, interval=0.0, clock=Clock())
+    for n in range(3):
+        progress.on_event(submitted(Request(f"v{n}")))  # nothing else holds the request
+    assert stream.getvalue().splitlines()[-1].endswith("· 3 submitted")
 
 
 def test_replayed_requests_are_not_counted_in_rate_or_eta() -> None:
