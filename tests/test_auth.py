@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import jwt
+import pytest
 
 from kling_async import BearerAuth, JWTAuth
 from kling_async._clock import FakeClock
+from kling_async.testing._auth import verify_hs256
 
 SECRET = "sk-secret-0123456789abcdefghijklmnop"  # 32+ bytes, like real secret keys
 
@@ -48,6 +50,21 @@ def test_invalidate_forces_a_new_token() -> None:
     clock.advance(1)
     auth.invalidate()
     assert auth.token() != first
+
+
+def test_a_short_secret_key_signs_without_a_warning() -> None:
+    """A key shorter than 32 bytes (a fake server's, say) signs a valid token, silently."""
+    clock = FakeClock(start=1_800_000_000)
+    token = JWTAuth("ak-1", "short", clock=clock).token()  # a warning would fail the test
+    claims = verify_hs256(token, "short")
+    assert claims == {"iss": "ak-1", "exp": 1_800_001_800, "nbf": 1_799_999_995}
+
+
+def test_the_key_length_warning_is_silenced_only_while_signing() -> None:
+    """The application's own short-key signatures still warn: no filter is left behind."""
+    JWTAuth("ak-1", "short").token()
+    with pytest.warns(jwt.InsecureKeyLengthWarning):
+        jwt.encode({"iss": "app"}, "short", algorithm="HS256")
 
 
 def test_bearer_header() -> None:
