@@ -13,6 +13,10 @@ All work happens inside the coroutines of the watchers that asked: the first who
 finds no fresh round runs one, the others wait for it, and a watcher cancelled while
 running a round hands the next to whoever asks next. A list read that fails costs nobody
 anything but a fall back to their own GET, inside their own deadline.
+
+Under a rate limit, each request sent here (a page, a GET) takes its own slot, and a poll
+answered from a page takes none: the watchers of a `ListedReads` wait for no slot of their
+own.
 """
 
 from __future__ import annotations

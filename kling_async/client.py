@@ -227,15 +227,15 @@ class KlingClient:
         self._rng = random.Random()
         self._tasks: TaskGroup | None = None
         self._called_back: OrderedDict[str, None] = OrderedDict()
-        # Indexed by "the client has a rate limiter": the watchers then take their own slots.
         # Spans and metrics on the application's providers (the global ones unless given),
         # when opentelemetry-api is installed and `telemetry` is not False.
         self.telemetry = telemetry_for(telemetry, tracer_provider, meter_provider)
         if callbacks is not None:
             self.telemetry.count_callbacks(callbacks.stats)
+        # Indexed by "the client has a rate limiter": the watchers then take their own slots.
         self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
         self._list_reads = list_reads
-        self._listed: dict[tuple[TaskKind, bool], ListedReads] = {}
+        self._listed: dict[TaskKind, ListedReads] = {}
         if not _is_positive(timeout):
             raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
         limiter = None
@@ -798,8 +798,9 @@ class KlingClient:
         else:
             task_or_id = task_id = _checked_task_id(task_or_id)
         limiter = self._transport.limiter
+        source = self._reads_for(kind, paced=limiter is not None)
         return TaskWatcher(
-            self._reads_for(kind, paced=limiter is not None),
+            source,
             task_or_id,
             kind=kind,
             policy=policy,
@@ -811,25 +812,30 @@ class KlingClient:
             # Only tasks created here with the receiver's URL will call it back; any other
             # task (its own URL, another process's, an earlier run's) is polled normally.
             wakeups=self.callbacks if task_id in self._called_back else None,
-            pacer=limiter,
+            # List reads take their slots request by request: a poll a page answered takes none.
+            pacer=None if isinstance(source, ListedReads) else limiter,
             backoff=self.retry,
         )
 
     def _reads_for(self, kind: TaskKind, *, paced: bool) -> TaskSource:
         """Where watchers of `kind` read: the list endpoint's pages for many at once where
-        the dialect has one (and `list_reads` is on), else one GET per poll."""
-        single = self._watcher_reads[paced]
+        the dialect has one (and `list_reads` is on), else one GET per poll (taking no slot
+        of the rate limiter when `paced`: the watcher took it).
+
+        List reads are never paced by the watcher: each request they send (a page, or a GET
+        for a task the pages did not show) takes its own slot, and a poll answered from a
+        page takes none."""
         if not (self._list_reads and self._dialect.can_list):
-            return single
-        listed = self._listed.get((kind, paced))
+            return self._watcher_reads[paced]
+        listed = self._listed.get(kind)
         if listed is None:
             listed = ListedReads(
-                single.get_task,
+                self._watcher_reads[False].get_task,
                 self._read_page,
                 clock=self._clock,
                 spacing=self.poll.min_interval,
             )
-            self._listed[(kind, paced)] = listed
+            self._listed[kind] = listed
         return listed
 
     async def _read_page(self, kind: TaskKind, number: int, size: int) -> list[Task]:

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers import CountingLimiter
 
 from kling_async import KlingClient, PollPolicy, RetryPolicy, Task, TaskKind, TaskStatus
 from kling_async._clock import SystemClock
 from kling_async._listed import ListedReads
-from kling_async.errors import ServerError
+from kling_async._ratelimit import RateLimiter
+from kling_async.errors import ServerError, WatchTimeoutError
 from kling_async.testing import FakeKlingServer
 
 pytestmark = pytest.mark.anyio
@@ -233,3 +235,37 @@ async def test_gateway_watchers_read_their_tasks_one_by_one() -> None:
             finished = await _watch_all(client, 5)
     assert len(finished) == 5
     assert not [r for r in server.record.requests if "pageNum" in r.query]
+
+
+async def test_a_poll_answered_from_a_list_page_takes_no_slot_of_the_rate_limit() -> None:
+    """With a rate limit, only requests take its slots: a page read for many watchers takes
+    one, and the polls it answers take none (so the headroom list reads save is real)."""
+    async with FakeKlingServer(dialect="official", api_key=KEY) as server:
+        options = {"api_key": KEY, "base_url": server.url, "dialect": "official"}
+        async with KlingClient(**options, poll=QUICK, requests_per_second=1000.0) as client:
+            limiter = CountingLimiter(1000.0, clock=SystemClock())
+            client._transport.limiter = limiter
+            tasks = [await client.extend_video(f"vid-{n}", task_id=f"p-{n}") for n in range(50)]
+            watchers = [client.watch(task) for task in tasks]
+            async with anyio.create_task_group() as group:
+                for watcher in watchers:
+                    group.start_soon(watcher.result)
+    pages = [r for r in server.record.requests if "pageNum" in r.query]
+    assert pages
+    assert sum(w.polls for w in watchers) > len(server.record.requests) - len(tasks)
+    assert limiter.asked == len(server.record.requests)
+
+
+async def test_a_list_watcher_whose_slot_comes_after_its_deadline_times_out() -> None:
+    """Taking its slot request by request, a list watcher still keeps its deadline when the
+    rate limit has no slot for it in time: it times out, and nothing is sent."""
+    async with FakeKlingServer(dialect="official", api_key=KEY) as server:
+        options = {"api_key": KEY, "base_url": server.url, "dialect": "official"}
+        async with KlingClient(**options, poll=QUICK, requests_per_second=1000.0) as client:
+            task = await client.extend_video("vid-1", task_id="p-1")
+            limiter = RateLimiter(1 / 3600, clock=SystemClock(), burst=1)
+            client._transport.limiter = limiter
+            await limiter.acquire()  # the next slot is an hour away
+            with pytest.raises(WatchTimeoutError):
+                await client.watch(task, timeout=0.2)
+    assert [r.method for r in server.record.requests] == ["POST"]
