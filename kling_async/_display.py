@@ -44,7 +44,9 @@ class Progress:
 
     Redrawn on events (at most every `interval` seconds) and by `redraw` on a timer, so a
     burst of events is shown even when nothing follows it. Requests replayed from a journal
-    count as done but not in the rate or the ETA, which speak of live work only. Without a
+    count as done but not in the rate. The ETA is the batch's own (`BatchEvent.eta`, from how
+    long tasks took), counted down between events; before the batch has one (nothing ended,
+    or a gateway without timestamps) it is the work left at the live rate. Without a
     terminal (CI, a pipe) it prints a plain line only when something changed, at most every
     few seconds, so logs stay readable.
     """
@@ -67,6 +69,7 @@ class Progress:
         self._started = clock()
         self._last_drawn = float("-inf")
         self._live_done = 0
+        self._eta: tuple[float, float] | None = None  # the batch's last ETA, and when it came
         self._changed = False  # a batch that fails before any event leaves no line in a log
         self._finished = False
         self.terminal = _is_terminal(stream)
@@ -75,6 +78,8 @@ class Progress:
     def on_event(self, event: BatchEvent) -> None:
         """Take one batch event and redraw when it is time."""
         request = event.request
+        if event.eta is not None:
+            self._eta = (event.eta, self._clock())
         if event.kind is BatchEventKind.FINISHED and event.outcome is not None:
             self._move(request, "succeeded" if event.outcome.ok else "failed")
             self._live_done += not event.replayed
@@ -109,8 +114,7 @@ class Progress:
         done = self.states["succeeded"] + self.states["failed"]
         elapsed = max(self._clock() - self._started, 1e-9)
         rate = self._live_done / elapsed
-        left = self.total - done
-        eta = human_duration(left / rate) if rate > 0 and left > 0 else "-"
+        eta = self._eta_text(self.total - done, rate)
         running = [
             f"{count} {state}"
             for state, count in sorted(self.states.items())
@@ -119,6 +123,14 @@ class Progress:
         # What matters most comes first: a narrow terminal cuts the end of the line.
         done_text = f"{done}/{self.total} done ({self.states['failed']} failed)"
         return " · ".join([done_text, f"ETA {eta}", f"{rate:.1f}/s", *running])
+
+    def _eta_text(self, left: int, rate: float) -> str:
+        if left <= 0:
+            return "-"
+        if self._eta is not None:
+            eta, at = self._eta
+            return human_duration(max(0.0, eta - (self._clock() - at)))
+        return human_duration(left / rate) if rate > 0 else "-"
 
     def finish(self) -> None:
         """Draw the final line once and end it (also when the batch was interrupted)."""

@@ -51,12 +51,13 @@ from .journal import (
     JournalStore,
     request_key,
 )
-from .models import CreateRequest, Task, TaskStatus
+from .models import CreateRequest, Task, TaskKind, TaskStatus, kind_of
 from .policies import RetryPolicy
 from .telemetry import NO_TELEMETRY, _Off, log_fields
 from .watcher import TaskWatcher
 
 __all__ = [
+    "Backlog",
     "Batch",
     "BatchEvent",
     "BatchEventKind",
@@ -117,7 +118,11 @@ class BatchEventKind(enum.Enum):
 
 @attrs.frozen
 class BatchEvent:
-    """A progress event of a batch, for a CLI, a chat bot or a dashboard."""
+    """A progress event of a batch, for a CLI, a chat bot or a dashboard.
+
+    `eta` is the time the batch is expected to need still, in seconds, from how long the
+    client has seen tasks of the request's kind take; None until one has ended.
+    """
 
     kind: BatchEventKind
     request: CreateRequest
@@ -125,6 +130,7 @@ class BatchEvent:
     error: Exception | None = None
     outcome: BatchOutcome | None = None
     replayed: bool = False  # a FINISHED event replayed from the journal, not live work
+    eta: float | None = None  # seconds the batch is expected to need still (see `Backlog`)
 
 
 class Extender(Protocol):
@@ -148,6 +154,10 @@ class Extender(Protocol):
 
     async def fetch(self, request: CreateRequest, task: Task) -> tuple[Path, ...]:
         """Download the task's videos when the batch downloads (else nothing)."""
+        ...
+
+    def expected_seconds(self, kind: TaskKind) -> float | None:
+        """How long a task of `kind` is expected to take, from those seen (None: unknown)."""
         ...
 
 
@@ -208,6 +218,59 @@ class ConcurrencyWindow:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+
+class Backlog:
+    """What a batch has still to do, for its ETA: the tasks in flight, with the time each
+    was created, and the requests not taken yet (when their number is known).
+
+    The estimate is the larger of two bounds: the youngest task's time left, and the work
+    left (each task in flight its expected duration less its age, each request not taken a
+    whole duration) shared by the slots of the window. Kept in O(1) per event, so a display
+    costs nothing per task in flight: the ages are summed, not listed.
+
+    >>> backlog = Backlog(total=4)
+    >>> backlog.take(); backlog.start("a", at=0.0)
+    >>> backlog.eta(now=10.0, expected=60.0, slots=2)  # (50 + 3 x 60) / 2
+    115.0
+    """
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.taken = 0
+        self._origin: float | None = None  # sums of Unix times would lose their fractions
+        self._flying: dict[str, float] = {}
+        self._started_sum = 0.0
+
+    def take(self) -> None:
+        """A request was taken: sent, replayed or refused."""
+        self.taken += 1
+
+    def start(self, key: str, at: float) -> None:
+        """The request under `key` has a task, created at Unix time `at`."""
+        if self._origin is None:
+            self._origin = at
+        self.end(key)
+        self._flying[key] = at - self._origin
+        self._started_sum += self._flying[key]
+
+    def end(self, key: str) -> None:
+        """The request under `key` ended (or never had a task)."""
+        started = self._flying.pop(key, None)
+        if started is not None:
+            self._started_sum -= started
+
+    def eta(self, now: float, expected: float, slots: int) -> float:
+        """Seconds until the batch is expected to end, at Unix time `now`."""
+        flying = len(self._flying)
+        waiting = max(0, self.total - self.taken) if self.total is not None else 0
+        if not flying:
+            return waiting * expected / max(1, slots)
+        elapsed = now - (now if self._origin is None else self._origin)
+        ages = flying * elapsed - self._started_sum
+        youngest = next(reversed(self._flying.values()))
+        work = max(0.0, flying * expected - ages) + waiting * expected
+        return max(0.0, expected - (elapsed - youngest), work / max(1, slots))
 
 
 class _Step(enum.Enum):
@@ -301,8 +364,10 @@ class _Run:
     replays: anyio.CapacityLimiter = attrs.field(
         default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
     )
+    backlog: Backlog = attrs.field(factory=lambda: Backlog(None))
 
     async def run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
+        self.backlog.total = len(requests) if isinstance(requests, Collection) else None
         async with self.send:  # closed whatever happens, so the reader always hears the end
             await self.journal.open()
             try:
@@ -337,6 +402,8 @@ class _Run:
                         self.window.release(slot)
                         break
                     group.start_soon(self._one, request, key, entry, slot)
+                self.backlog.take()
+            self.backlog.total = self.backlog.taken  # nothing more is taken
 
     @property
     def journaled(self) -> bool:
@@ -366,6 +433,8 @@ class _Run:
         try:
             entry = await self.journal.claim(key, entry)
             request, task = await self._task_for(request, key, entry, slot)
+            made = task.created_at.timestamp() if task.created_at else self.clock.time()
+            self.backlog.start(key, made)
             self._emit(BatchEventKind.SUBMITTED, request, task=task)
             watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
             async for snapshot in watcher:
@@ -379,6 +448,7 @@ class _Run:
             task = watcher.last
         if await self._is_journaled(key):
             await self.journal.record_outcome(key, task, error)
+        self.backlog.end(key)
         await self._report(request, task, error)
 
     async def _task_for(
@@ -549,11 +619,19 @@ class _Run:
 
         return retried
 
+    def _eta(self, request: CreateRequest) -> float | None:
+        """The batch's time left, from how long tasks of the request's kind have taken."""
+        expected = self.extender.expected_seconds(kind_of(request))
+        if expected is None:
+            return None
+        return self.backlog.eta(self.clock.time(), expected, max(1, int(self.window.size)))
+
     def _emit(self, kind: BatchEventKind, request: CreateRequest, **fields: object) -> None:
         if self.on_event is None:
             return
         try:
-            self.on_event(BatchEvent(kind, request, **fields))  # type: ignore[arg-type]
+            eta = self._eta(request)
+            self.on_event(BatchEvent(kind, request, **fields, eta=eta))  # type: ignore[arg-type]
         except Exception:
             log.exception(
                 "the batch's on_event callback failed; the batch goes on",

@@ -888,6 +888,11 @@ class KlingClient:
         task = video_or_task if isinstance(video_or_task, Task) else None
         return await self._download(video, path, task, on_progress)
 
+    def _expected_seconds(self, kind: TaskKind) -> float | None:
+        """The median time tasks of `kind` took here (None before one ended): for ETAs."""
+        times = self._completion.get(kind)
+        return times.quantile(0.5) if times else None
+
     async def _download(
         self,
         video: Video,
@@ -1207,6 +1212,9 @@ class _BatchExtender:
     async def find(self, request: CreateRequest) -> Task | None:
         return await self.client.find_created(request)
 
+    def expected_seconds(self, kind: TaskKind) -> float | None:
+        return self.client._expected_seconds(kind)
+
     async def fetch(self, request: CreateRequest, task: Task) -> tuple[Path, ...]:
         """Download each video not already on disk (a resumed batch replays its successes).
 
@@ -1249,8 +1257,7 @@ class _ChainBackend:
         )
 
     def expected_seconds(self) -> float | None:
-        times = self.client._completion.get(TaskKind.VIDEO_EXTEND)
-        return times.quantile(0.5) if times else None
+        return self.client._expected_seconds(TaskKind.VIDEO_EXTEND)
 
     def now(self) -> float:
         return self.client._clock.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -197,6 +198,20 @@ async def test_progress_events(server: FakeKlingServer) -> None:
     assert kinds[BatchEventKind.STATUS] >= 12
     finished = [e for e in events if e.kind is BatchEventKind.FINISHED]
     assert all(e.outcome is not None and e.outcome.ok for e in finished)
+
+
+async def test_progress_events_carry_an_eta_once_tasks_have_ended(server: FakeKlingServer) -> None:
+    """No ETA before a task has ended; then one that is finite, positive while work is left,
+    and nothing once the last request has finished."""
+    events: list[BatchEvent] = []
+    await run_batch(server, requests(12), concurrency=4, on_event=events.append)
+    first_end = next(i for i, e in enumerate(events) if e.task and e.task.is_terminal)
+    assert all(e.eta is None for e in events[:first_end])
+    later = events[first_end:]
+    assert all(e.eta is not None and math.isfinite(e.eta) and e.eta >= 0 for e in later)
+    submitted_late = [e for e in later if e.kind is BatchEventKind.SUBMITTED]
+    assert submitted_late and all(e.eta is not None and e.eta > 0 for e in submitted_late)
+    assert events[-1].eta == 0.0
 
 
 async def test_a_failing_progress_callback_does_not_stop_the_batch(

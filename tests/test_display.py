@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import attrs
 import pytest
 from helpers import fake_server_process, read_terminal
 
@@ -124,6 +125,22 @@ def test_replayed_requests_are_not_counted_in_rate_or_eta() -> None:
     for request in new:
         progress.on_event(finished(request))
     assert progress.line() == "33/40 done (0 failed) · ETA 1 min · 0.1/s"
+
+
+def test_the_batchs_eta_is_shown_and_counted_down() -> None:
+    """The ETA the batch learned from its tasks' durations is shown, and counts down between
+    events; before it has one, the live rate stands in."""
+    clock, stream = Clock(), io.StringIO()
+    progress = Progress(40, stream, interval=0.0, clock=clock)
+    progress.on_event(submitted(Request("v0")))
+    assert " · ETA - · " in progress.line()
+    learned = BatchEvent(BatchEventKind.STATUS, Request("v1"), task=task(TaskStatus.PROCESSING))
+    progress.on_event(attrs.evolve(learned, eta=190.0))
+    assert " · ETA 3 min · " in progress.line()
+    clock.now += 130.0
+    assert " · ETA 1 min · " in progress.line()
+    clock.now += 600.0  # overdue: never a negative time
+    assert " · ETA 0 s · " in progress.line()
 
 
 @pytest.mark.parametrize(
