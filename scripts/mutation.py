@@ -13,7 +13,12 @@ Not part of the per-commit checks: it takes tens of minutes. Run it with
     .venv/bin/python -m pip install -e '.[dev,mutation]'
     .venv/bin/python scripts/mutation.py                   # all modules, table on stdout
     .venv/bin/python scripts/mutation.py journal batch     # some modules
-    .venv/bin/python scripts/mutation.py --write docs/mutation.md
+    .venv/bin/python scripts/mutation.py journal --write docs/mutation.md   # its rows only
+    .venv/bin/python scripts/mutation.py journal --again   # the last run's survivors, anew
+
+`--again` runs once more only the mutants the module's last run did not kill, against the
+tests as they are now: after adding tests it tells in minutes what a full run would, as long
+as the module itself is unchanged (it refuses otherwise).
 
 To cover another module, add a line to `MODULES`: the module and the test files that are its
 own (fast, in-process) tests.
@@ -35,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
@@ -46,8 +52,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     "errors": ("tests/test_errors.py",),
     "policies": ("tests/test_policies.py",),
     "_ratelimit": ("tests/test_ratelimit.py",),
-    # test_secrets reads traceback locals, which mutmut's trampolines fill: left out.
-    "_transport": ("tests/test_transport.py", "tests/test_client.py"),
+    # test_secrets reads traceback locals, which mutmut's trampolines fill: left out. The
+    # transport's logs and traces are checked in test_logs and test_telemetry.
+    "_transport": (
+        "tests/test_transport.py",
+        "tests/test_client.py",
+        "tests/test_logs.py",
+        "tests/test_telemetry.py",
+        # A fresh interpreter without opentelemetry: seconds, and no transport rule in it.
+        *("--deselect", "tests/test_telemetry.py::test_the_package_runs_without_opentelemetry"),
+    ),
     "journal": ("tests/test_journal.py",),
     "batch": (
         "tests/test_batch.py",
@@ -83,7 +97,7 @@ class Result:
     accepted: list[tuple[Mutant, str]] = field(default_factory=list)
     survivors: list[Mutant] = field(default_factory=list)
     other: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -104,6 +118,11 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="read the last run's results, run nothing"
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="run only the last run's survivors again, against the current tests",
+    )
     args = parser.parse_args()
     unknown = set(args.modules) - set(MODULES)
     if unknown:
@@ -111,15 +130,18 @@ def main() -> int:
     known, case_rules = _load_known()
     results = []
     for module in args.modules or list(MODULES):
-        if not args.reuse:
+        if args.again:
+            _run_again(module, args.workers)
+        elif not args.reuse:
             _run(module, args.workers)
         result = _collect(module, known, case_rules)
         results.append(result)
         print(_module_line(result), flush=True)
-    report = _report(results)
-    print(report)
+    tables = _tables(results)
+    print(_render(tables))
     if args.write:
-        args.write.write_text(_document(report, args))
+        previous = args.write.read_text() if args.write.exists() else ""
+        args.write.write_text(_document(_render(_merged(previous, tables))))
     return 0 if all(not r.survivors for r in results) else 1
 
 
@@ -141,24 +163,94 @@ def _run(module: str, workers: int) -> None:
         + f"pytest_add_cli_args_test_selection = [{tests}]\n"
         + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
     )
+    seconds = _mutmut(place, module, workers, [])
+    _write_run(place, {"seconds": seconds, "again": 0})
+
+
+def _run_again(module: str, workers: int) -> None:
+    """Run the mutants the last run of `module` did not kill once more, with today's tests."""
+    place = WORK / module
+    copy = place / "kling_async" / f"{module}.py"
+    if not copy.exists():
+        raise SystemExit(f"{module} has no earlier run to repeat; run it in full first.")
+    if copy.read_bytes() != (ROOT / "kling_async" / f"{module}.py").read_bytes():
+        raise SystemExit(f"kling_async/{module}.py changed since its last run; run it in full.")
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis")
+    for folder in ("kling_async", "tests"):
+        shutil.rmtree(place / folder)
+        shutil.copytree(ROOT / folder, place / folder, ignore=ignore)
+    # Which tests reach which function is learnt again: an edited test may reach more.
+    (place / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    codes = _exit_codes(module)
+    names = [name for name, code in codes.items() if code is None or code not in _KILLED]
+    run = _read_run(place)
+    if names:
+        run["seconds"] += _mutmut(place, module, workers, names)
+    _write_run(place, {**run, "again": run["again"] + 1})
+
+
+def _mutmut(place: Path, module: str, workers: int, names: list[str]) -> float:
+    """Run mutmut in `place` (on `names` only, when given); the seconds it took."""
     mutmut = Path(sys.executable).with_name("mutmut")
-    command = ["nice", "-n", "19", str(mutmut), "run", "--max-children", str(workers)]
+    command = ["nice", "-n", "19", str(mutmut), "run", "--max-children", str(workers), *names]
     started = time.monotonic()
     with (place / "mutmut.log").open("w") as log:
         done = subprocess.run(command, cwd=place, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"mutmut failed on {module}; see {place / 'mutmut.log'}")
-    (place / "seconds").write_text(f"{time.monotonic() - started:.0f}\n")
+    return time.monotonic() - started
+
+
+def _write_run(place: Path, run: dict[str, Any]) -> None:
+    """Record when, on which commit and how long `place`'s results were made."""
+    finished = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+    (place / "run.json").write_text(json.dumps({**run, "finished": finished, **_commit()}))
+
+
+def _read_run(place: Path) -> dict[str, Any]:
+    if (place / "run.json").exists():
+        run: dict[str, Any] = json.loads((place / "run.json").read_text())
+        return run
+    # A run made before run.json: its duration alone, dated by its results.
+    seconds = place / "seconds"
+    meta = place / "mutants" / "kling_async" / f"{place.name}.py.meta"
+    finished = datetime.fromtimestamp(meta.stat().st_mtime, UTC) if meta.exists() else None
+    return {
+        "seconds": float(seconds.read_text()) if seconds.exists() else 0.0,
+        "again": 0,
+        "finished": f"{finished:%Y-%m-%d %H:%M}" if finished else "?",
+        **_commit(),
+    }
+
+
+def _commit() -> dict[str, Any]:
+    """The checkout's commit, and whether its code or tests have uncommitted changes."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "kling_async", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def _exit_codes(module: str) -> dict[str, int | None]:
+    mutated = WORK / module / "mutants" / "kling_async" / f"{module}.py"
+    codes: dict[str, int | None] = json.loads(Path(f"{mutated}.meta").read_text())[
+        "exit_code_by_key"
+    ]
+    return codes
 
 
 def _collect(module: str, known: Known, case_rules: CaseRules) -> Result:
     """Count the module's mutants by fate and sort its survivors against the known list."""
     mutated = WORK / module / "mutants" / "kling_async" / f"{module}.py"
-    codes = json.loads(Path(f"{mutated}.meta").read_text())["exit_code_by_key"]
+    codes = _exit_codes(module)
     functions = _functions(mutated)
-    result = Result(module)
-    timing = WORK / module / "seconds"
-    result.seconds = float(timing.read_text()) if timing.exists() else 0.0
+    result = Result(module, run=_read_run(WORK / module))
     for name, code in sorted(codes.items(), key=lambda item: _natural(item[0])):
         if code is None:  # the run was cut short before this one
             result.other["not run"] += 1
@@ -260,43 +352,73 @@ def _module_line(result: Result) -> str:
     return (
         f"{result.module}: {result.killed}/{result.tried - len(result.equivalent)} killed "
         f"({result.score:.1f} %), {len(result.survivors)} unexplained survivors{odd}, "
-        f"{result.seconds / 60:.1f} min"
+        f"{result.run['seconds'] / 60:.1f} min"
     )
 
 
-def _report(results: list[Result]) -> str:
-    lines = [
-        "| module | mutants | not run | equivalent | killed | accepted | survived | score "
-        "| minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+SECTIONS = ("Survivors (real gaps)", "Accepted survivors", "Equivalent mutants")
+#: section -> module -> its table rows; "summary" is the table of scores.
+Tables = dict[str, dict[str, list[str]]]
+
+
+def _tables(results: list[Result]) -> Tables:
+    tables: Tables = {"summary": {}, **{title: {} for title in SECTIONS}}
     for r in results:
-        lines.append(
+        again = " (survivors again)" if r.run["again"] else ""
+        dirty = " + changes" if r.run["dirty"] else ""
+        tables["summary"][r.module] = [
             f"| `{r.module}` | {r.tried + r.other['not run']} | {r.other['not run']} | "
             f"{len(r.equivalent)} | {r.killed} | {len(r.accepted)} | {len(r.survivors)} | "
-            f"{r.score:.1f} % | {r.seconds / 60:.1f} |"
+            f"{r.score:.1f} % | {r.run['seconds'] / 60:.1f} | {r.run['finished']}{again} | "
+            f"`{r.run['commit']}`{dirty} |"
+        ]
+        judged = (
+            [(m, "") for m in r.survivors],
+            r.accepted,
+            r.equivalent,
         )
-    lines.append("")
-    lines.append(
+        for title, mutants in zip(SECTIONS, judged, strict=True):
+            tables[title][r.module] = [
+                f"| `{r.module}` | `{m.function}` | {_code(m.before)} | {_code(m.after)} | {why} |"
+                for m, why in mutants
+            ]
+    return tables
+
+
+def _render(tables: Tables) -> str:
+    lines = [
+        "| module | mutants | not run | equivalent | killed | accepted | survived | score "
+        "| minutes | run (UTC) | commit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        *(row for module in MODULES for row in tables["summary"].get(module, [])),
+        "",
         "Score = killed / (mutants tried - equivalent); accepted survivors count against it. "
-        'A timeout counts as killed. "Not run": mutants a run cut short never tried.'
-    )
-    for title, rows in (
-        ("Survivors (real gaps)", [(r.module, m, "") for r in results for m in r.survivors]),
-        ("Accepted survivors", [(r.module, m, why) for r in results for m, why in r.accepted]),
-        ("Equivalent mutants", [(r.module, m, why) for r in results for m, why in r.equivalent]),
-    ):
+        'A timeout counts as killed. "Not run": mutants a run cut short never tried. '
+        '"Survivors again": after the full run, the mutants it did not kill were run once more '
+        "against the tests of the commit shown (the module itself unchanged).",
+    ]
+    for title in SECTIONS:
+        rows = [row for module in MODULES for row in tables[title].get(module, [])]
         lines += ["", f"### {title}", ""]
-        if not rows:
-            lines.append("None.")
-            continue
-        lines += ["| module | function | before | after | why |", "|---|---|---|---|---|"]
-        for module, mutant, why in rows:
-            lines.append(
-                f"| `{module}` | `{mutant.function}` | {_code(mutant.before)} | "
-                f"{_code(mutant.after)} | {why} |"
-            )
+        if rows:
+            lines += ["| module | function | before | after | why |", "|---|---|---|---|---|"]
+        lines += rows or ["None."]
     return "\n".join(lines)
+
+
+def _merged(previous: str, tables: Tables) -> Tables:
+    """The tables of the `previous` document, with the modules of `tables` replaced."""
+    merged: Tables = {"summary": {}, **{title: {} for title in SECTIONS}}
+    section = "summary"
+    for line in previous.splitlines():
+        if line.startswith("### "):
+            section = line[4:]
+        elif line.startswith("| `") and section in merged:
+            merged[section].setdefault(line.split("`")[1], []).append(line)
+    for title, rows in merged.items():
+        for module in tables["summary"]:
+            rows[module] = tables[title].get(module, [])
+    return merged
 
 
 def _code(text: str) -> str:
@@ -304,32 +426,14 @@ def _code(text: str) -> str:
     return f"`{text}`" if text else "(removed)"
 
 
-def _document(report: str, args: argparse.Namespace) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "kling_async", "tests"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    mutmut = subprocess.run(
-        [str(Path(sys.executable).with_name("mutmut")), "--version"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    command = "python scripts/mutation.py " + " ".join(
-        [*args.modules, f"--workers {args.workers}", f"--write {args.write}"]
-    )
+def _document(report: str) -> str:
     return (
         "# Mutation testing of the money paths\n\n"
-        f"Ran {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on commit `{commit}`"
-        f"{' (with uncommitted changes)' if dirty else ''}, {mutmut or 'mutmut'}, "
-        f"{os.cpu_count()} cores, as `{command}`.\n"
         "Each module is mutated alone and run against its own tests only (see `MODULES` in "
         "`scripts/mutation.py`); judged survivors and their reasons are in "
-        "`scripts/mutation_equivalents.toml`.\n\n" + report + "\n"
+        "`scripts/mutation_equivalents.toml`. Each row is its module's latest run, made with "
+        "`python scripts/mutation.py MODULE --write docs/mutation.md` on "
+        f"{os.cpu_count()} cores; its date and commit are in the row.\n\n" + report + "\n"
     )
 
 
