@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 import pytest
 from hypothesis import given
@@ -23,10 +26,12 @@ from hypothesis import strategies as st
 
 from kling_async import (
     AmbiguousSubmissionError,
+    ImageToVideoRequest,
     Task,
     TaskFailedError,
     TaskKind,
     TaskStatus,
+    TextToVideoRequest,
     Video,
     VideoExtendRequest,
 )
@@ -410,8 +415,13 @@ async def test_a_leftover_wal_without_its_journal_is_refused(tmp_path: Path) -> 
     """A -wal file whose journal was removed is not replayed into a fresh journal."""
     path = tmp_path / "j.db"
     path.with_name("j.db-wal").write_bytes(b"old frames")
-    with pytest.raises(JournalError, match=r"j\.db-wal is left from a journal"):
+    with pytest.raises(JournalError) as caught:
         await Journal(path).open()
+    assert caught.value.path == path
+    assert str(caught.value) == (
+        f"{path}-wal is left from a journal that is gone and may hold recorded tasks; "
+        "restore j.db beside it, or move it away."
+    )
 
 
 async def test_journal_is_in_wal_mode_with_its_identity(tmp_path: Path) -> None:
@@ -635,9 +645,14 @@ async def test_an_outcome_for_another_task_is_refused(tmp_path: Path) -> None:
     async with Journal(tmp_path / "j") as journal:
         await journal.record_intent("k", REQUEST)
         await journal.record_task("k", task(TaskStatus.PROCESSING))
-        with pytest.raises(JournalError, match="two tasks for one request"):
+        with pytest.raises(JournalError) as caught:
             await journal.record_outcome("k", task(TaskStatus.SUCCEED, "t-9"), None)
-        with pytest.raises(JournalError, match="no intent"):
+        assert caught.value.path == tmp_path / "j"
+        assert str(caught.value) == (
+            f"Key 'k' is journaled with task t-1 in {tmp_path / 'j'}, not t-9: two tasks for "
+            "one request. Check both tasks before running again."
+        )
+        with pytest.raises(JournalError, match="Key 'absent' has no intent"):
             await journal.record_outcome("absent", None, RuntimeError("x"))
         entry = await journal.entry("k")
     assert entry is not None and entry.state is EntryState.SUBMITTED
@@ -679,8 +694,11 @@ async def test_a_damaged_journal_is_refused_at_open(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[page * 3 + 8 : page * 3 + 72] = b"\xff" * 64  # the cell pointers of a table page
     path.write_bytes(bytes(data))
-    with pytest.raises(JournalError, match=r"is not a kling_async journal \(it is damaged: "):
+    with pytest.raises(
+        JournalError, match=r"is not a kling_async journal \(it is damaged: "
+    ) as caught:
         await Journal(path).open()
+    assert caught.value.path == path
 
 
 # --- Every refusal names the journal, says what is wrong and what to do ----------------------
@@ -772,18 +790,21 @@ async def test_misuse_is_refused_with_the_path_and_the_remedy(tmp_path: Path) ->
         await journal.record_task("k", task(TaskStatus.SUBMITTED))
         with pytest.raises(JournalError) as caught:
             await journal.record_task("k", task(TaskStatus.SUBMITTED, "t-2"))
+        assert caught.value.path == path
         assert str(caught.value) == (
             f"Key 'k' is journaled with task t-1 in {path}, not t-2: two tasks for one request. "
             "Check both tasks before running again."
         )
         with pytest.raises(JournalError) as caught:
             await journal.forget("k")
+        assert caught.value.path == path
         assert str(caught.value) == (
             f"Key 'k' has a running task t-1 in the journal {path}; "
             "record its outcome before forgetting it."
         )
         with pytest.raises(JournalError) as caught:
             await journal.record_intent("k", attrs.evolve(REQUEST, prompt=None, cfg_scale=0.5))
+        assert caught.value.path == path
         assert str(caught.value) == (
             f"Key 'k' was journaled for a different request in {path} (different cfg_scale, "
             "prompt); give each request its own key, or start a new journal."
@@ -817,10 +838,30 @@ async def test_an_unreadable_entry_is_named(tmp_path: Path) -> None:
     async with Journal(path) as journal:
         with pytest.raises(JournalError) as caught:
             await journal.entries()
+        assert caught.value.path == path
+        assert str(caught.value).startswith(
+            f"{path} is not a kling_async journal (a request cannot be read: "
+        )
+        with pytest.raises(JournalError) as caught:  # compared with the request sent again
+            await journal.record_intent("bad-request", REQUEST)
+        assert caught.value.path == path
+        assert str(caught.value).startswith(
+            f"{path} is not a kling_async journal (a request cannot be read: "
+        )
+        await journal.forget("bad-request")
+        await journal.record_intent("bad-task", REQUEST)
+        await journal.record_task("bad-task", task(TaskStatus.SUBMITTED))
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE entry SET task_kind = 'videos/no-such-kind' WHERE key = 'bad-task'")
+    db.close()
+    async with Journal(path) as journal:
+        with pytest.raises(JournalError) as caught:
+            await journal.entry("bad-task")
     assert caught.value.path == path
     assert str(caught.value).startswith(
-        f"{path} is not a kling_async journal (a request cannot be read: "
+        f"{path} is not a kling_async journal (its entry 'bad-task' cannot be read: "
     )
+    assert str(caught.value).endswith("; move it away or pass another --journal.")
 
 
 async def test_closing_is_finished_even_when_cancelled(tmp_path: Path) -> None:
@@ -877,3 +918,110 @@ def read_rows_open(journal: Journal) -> dict[str, Any]:
     cursor = journal._db.execute("SELECT * FROM entry")
     names = [column[0] for column in cursor.description]
     return dict(zip(names, cursor.fetchone(), strict=True))
+
+
+SUBMITTABLE = [
+    VideoExtendRequest("vid-1", task_id="t-0", prompt="on", key="extend"),
+    TextToVideoRequest("a fox in the snow", duration=5, key="text"),
+    ImageToVideoRequest("https://cdn.example/fox.png", prompt="runs", key="image"),
+]
+
+
+@pytest.mark.parametrize("request_", SUBMITTABLE, ids=[r.key for r in SUBMITTABLE])
+async def test_every_kind_of_request_comes_back_as_journaled(tmp_path: Path, request_: Any) -> None:
+    """A new-video request is read back as the kind it was, not taken for an extension."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent(request_.key, request_)
+    async with Journal(path) as journal:
+        entry = await journal.entry(request_.key)
+        await journal.record_intent(request_.key, request_)  # the same request: accepted
+    assert entry is not None
+    assert type(entry.request) is type(request_) and entry.request == request_
+
+
+async def test_a_full_disk_is_told_to_check_free_space(tmp_path: Path) -> None:
+    """A write the disk has no room for names the journal and says what to check."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("k", REQUEST)
+        assert journal._db is not None
+        journal._db.execute("PRAGMA max_page_count = 2")  # as full as a disk can be
+        with pytest.raises(JournalError) as caught:
+            await journal.record_intent("big", attrs.evolve(REQUEST, prompt="x" * 10_000))
+    assert caught.value.path == path
+    assert str(caught.value) == (
+        f"The journal {path} could not be read or written (database or disk is full); check "
+        "free disk space and that the file is readable and writable, then run again."
+    )
+
+
+async def test_a_journal_whose_files_cannot_be_opened_says_what_to_check(tmp_path: Path) -> None:
+    """When SQLite cannot open the journal's files, the refusal names it and the remedy."""
+    path = tmp_path / "j.db"
+    async with Journal(path) as journal:
+        await journal.record_intent("k", REQUEST)
+    path.with_name("j.db-wal").mkdir()  # where SQLite keeps its write-ahead log
+    with pytest.raises(JournalError) as caught:
+        await Journal(path).open()
+    assert caught.value.path == path
+    assert str(caught.value) == (
+        f"The journal {path} could not be opened (unable to open database file); check free "
+        "disk space and that the file is readable and writable, then run again."
+    )
+
+
+async def test_a_file_journal_holds_every_key_itself(tmp_path: Path) -> None:
+    """One process holds a file journal: a claim keeps what is known, and a key is released
+    at once, as its entry stands."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+        known = await journal.entry("k")
+        assert await journal.claim("k", known) is known
+        assert await journal.released("k") == known
+        assert await journal.released("absent") is None
+        await journal.hold()  # nothing to renew: returns at once
+
+
+async def test_a_new_journal_is_built_beside_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new file is made in the journal's own folder, so putting it in place never crosses
+    filesystems (where neither a link nor a rename works), wherever the system keeps its
+    temporary files."""
+    real_link, real_replace = os.link, os.replace
+
+    def same_folder_only(move: Any) -> Any:
+        def moved(source: Any, target: Any) -> None:
+            if Path(source).parent != Path(target).parent:
+                raise OSError(18, "Invalid cross-device link")  # as from another filesystem
+            move(source, target)
+
+        return moved
+
+    elsewhere = tmp_path / "system-temporary"
+    elsewhere.mkdir()
+    monkeypatch.setattr(journal_module.tempfile, "tempdir", str(elsewhere))
+    monkeypatch.setattr(journal_module.os, "link", same_folder_only(real_link))
+    monkeypatch.setattr(journal_module.os, "replace", same_folder_only(real_replace))
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    async with Journal(folder / "j.db") as journal:
+        await journal.record_intent("k", REQUEST)
+    assert sorted(p.name for p in folder.iterdir()) == ["j.db"]
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_the_journal_serves_whichever_worker_thread_is_free(tmp_path: Path) -> None:
+    """Other work holding a worker thread (a download writing its file) does not stop the
+    journal: its connection is used from any thread, one statement at a time."""
+    release = threading.Event()
+    async with Journal(tmp_path / "j.db") as journal, anyio.create_task_group() as group:
+        # Takes the idle thread that opened the journal: the next statement gets another.
+        group.start_soon(functools.partial(anyio.to_thread.run_sync, release.wait))
+        await anyio.wait_all_tasks_blocked()
+        try:
+            await journal.record_intent("k", REQUEST)
+            assert [entry.key for entry in await journal.entries()] == ["k"]
+        finally:
+            release.set()
