@@ -185,8 +185,8 @@ class Transport:
                                 response.headers,
                                 # Not kept in a local: the body may quote a credential back.
                                 await response.read()
-                                if _known_to_fit(response, method, path)
-                                else await _read_capped(response, method, path),
+                                if _known_to_fit(response)
+                                else await _read_capped(response),
                                 trace,
                             )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -257,8 +257,8 @@ class Transport:
                     response.status,
                     response.headers,
                     await response.read()
-                    if _known_to_fit(response, method, path)
-                    else await _read_capped(response, method, path),
+                    if _known_to_fit(response)
+                    else await _read_capped(response),
                     trace,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -372,32 +372,34 @@ def _scrub(text: str, secret: str) -> str:
     return re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "<hidden>", text)
 
 
-def _known_to_fit(response: aiohttp.ClientResponse, method: str, path: str) -> bool:
+def _known_to_fit(response: aiohttp.ClientResponse) -> bool:
     """True when the body is plainly within `MAX_ANSWER_BYTES` (a Content-Length that says so,
     no compression); raises when Content-Length alone says it is too large."""
     length = response.content_length
     if length is not None and length > MAX_ANSWER_BYTES:
-        raise _too_large(method, path, f"it announced {length} bytes")
+        raise _too_large(response, f"it announced {length} bytes")
     return length is not None and "Content-Encoding" not in response.headers
 
 
-async def _read_capped(response: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     """The body, read while counting: a chunked or compressed answer stops at the cap."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
-            raise _too_large(method, path, f"more than {size} bytes arrived")
+            raise _too_large(response, f"more than {size} bytes arrived")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(method: str, path: str, detail: str) -> TransportError:
+def _too_large(response: aiohttp.ClientResponse, detail: str) -> TransportError:
+    # The whole URL, prefix included (the query left out): a wrong base URL is the usual cause.
+    url = response.url.with_query(None)
     return TransportError(
-        f"{method} {path} failed: the answer is larger than the {MAX_ANSWER_BYTES // 2**20} MiB "
-        f"any Kling answer fits in ({detail}), so it was not read. Check that the base URL "
-        "points at the Kling API.",
+        f"{response.method} {url} failed: the answer is larger than the "
+        f"{MAX_ANSWER_BYTES // 2**20} MiB any Kling answer fits in ({detail}), so it was not "
+        "read. Check that the base URL points at the Kling API.",
         may_have_been_sent=True,
     )
 

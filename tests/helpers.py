@@ -51,10 +51,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @asynccontextmanager
 async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
-    """A tiny aiohttp.web app of GET routes on a free port; yields its base URL."""
+    """A tiny aiohttp.web app of routes (any method) on a free port; yields its base URL."""
     app = web.Application()
     for path, handler in routes.items():
-        app.router.add_get(path, handler)
+        app.router.add_route("*", path, handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     try:

@@ -7,6 +7,7 @@ import functools
 import gc
 import gzip
 import logging
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +46,7 @@ from kling_async import (
     TransportError,
 )
 from kling_async._clock import FakeClock, SystemClock
+from kling_async._transport import MAX_ANSWER_BYTES
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -639,6 +641,95 @@ async def test_a_compressed_answer_is_capped_after_decoding() -> None:
         with pytest.raises(TransportError, match="larger than the 4 MiB"):
             await client.get_task("t-1")
     assert len(packed) < 1024 * 1024
+
+
+CAP = MAX_ANSWER_BYTES
+READ_PATH = "/kling/v1/videos/video-extend/t-1"
+CREATE_PATH = "/kling/v1/videos/video-extend"
+
+
+def envelope_of(size: int) -> bytes:
+    """A success envelope of exactly `size` bytes, padded with whitespace between tokens, so
+    that any byte lost, doubled or added on the way makes it unreadable or another task."""
+    head, tail = b'{"code":0,"data":{"task_id":"t-1","task_status":"submitted"}', b"}"
+    return head + b" " * (size - len(head) - len(tail)) + tail
+
+
+def answering(body: bytes, how: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler that sends `body` with a Content-Length, in chunks, or gzip-compressed."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if how == "announced":
+            return web.Response(body=body, content_type="application/json")
+        if how == "compressed":
+            packed = gzip.compress(body)
+            return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 100_003):  # pieces that end mid-token
+            await response.write(body[start : start + 100_003])
+        return response
+
+    return handler
+
+
+SENT_HOW = ["announced", "chunked", "compressed"]
+
+
+@pytest.mark.parametrize("how", SENT_HOW)
+async def test_an_answer_of_exactly_the_cap_is_read_whole(how: str) -> None:
+    """The cap is inclusive: a 4 MiB answer, however it comes, is read byte for byte."""
+    async with (
+        serve({READ_PATH: answering(envelope_of(CAP), how)}) as url,
+        gateway_client_at(url) as client,
+    ):
+        task = await client.get_task("t-1")
+    assert (task.id, task.status) == ("t-1", TaskStatus.SUBMITTED)
+
+
+@pytest.mark.parametrize("how", SENT_HOW)
+async def test_an_answer_past_the_cap_is_refused_naming_the_request(how: str) -> None:
+    """One byte past the cap is refused, with the method, the whole URL and what to check."""
+    async with (
+        serve({READ_PATH: answering(envelope_of(CAP + 1), how)}) as url,
+        gateway_client_at(url) as client,
+    ):
+        with pytest.raises(TransportError) as caught:
+            await client.get_task("t-1")
+    detail = (
+        f"it announced {CAP + 1} bytes" if how == "announced" else r"more than \d+ bytes arrived"
+    )
+    assert re.fullmatch(
+        f"GET {re.escape(url + READ_PATH)} failed: the answer is larger than the 4 MiB any Kling "
+        f"answer fits in \\({detail}\\), so it was not read. Check that the base URL points at "
+        "the Kling API.",
+        str(caught.value),
+    ), str(caught.value)
+
+
+@pytest.mark.parametrize("how", SENT_HOW)
+async def test_a_create_answered_past_the_cap_is_never_resent(how: str) -> None:
+    """An answer too large to read may hide a task made: the create is not sent again."""
+    posts: list[str] = []
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        posts.append(request.method)
+        return await answering(envelope_of(CAP + 1), how)(request)
+
+    retry = RetryPolicy(max_attempts=3)
+    async with (
+        serve({CREATE_PATH: counted}) as url,
+        KlingClient(
+            api_key=KEY, base_url=url, dialect="gateway", retry=retry, clock=FakeClock()
+        ) as client,
+    ):
+        with pytest.raises(AmbiguousSubmissionError) as caught:
+            await client.extend_video("vid-1", task_id="p-1")
+    assert posts == ["POST"]
+    assert f"POST {url + CREATE_PATH} failed: the answer is larger than the 4 MiB" in str(
+        caught.value
+    )
 
 
 def gateway_client_at(url: str) -> KlingClient:

@@ -6,6 +6,7 @@ is left to the caller. Waits come from the fake clock, so they are asserted, nev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,9 +16,11 @@ from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from helpers import serve
 
 from kling_async import (
     AmbiguousSubmissionError,
@@ -25,12 +28,15 @@ from kling_async import (
     InsufficientBalanceError,
     KlingClient,
     RateLimitError,
+    RetryBudget,
     RetryPolicy,
     ServerError,
     TaskStatus,
     TransportError,
 )
 from kling_async._clock import FakeClock
+from kling_async._transport import Transport
+from kling_async.auth import BearerAuth
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -351,3 +357,149 @@ async def test_a_key_of_twelve_characters_or_more_is_hidden_even_inside_a_word(k
         with pytest.raises(APIError) as caught:
             await client.get_task("t-1")
     assert caught.value.message == "upstream said x<hidden>x; Authorization: Bearer <hidden>"
+
+
+# --- The retry budget: what a retry costs, and what is said when it cannot be paid ----------
+
+
+async def test_a_retry_after_a_dropped_connection_costs_the_timeout_price(
+    gateway: FakeKlingServer,
+) -> None:
+    """A connection lost or timed out holds the server longest: its retry takes
+    `timeout_cost`, so a budget of one such retry stops at the second failure."""
+    budget = RetryBudget(capacity=10, retry_cost=1, timeout_cost=10)
+    async with client_for(gateway, retry_budget=budget) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        # aiohttp itself sends a GET once more on a dropped connection: two drops a failure.
+        gateway.faults.push(Fault.drop(), method="GET", times=4)
+        with pytest.raises(TransportError):
+            await client.get_task(created.id)
+    assert gets(gateway) == 4 and gateway.faults.pending == 0
+
+
+async def test_a_retry_that_succeeds_pays_its_own_cost_back(gateway: FakeKlingServer) -> None:
+    """A success after a retry refunds that retry's cost: a budget of one timeout retry
+    rides out any number of single dropped connections."""
+    budget = RetryBudget(capacity=10, retry_cost=1, timeout_cost=10, success_refill=0)
+    async with client_for(gateway, retry_budget=budget) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        for _ in range(3):
+            # aiohttp itself sends a GET once more on a dropped connection: two drops a failure.
+            gateway.faults.push(Fault.drop(), method="GET", times=2)
+            await client.get_task(created.id)
+    assert gets(gateway) == 9
+
+
+async def test_a_failure_the_budget_cannot_retry_is_logged_with_its_request_id(
+    gateway: FakeKlingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the budget is spent, the failure is raised at once and the log says why, with
+    the error and its Kling request id."""
+    async with client_for(gateway, retry_budget=RetryBudget(capacity=0)) as client:
+        created = await client.extend_video("vid-1", task_id="p-1")
+        gateway.faults.push(Fault.http_error(503, 5001, "down"), method="GET")
+        with (
+            caplog.at_level(logging.INFO, logger="kling_async"),
+            pytest.raises(ServerError) as caught,
+        ):
+            await client.get_task(created.id)
+    (record,) = [r for r in caplog.records if "budget" in r.getMessage()]
+    assert record.getMessage() == (
+        f"not retried, the retry budget is spent until requests succeed: {caught.value}"
+    )
+    assert caught.value.request_id
+    assert record.kling_request_id == caught.value.request_id  # type: ignore[attr-defined]
+    assert gets(gateway) == 1
+
+
+# --- The transport's own promises: what it sends, and a create that is never cut short -------
+
+
+@contextlib.asynccontextmanager
+async def transport_at(url: str) -> AsyncIterator[Transport]:
+    transport = Transport(url, BearerAuth(KEY), FakeClock(), retry=RetryPolicy(max_attempts=1))
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+async def test_every_request_sends_its_body_and_query_and_asks_for_json() -> None:
+    """Whether it may be re-sent or not, a request carries its body, its query and an Accept
+    header asking for JSON."""
+    seen: list[tuple[str, dict[str, str], Any, str]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.method, dict(request.query), body, request.headers["Accept"]))
+        return web.json_response({"code": 0, "data": {"echo": body}})
+
+    async with serve({"/thing": echo}) as url, transport_at(url) as transport:
+        for resend_safe in (True, False):
+            data = await transport.request(
+                "POST", "/thing", body={"a": 1}, params={"page": 2}, resend_safe=resend_safe
+            )
+            assert data == {"echo": {"a": 1}}
+    assert seen == [("POST", {"page": "2"}, {"a": 1}, "application/json")] * 2
+
+
+class Held:
+    """A route that holds each request until released, then gives `answer`."""
+
+    def __init__(self, answer: dict[str, Any], status: int = 200) -> None:
+        self.answer, self.status = answer, status
+        self.arrived, self.release = anyio.Event(), anyio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived.set()
+        await self.release.wait()
+        return web.json_response(self.answer, status=self.status)
+
+
+async def cancel_create_in_flight(
+    answer: dict[str, Any], *, status: int = 200, cancels: int = 1, on_abandoned: Any = None
+) -> None:
+    """Send a create, cancel its caller `cancels` times while the server holds it, check each
+    time that the caller still waits, then let the answer come and the cancellation end it."""
+    held = Held(answer, status)
+    async with serve({"/create": held.handle}) as url, transport_at(url) as transport:
+        create = transport.request(
+            "POST", "/create", body={}, resend_safe=False, on_abandoned=on_abandoned
+        )
+        running = asyncio.get_running_loop().create_task(create)
+        await held.arrived.wait()
+        for _ in range(cancels):
+            running.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert not running.done(), "the caller stopped waiting for the create's answer"
+        held.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+
+async def test_a_create_cancelled_again_and_again_still_waits_for_its_answer() -> None:
+    """However often its caller is cancelled, a sent create is waited for and its task handed
+    to whoever listens."""
+    heard: list[tuple[Any, Any]] = []
+    created = {"code": 0, "data": {"task_id": "t-1"}}
+    await cancel_create_in_flight(
+        created, cancels=3, on_abandoned=lambda data, error: heard.append((data, error))
+    )
+    assert heard == [({"task_id": "t-1"}, None)]
+
+
+async def test_a_create_cancelled_with_nobody_listening_just_ends_cancelled() -> None:
+    """Without a listener, the answer of a cancelled create is awaited, then dropped."""
+    await cancel_create_in_flight({"code": 0, "data": {"task_id": "t-1"}})
+
+
+async def test_a_create_failing_after_its_caller_was_cancelled_hands_over_the_failure() -> None:
+    """The listener hears a failure too, so it can tell a task that may exist from none."""
+    heard: list[tuple[Any, Any]] = []
+    await cancel_create_in_flight(
+        {"code": 5000, "message": "boom", "request_id": "r-1"},
+        status=500,
+        on_abandoned=lambda data, error: heard.append((data, error)),
+    )
+    ((data, error),) = heard
+    assert data is None and isinstance(error, ServerError) and error.code == 5000
