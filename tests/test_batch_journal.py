@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +12,30 @@ import pytest
 
 from kling_async import (
     AmbiguousSubmissionError,
+    BatchEvent,
+    BatchEventKind,
     BatchOutcome,
     InvalidArgumentError,
     KlingClient,
+    KlingError,
     NotSentError,
     PollPolicy,
     RetryPolicy,
     Task,
+    TaskFailedError,
+    TaskKind,
     TaskStatus,
     VideoExtendRequest,
 )
-from kling_async.journal import EntryState, Journal, JournalError, request_key
+from kling_async.batch import ConcurrencyWindow
+from kling_async.journal import (
+    ClaimedElsewhereError,
+    EntryState,
+    Journal,
+    JournalEntry,
+    JournalError,
+    request_key,
+)
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -423,3 +436,131 @@ async def test_a_task_seen_to_end_without_its_outcome_is_finished_by_the_next_ru
         assert server.record.create_count == 1
     assert outcomes[0].ok
     assert entry is not None and entry.state is EntryState.FINISHED
+
+
+# --- A shared journal: a request another live process holds --------------------------------
+
+
+class HeldByAnotherProcess(Journal):
+    """A journal shared with another process, which holds `key` when this batch reaches it;
+    `meanwhile` is what that process records before the key comes free (it finished, or it
+    died and its lease ran out)."""
+
+    def __init__(
+        self, path: Path, key: str, meanwhile: Callable[[Journal], Awaitable[None]]
+    ) -> None:
+        super().__init__(path)
+        self.key, self.meanwhile, self.refused = key, meanwhile, False
+
+    async def claim(self, key: str, known: JournalEntry | None) -> JournalEntry | None:
+        if key == self.key and not self.refused:
+            self.refused = True
+            raise ClaimedElsewhereError(self.path, f"{key!r} is held by another process")
+        return await super().claim(key, known)
+
+    async def released(self, key: str) -> JournalEntry | None:
+        if key == self.key:
+            await self.meanwhile(self)
+        return await super().released(key)
+
+
+async def run_beside(
+    server: FakeKlingServer,
+    request: VideoExtendRequest,
+    meanwhile: Callable[[Journal, KlingClient], Awaitable[None]],
+    path: Path,
+) -> tuple[BatchOutcome, list[BatchEvent], ConcurrencyWindow]:
+    """Run a batch of `request` and one more while another process holds `request`'s key."""
+    events: list[BatchEvent] = []
+    async with client_for(server) as client:
+        journal = HeldByAnotherProcess(
+            path, request_key(request), lambda journal: meanwhile(journal, client)
+        )
+        items = [request, VideoExtendRequest("vid-other", task_id="p-other", key="other")]
+        async with (
+            journal,
+            client.extend_many(items, concurrency=2, journal=journal, on_event=events.append) as b,
+        ):
+            outcomes = {o.request.key: o async for o in b}
+    assert outcomes["other"].ok
+    return outcomes[request.key], [e for e in events if e.request.key == request.key], b.window
+
+
+FINISHED_ELSEWHERE = [
+    ("succeeded", TaskStatus.SUCCEED, None),
+    ("failed", TaskStatus.FAILED, "task"),
+    ("given up", TaskStatus.PROCESSING, TimeoutError("gave up watching")),
+]
+
+
+@pytest.mark.parametrize(
+    ("ended", "status", "error"), FINISHED_ELSEWHERE, ids=[f[0] for f in FINISHED_ELSEWHERE]
+)
+async def test_a_request_another_process_finished_is_reported_as_it_recorded(
+    tmp_path: Path, ended: str, status: TaskStatus, error: Any
+) -> None:
+    """Its outcome is the other process's, replayed: its task, its error (a failed task's
+    own, or the recorded one named as such); nothing is sent for it here."""
+    request = VideoExtendRequest("vid-1", task_id="p-1", key="held", external_task_id="ext-1")
+    theirs = Task("t-9", TaskKind.VIDEO_EXTEND, status, status_message="refused by review")
+    recorded = TaskFailedError(theirs) if error == "task" else error
+
+    async def finishes(journal: Journal, client: KlingClient) -> None:
+        await journal.record_intent("held", request)
+        await journal.record_task("held", theirs)
+        await journal.record_outcome("held", theirs, recorded)
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        outcome, events, _ = await run_beside(server, request, finishes, tmp_path / "j")
+        assert server.record.create_count == 1  # the other request's only
+    assert (outcome.request, outcome.task) == (request, theirs)
+    if ended == "succeeded":
+        assert outcome.ok and outcome.error is None
+    elif ended == "failed":
+        assert isinstance(outcome.error, TaskFailedError) and outcome.error.task == theirs
+    else:
+        assert type(outcome.error) is KlingError
+        assert str(outcome.error) == "gave up watching (TimeoutError, recorded by another process)"
+    (finished,) = events
+    assert finished.kind is BatchEventKind.FINISHED and finished.replayed
+    assert finished.outcome == outcome
+
+
+async def test_a_request_whose_holder_died_after_creating_is_adopted(tmp_path: Path) -> None:
+    """The dead process's task is watched to its end, not created again, and takes no slot
+    of this process's window."""
+    request = VideoExtendRequest("vid-1", task_id="p-1", key="held")
+    made: list[Task] = []
+
+    async def creates_then_dies(journal: Journal, client: KlingClient) -> None:
+        prepared = client.prepare(request)
+        await journal.record_intent("held", prepared)
+        made.append(await client.submit(prepared))
+        await journal.record_task("held", made[0])
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        outcome, events, window = await run_beside(
+            server, request, creates_then_dies, tmp_path / "j"
+        )
+        assert server.record.create_count == 2  # theirs and the other request's
+    assert outcome.ok and outcome.task is not None and outcome.task.id == made[0].id
+    assert events[0].kind is BatchEventKind.SUBMITTED
+    assert not any(e.replayed for e in events)
+    assert window.in_use == 0 and window.peak <= 2
+
+
+async def test_a_request_whose_holder_died_before_recording_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Nothing recorded by the dead process: the request is sent here, once."""
+
+    async def dies(journal: Journal, client: KlingClient) -> None:
+        return None
+
+    request = VideoExtendRequest("vid-1", task_id="p-1", key="held")
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        outcome, events, window = await run_beside(server, request, dies, tmp_path / "j")
+        assert server.record.create_count == 2
+    assert outcome.ok and outcome.request.video_id == "vid-1"
+    assert events[0].kind is BatchEventKind.SUBMITTED
+    assert window.in_use == 0
