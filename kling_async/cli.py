@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import random
 import sys
-import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -601,14 +599,13 @@ async def _fake_server(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "--access-key and --secret-key need --dialect official: gateways take a bearer key"
         )
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     server = FakeKlingServer(
         dialect=args.dialect,
         api_key=args.api_key,
         access_key=args.access_key,
         secret_key=args.secret_key,
         speed=args.speed,
-        seed=seed,
+        seed=args.seed,
         fail_rate=args.fail_rate,
         max_concurrent=args.max_concurrent,
         require_known_videos=args.require_known_videos,
@@ -619,8 +616,8 @@ async def _fake_server(args: argparse.Namespace) -> int:
     )
     async with server:
         print(
-            f"Fake Kling API ({args.dialect}) on {server.url}, seed {seed} "
-            f"(--seed {seed} repeats it); Ctrl-C stops it. Try:"
+            f"Fake Kling API ({args.dialect}) on {server.url}, seed {server.seed} "
+            f"(--seed {server.seed} repeats it); Ctrl-C stops it. Try:"
         )
         for name, value in server.environment.items():
             print(f"  export {name}={value}")
@@ -641,11 +638,7 @@ async def _demo(args: argparse.Namespace) -> int:
     # Two service minutes per extension, played 60 times faster by default: about 2 s each.
     durations = Durations(submitted_for=5.0, median=120.0, sigma=0.3)
     server = FakeKlingServer(
-        speed=args.speed,
-        seed=int(time.time()),
-        durations=durations,
-        fail_rate=0.1,
-        max_concurrent=args.concurrency,
+        speed=args.speed, durations=durations, fail_rate=0.1, max_concurrent=args.concurrency
     )
     scale = 60.0 / args.speed
     poll = PollPolicy(
@@ -679,9 +672,7 @@ async def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.chains:  # many tasks each: on a server that fails rarely, so most reach 30 s
-        chain_server = FakeKlingServer(
-            speed=args.speed, seed=int(time.time()), durations=durations, fail_rate=0.02
-        )
+        chain_server = FakeKlingServer(speed=args.speed, durations=durations, fail_rate=0.02)
         async with chain_server:
             await demo_chains(chain_server.url, key, poll, count=args.chains, as_json=args.json)
     return EXIT_OK if outcomes else EXIT_FAILED

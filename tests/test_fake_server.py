@@ -786,6 +786,22 @@ async def test_same_seed_same_tasks(http: aiohttp.ClientSession, clock: Clock) -
 
 
 @pytest.mark.anyio
+async def test_without_a_seed_two_servers_issue_different_ids(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Each server draws its own seed, and `seed` tells it so that a run can be repeated."""
+    runs = []
+    for _ in range(2):
+        async with FakeKlingServer() as server:
+            runs.append((server.seed, await create(http, server)))
+    (first_seed, first_id), (second_seed, second_id) = runs
+    assert first_seed != second_seed and first_id != second_id
+    async with FakeKlingServer(seed=first_seed) as again:
+        assert again.seed == first_seed
+        assert await create(http, again) == first_id
+
+
+@pytest.mark.anyio
 async def test_record_counts_polls_and_requests(http: aiohttp.ClientSession) -> None:
     """The record keeps each request and counts polls per task."""
     async with FakeKlingServer() as server:

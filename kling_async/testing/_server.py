@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class _Note:
 
 
 class FakeKlingServer:
-    """A deterministic fake of the Kling API (official or gateway dialect) on a local port.
+    """A seeded fake of the Kling API (official or gateway dialect) on a local port.
 
     Tasks progress on a clock scaled by ``speed`` (service seconds per wall second), computed
     lazily at each request. ``faults`` injects misbehaviour; ``record`` holds what was seen.
@@ -71,7 +72,7 @@ class FakeKlingServer:
         access_key: str | None = None,
         secret_key: str | None = None,
         speed: float = 1000.0,
-        seed: int = 0,
+        seed: int | None = None,
         durations: Durations | Mapping[str, Durations] | None = None,
         fail_rate: float = 0.0,
         failure_messages: Sequence[str] = DEFAULT_FAILURE_MESSAGES,
@@ -96,8 +97,15 @@ class FakeKlingServer:
         (wall seconds) a result URL is signed when a task is read and answers 403 once
         expired, as real signed links do: read the task again for a fresh one. ``on_request``
         hears of each request once it is answered (a log line, a live counter).
+
+        ``seed`` draws the ids, durations, failures and random faults: two servers with the
+        same seed given the same requests answer alike. Without it a seed is drawn at
+        random, so two servers never issue the same ids; `seed` tells which, to repeat a run.
         """
         check_server_arguments(dialect, speed, fail_rate, failure_messages)
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**32)
+        self.seed = seed
         if (access_key is None) != (secret_key is None):
             raise ValueError("access_key and secret_key go together")
         self.dialect = dialect
