@@ -88,8 +88,19 @@ def fake_server(*, start_timeout: float = 60.0, **options: object) -> Iterator[F
     the child's stdin is closed, which stops it; its last line (requests served) lands in
     `FakeServer.final`.
     """
+    with child_server(_server_command(options), start_timeout=start_timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def child_server(command: Sequence[str], *, start_timeout: float = 60.0) -> Iterator[FakeServer]:
+    """Run a server `command` in a child process that announces itself on stdout.
+
+    The child prints one JSON line with its ``url`` once it accepts requests, serves until
+    its stdin closes, then may print a last JSON line (kept in `FakeServer.final`).
+    """
     process = subprocess.Popen(  # noqa: S603 - this interpreter, our own script
-        _server_command(options),
+        list(command),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -100,7 +111,7 @@ def fake_server(*, start_timeout: float = 60.0, **options: object) -> Iterator[F
     try:
         line = _read_line(process.stdout, start_timeout)
         if not line:
-            raise RuntimeError(f"the fake server exited early with code {process.wait()}")
+            raise RuntimeError(f"the server exited early with code {process.wait()}")
         announced = json.loads(line)
         server = FakeServer(process, announced["url"], announced)
         yield server

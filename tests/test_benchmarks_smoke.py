@@ -139,6 +139,18 @@ def test_outage_counts_reads_per_watcher_and_every_recovery(tmp_path: Path) -> N
         assert positive(run["over_budget_off"])
 
 
+def test_big_answer_measures_both_readers_on_every_shape(tmp_path: Path) -> None:
+    """The big-answer run measures plain aiohttp and ours on each shape of a body past the
+    cap; ours refuses it and holds less of it than the read that keeps it whole."""
+    results = run_quick("big_answer", tmp_path)["results"]
+    assert set(results) == {"announced", "chunked", "gzip"}
+    for figures in results.values():
+        assert "larger than the 4 MiB" in figures["kling_async"]["outcome"]
+        assert figures["aiohttp"]["outcome"] == f"{8 * 1024 * 1024} bytes read"
+        assert positive(figures["traced_ours_over_aiohttp"])
+        assert figures["traced_ours_over_aiohttp"] < 1
+
+
 def test_tracing_pairs_off_and_on_against_no_telemetry(tmp_path: Path) -> None:
     """The tracing run reports the three clients and both paired ratios at 1 and 16."""
     results = run_quick("tracing", tmp_path)["results"]
