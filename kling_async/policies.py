@@ -100,8 +100,8 @@ class RetryPolicy:
         defaults 8 s, 16 s, then 20 s. An outage of T seconds thus costs a watcher about
         ``1 + T / max_delay`` reads, however dense its schedule was.
 
-        >>> [RetryPolicy().poll_backoff(n) for n in (1, 2, 3, 9)]
-        [8.0, 16.0, 20.0, 20.0]
+        >>> tuple(RetryPolicy().poll_backoff(n) for n in (1, 2, 3, 9))
+        (8.0, 16.0, 20.0, 20.0)
         """
         return self.ceiling(self.max_attempts - 1 + failures)
 

@@ -23,6 +23,9 @@ from kling_async._clock import Clock
 from kling_async._ratelimit import RateLimiter
 from kling_async.testing import FakeKlingServer
 
+#: The line that marks the Markdown snippet after it as partial on purpose (not checked).
+PARTIAL = "<!-- snippet: partial -->"
+
 #: Polls for the fake server's default speed (tasks end in about a tenth of a second).
 QUICK = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.05, timeout=20)
 
@@ -146,3 +149,13 @@ def read_terminal(controller: int) -> str:
         chunks.append(chunk)
     os.close(controller)
     return b"".join(chunks).decode()
+
+
+def snippets(text: str) -> list[tuple[int, str]]:
+    """A Markdown text's Python blocks not marked partial, each with its first line's number."""
+    found = []
+    for match in re.finditer(r"^```python\n(.*?)^```$", text, flags=re.M | re.S):
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        if before.strip() != PARTIAL:
+            found.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
+    return found

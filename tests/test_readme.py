@@ -9,15 +9,15 @@ the line ``<!-- snippet: partial -->`` and skipped.
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from helpers import PARTIAL, snippets
+
 ROOT = Path(__file__).parent.parent
-PARTIAL = "<!-- snippet: partial -->"
 PRELUDE = """\
 from kling_async import KlingClient, Task, VideoExtendRequest
 
@@ -29,16 +29,6 @@ requests: list[VideoExtendRequest]
 
 async def snippet() -> None:
 """
-
-
-def snippets(text: str) -> list[tuple[int, str]]:
-    """The README's Python blocks not marked partial, each with its first line's number."""
-    found = []
-    for match in re.finditer(r"^```python\n(.*?)^```$", text, flags=re.M | re.S):
-        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        if before.strip() != PARTIAL:
-            found.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
-    return found
 
 
 def test_the_readme_snippets_type_check(tmp_path: Path) -> None:
