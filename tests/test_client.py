@@ -749,6 +749,11 @@ async def test_refused_connection_is_retried_then_reported() -> None:
             await client.extend_video("vid-1", task_id="p-1")
     assert not caught.value.may_have_been_sent
     assert len(clock.sleeps) == 2
+    assert re.fullmatch(
+        f"POST {re.escape(url)}/\\S+ failed before it was sent: \\w+ \\(.+\\)\\. "
+        "Is the server up\\? Check base_url= \\(KLING_BASE_URL\\)\\.",
+        str(caught.value),
+    ), str(caught.value)
 
 
 BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
