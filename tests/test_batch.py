@@ -23,6 +23,7 @@ from kling_async import (
     InsufficientBalanceError,
     InvalidArgumentError,
     KlingClient,
+    KlingError,
     NotSentError,
     PollPolicy,
     RateLimitError,
@@ -274,6 +275,54 @@ async def test_client_exit_stops_an_abandoned_batch() -> None:
             batch = client.extend_many(requests(50), concurrency=5)
             await batch.__anext__()
         assert client_tasks() == before
+
+
+STOPPED = (
+    "This batch was stopped before all its outcomes were read: it was closed, or its client "
+    "was. Tasks it had created may still be running."
+)
+
+
+async def test_reading_a_batch_its_client_stopped_says_so() -> None:
+    """The rest of a batch stopped by its client's exit cannot be read: the reader is told
+    why, and that tasks may still run."""
+    slow = Durations(submitted_for=5.0, median=500.0, sigma=0.5)
+    async with FakeKlingServer(api_key=KEY, durations=slow) as server:
+        async with client_for(server) as client:
+            batch = client.extend_many(requests(4), concurrency=2)
+            await batch.__aenter__()
+            await anyio.wait_all_tasks_blocked()
+        with pytest.raises(KlingError) as caught:
+            await batch.__anext__()
+    assert str(caught.value) == STOPPED
+
+
+async def test_a_batch_closed_by_a_cancelled_caller_has_stopped_when_aclose_returns() -> None:
+    """Closing a batch from code being cancelled (a timeout, Ctrl-C) still waits until its
+    work has stopped: every slot is given back before aclose returns."""
+    slow = Durations(submitted_for=5.0, median=500.0, sigma=0.5)
+    submitted: list[BatchEvent] = []
+    all_in_flight = anyio.Event()
+
+    def heard(event: BatchEvent) -> None:
+        if event.kind is BatchEventKind.SUBMITTED:
+            submitted.append(event)
+            if len(submitted) == 3:
+                all_in_flight.set()
+
+    async with (
+        FakeKlingServer(api_key=KEY, durations=slow) as server,
+        client_for(server) as client,
+    ):
+        batch = client.extend_many(requests(6), concurrency=3, on_event=heard)
+        await batch.__aenter__()
+        await all_in_flight.wait()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await batch.aclose()
+        assert batch.window.in_use == 0
+        with pytest.raises(KlingError, match="This batch was stopped"):
+            await batch.__anext__()
 
 
 async def test_extend_many_needs_the_client_context(server: FakeKlingServer) -> None:
