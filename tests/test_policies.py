@@ -59,6 +59,14 @@ def test_retries_drain_the_budget_and_successes_refill_it() -> None:
     assert budget.deposit(19.5, refund=5.0) == 20
 
 
+def test_a_budget_holding_exactly_one_retry_pays_for_it() -> None:
+    """The bucket pays while it holds the whole cost, down to empty, and not a token less."""
+    budget = RetryBudget(capacity=20)
+    assert budget.withdraw(5, timeout=False) == 0
+    assert budget.withdraw(10, timeout=True) == 0
+    assert budget.withdraw(9.99, timeout=True) is None
+
+
 @given(steps=st.lists(st.tuples(st.sampled_from(["retry", "timeout", "success"]), st.booleans())))
 def test_the_budget_stays_between_empty_and_full(steps: list[tuple[str, bool]]) -> None:
     """Whatever happens, the tokens stay within [0, capacity] and an unpaid retry is refused."""
@@ -253,6 +261,22 @@ def test_the_plan_follows_what_is_learned() -> None:
         learned.observe(seconds)
     assert amid_before < 10
     assert policy.next_delay(age=120, polls_done=5, learned=learned) > 25
+
+
+def test_a_plan_is_made_for_the_bounds_it_is_asked_for() -> None:
+    """Asked again at once with another ceiling, floor or price, the plan is made for those:
+    no wait of it is longer than the ceiling asked now."""
+    learned = CompletionTimes(window=40)
+    for seconds in range(100, 140):
+        learned.observe(seconds)
+    assert learned.plan(1.0, 2.0, 60.0).next_poll(0.0) == pytest.approx(60.0, abs=1)
+    for price, floor, ceiling in [(1.0, 2.0, 10.0), (1.0, 5.0, 10.0), (0.1, 5.0, 10.0)]:
+        plan = learned.plan(price, floor, ceiling)
+        age, waits = 0.0, []
+        while (then := plan.next_poll(age)) is not None and age < 200:
+            waits.append(then - age)
+            age = then
+        assert waits and max(waits) <= ceiling + 1e-9, (price, floor, ceiling, waits)
 
 
 def test_the_plan_is_optimal_on_a_known_case() -> None:
