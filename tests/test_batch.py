@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from kling_async import (
     PollPolicy,
     RateLimitError,
     RetryPolicy,
+    ServerError,
     TaskFailedError,
     TaskStatus,
     VideoExtendRequest,
@@ -215,6 +217,41 @@ async def test_progress_events_carry_an_eta_once_tasks_have_ended(server: FakeKl
     assert events[-1].eta == 0.0
 
 
+async def test_each_event_carries_its_request_task_and_error(server: FakeKlingServer) -> None:
+    """Submitted and status events carry the task, a failed poll is a retried event with its
+    error, and the finished event carries the outcome: all under the request as sent."""
+    # One whole poll fails: every attempt the retry policy allows.
+    server.faults.push(
+        Fault.http_error(500, 5000, "flaky"), method="GET", times=PATIENT.max_attempts
+    )
+    events: list[BatchEvent] = []
+    (outcome,) = await run_batch(server, requests(1), on_event=events.append)
+    assert outcome.ok and outcome.task is not None
+    assert all(e.request == outcome.request and not e.replayed for e in events)
+    kinds = [e.kind for e in events]
+    assert kinds[0] is BatchEventKind.SUBMITTED and kinds[-1] is BatchEventKind.FINISHED
+    assert events[0].task is not None and events[0].task.id == outcome.task.id
+    (retried,) = [e for e in events if e.kind is BatchEventKind.RETRIED]
+    assert isinstance(retried.error, ServerError) and retried.error.code == 5000
+    statuses = [e for e in events if e.kind is BatchEventKind.STATUS]
+    assert statuses and all(e.task is not None and e.task.id == outcome.task.id for e in statuses)
+    assert (events[-1].task, events[-1].error, events[-1].outcome) == (outcome.task, None, outcome)
+
+
+async def test_a_failed_task_is_finished_with_its_error_and_no_files() -> None:
+    """The finished event and the outcome of a failed task both carry its TaskFailedError."""
+    events: list[BatchEvent] = []
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=1.0) as server:
+        (outcome,) = await run_batch(server, requests(1), on_event=events.append)
+    assert isinstance(outcome.error, TaskFailedError) and outcome.files == ()
+    (finished,) = [e for e in events if e.kind is BatchEventKind.FINISHED]
+    assert (finished.task, finished.error, finished.outcome) == (
+        outcome.task,
+        outcome.error,
+        outcome,
+    )
+
+
 async def test_a_failing_progress_callback_does_not_stop_the_batch(
     server: FakeKlingServer,
 ) -> None:
@@ -399,6 +436,22 @@ async def test_an_account_error_stops_the_batch(server: FakeKlingServer) -> None
     assert 1 <= len(refused) <= 3
     assert len(refused) + len(unsent) == 40
     assert len([r for r in server.record.requests if r.method == "POST"]) == len(refused)
+
+
+async def test_an_account_stop_is_logged_once_with_its_request(
+    server: FakeKlingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop is a WARNING naming the error, with the request's key and Kling request id."""
+    server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+    with caplog.at_level(logging.WARNING, logger="kling_async"):
+        outcomes = await run_batch(server, requests(3), concurrency=1)
+    (stopper,) = [o for o in outcomes if isinstance(o.error, InsufficientBalanceError)]
+    assert isinstance(stopper.error, InsufficientBalanceError) and stopper.error.request_id
+    (record,) = [r for r in caplog.records if "stopping" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == f"stopping the batch: {stopper.error}"
+    assert record.kling_request_key == stopper.request.key  # type: ignore[attr-defined]
+    assert record.kling_request_id == stopper.error.request_id  # type: ignore[attr-defined]
 
 
 async def consume(items: list[VideoExtendRequest]) -> AsyncIterator[VideoExtendRequest]:

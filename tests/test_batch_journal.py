@@ -15,6 +15,7 @@ from kling_async import (
     BatchEvent,
     BatchEventKind,
     BatchOutcome,
+    InsufficientBalanceError,
     InvalidArgumentError,
     KlingClient,
     KlingError,
@@ -568,3 +569,78 @@ async def test_a_request_whose_holder_died_before_recording_anything_is_sent(
     assert outcome.ok and outcome.request.video_id == "vid-1"
     assert events[0].kind is BatchEventKind.SUBMITTED
     assert window.in_use == 0
+
+
+async def test_identical_streamed_requests_are_refused_with_a_journal(tmp_path: Path) -> None:
+    """A stream is checked as it is read: with a journal, the second of two identical
+    requests without keys is refused, unsent."""
+    item = VideoExtendRequest("vid-1", task_id="p-1", prompt="on")
+
+    async def stream() -> AsyncIterator[VideoExtendRequest]:
+        yield item
+        yield item
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        async with client_for(server) as client:
+            outcomes = [o async for o in client.extend_many(stream(), journal=tmp_path / "j")]
+        assert server.record.create_count == 1
+    (refused,) = [o for o in outcomes if o.error is not None]
+    assert isinstance(refused.error, InvalidArgumentError)
+    assert str(refused.error) == (
+        "requests[0] and requests[1] are the same request without a key: a journal files "
+        "requests by key, so give each its own key to send it twice. Nothing was sent for "
+        "requests[1]."
+    )
+
+
+async def test_a_journaled_task_is_still_watched_after_an_account_error_stops_the_batch(
+    tmp_path: Path,
+) -> None:
+    """After a stop, requests not yet sent are not sent, but one whose task an earlier run
+    journaled is watched to its end: it is paid for already."""
+    first, journaled, unsent = requests(3)
+    path = tmp_path / "j"
+    stopped = anyio.Event()
+
+    def heard(event: BatchEvent) -> None:
+        if event.kind is BatchEventKind.FINISHED and event.request.key == first.key:
+            stopped.set()
+
+    async def stream() -> AsyncIterator[VideoExtendRequest]:
+        yield first
+        await stopped.wait()  # the rest come once the batch has stopped
+        yield journaled
+        yield unsent
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        async with client_for(server) as client:
+            task = await client.extend_video(journaled.video_id, task_id=journaled.task_id)
+            async with Journal(path) as journal:
+                await journal.record_intent(request_key(journaled), journaled)
+                await journal.record_task(request_key(journaled), task)
+            server.faults.push(Fault.http_error(429, 1102, "resource pack used up"), method="POST")
+            outcomes = {
+                o.request.key: o
+                async for o in client.extend_many(stream(), journal=path, on_event=heard)
+            }
+        assert server.record.create_count == 1  # the journaled task's, before the batch
+    assert isinstance(outcomes[first.key].error, InsufficientBalanceError)
+    assert outcomes[journaled.key].ok and outcomes[journaled.key].task is not None
+    assert outcomes[journaled.key].task.id == task.id
+    assert isinstance(outcomes[unsent.key].error, NotSentError)
+
+
+async def test_a_create_refused_then_refused_for_its_external_id_adopts_that_task(
+    tmp_path: Path,
+) -> None:
+    """After a refusal, the next attempt counts as a resend: an earlier attempt may have
+    landed late, so an answer that its external id is taken adopts the task holding it."""
+    request = VideoExtendRequest("vid-1", key="k", external_task_id="ext-k")
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        async with client_for(server) as client:
+            landed_late = await client.submit(request)
+            server.faults.push(Fault.rate_limited(retry_after=0.01, code=1302), method="POST")
+            outcomes = [o async for o in client.extend_many([request], journal=tmp_path / "j")]
+        assert server.record.create_count == 1
+    (outcome,) = outcomes
+    assert outcome.ok and outcome.task is not None and outcome.task.id == landed_late.id
