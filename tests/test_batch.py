@@ -32,6 +32,7 @@ from kling_async import (
     ServerError,
     TaskFailedError,
     TaskStatus,
+    TransportError,
     VideoExtendRequest,
     WatchTimeoutError,
 )
@@ -540,6 +541,21 @@ async def test_nothing_is_sent_after_a_stop_by_a_request_that_waited() -> None:
     assert len(outcomes) == 2
     assert all(o.error is not None for o in outcomes)
     assert any(isinstance(o.error, NotSentError) for o in outcomes)
+
+
+async def test_a_batch_create_that_cannot_connect_is_tried_then_reported() -> None:
+    """Nothing listening: each attempt surely made nothing, so the batch tries the create
+    as often as its retry policy allows, then reports that it was never sent."""
+    async with FakeKlingServer(api_key=KEY) as server:
+        url = server.url  # closed when the block ends: nothing listens there any more
+    clock = FakeClock()
+    async with KlingClient(
+        api_key=KEY, base_url=url, dialect="gateway", retry=PATIENT, poll=QUICK, clock=clock
+    ) as client:
+        (outcome,) = [o async for o in client.extend_many(requests(1))]
+    assert isinstance(outcome.error, TransportError) and outcome.task is None
+    assert not outcome.error.may_have_been_sent
+    assert len(clock.sleeps) == PATIENT.max_attempts - 1
 
 
 async def test_a_batch_gives_up_after_max_attempts_refusals(server: FakeKlingServer) -> None:
