@@ -161,7 +161,9 @@ def _run(module: str, workers: int) -> None:
         + 'source_paths = ["kling_async"]\n'
         + f'only_mutate = ["kling_async/{module}.py"]\n'
         + f"pytest_add_cli_args_test_selection = [{tests}]\n"
-        + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
+        # A mutant can make a test wait forever without using the processor, which mutmut's
+        # own limit (processor time) never ends: a test still running after a minute fails.
+        + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "--timeout=60"]\n'
     )
     seconds = _mutmut(place, module, workers, [])
     _write_run(place, {"seconds": seconds, "again": 0})
