@@ -17,6 +17,8 @@ import math
 import os
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from contextlib import aclosing
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -27,7 +29,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._wire import converter
 from .batch import Batch, BatchEvent, BatchEventKind, BatchOutcome
 from .errors import InvalidArgumentError, KlingError
-from .journal import Journal
+from .journal import JournalStore
 from .models import (
     EXTENDABLE_MODELS,
     CreateRequest,
@@ -58,7 +60,7 @@ ASSUMED_STEP_SECONDS = Decimal("4.5")
 ASSUMED_SOURCE_SECONDS = Decimal(5)
 
 NewVideo = TextToVideoRequest | ImageToVideoRequest
-JournalArgument = Journal | str | os.PathLike[str] | None
+JournalArgument = JournalStore | str | os.PathLike[str] | None
 
 
 def _optional_decimal(value: object) -> Decimal | None:
@@ -215,6 +217,14 @@ class ChainBackend(Protocol):
         """Unix time in seconds."""
         ...
 
+    def journal_store(self, journal: JournalArgument) -> tuple[JournalStore | None, bool]:
+        """The journal the run keeps (None: none), and whether the run must close it."""
+        ...
+
+    async def made_at(self, task_id: str) -> datetime | None:
+        """When the task that made a source video was created (None: cannot tell)."""
+        ...
+
 
 class StepLengths:
     """What an extension adds to a video: the mean of the last few seen, else 4.5 s."""
@@ -309,6 +319,7 @@ class _ChainRun:
         self.concurrency = concurrency
         self.journal = journal
         self.on_event = on_event
+        self.begun: set[str] = set()  # the steps the journal holds: their sources were fresh
         self.states: dict[str, _ChainState] = {}
         for request in requests:
             state = _ChainState(
@@ -325,17 +336,35 @@ class _ChainRun:
             self.states[state.key] = state
 
     async def outcomes(self) -> AsyncGenerator[ChainOutcome, None]:
+        """The outcome of each chain as it ends. The run holds the journal from the start, so
+        it knows which chains are new before the first step is sent."""
+        store, owned = self.backend.journal_store(self.journal)
+        try:
+            if store is not None:
+                await store.open()
+            async with aclosing(self._outcomes(store)) as outcomes:
+                async for outcome in outcomes:
+                    yield outcome
+        finally:
+            if owned and store is not None:
+                await store.close()
+
+    async def _outcomes(self, store: JournalStore | None) -> AsyncGenerator[ChainOutcome, None]:
+        stale = await self._stale_sources(store)
+        for ended in stale.values():
+            yield ended
         send, receive = anyio.create_memory_object_stream[CreateRequest](math.inf)
         with send, receive:
             for state in self.states.values():
-                send.send_nowait(state.first_request())
-            running = len(self.states)
+                if state.key not in stale:
+                    send.send_nowait(state.first_request())
+            running = len(self.states) - len(stale)
             if not running:
                 send.close()
             batch = self.backend.run_batch(
                 receive,
                 concurrency=self.concurrency,
-                journal=self.journal,
+                journal=store,
                 on_event=self._on_batch_event,
             )
             async with batch:
@@ -347,6 +376,34 @@ class _ChainRun:
                         if not running:
                             send.close()
                         yield finished
+
+    async def _stale_sources(self, store: JournalStore | None) -> dict[str, ChainOutcome]:
+        """The outcomes of new chains whose source video, by the creation time of the task
+        that made it (a gateway names that task), is past 30 days: step 1 is not sent.
+
+        Only chains not begun are checked (one read each), so a chain begun in time
+        goes on, and a finished one replays, whatever the source's age now."""
+        if store is not None:
+            self.begun = {entry.key for entry in await store.entries()}
+        stale: dict[str, ChainOutcome] = {}
+
+        reads = anyio.CapacityLimiter(self.concurrency)
+
+        async def check(state: _ChainState, task_id: str) -> None:
+            async with reads:
+                made = await self.backend.made_at(task_id)
+            reason = self._expired(state.step_key(1), task_id, made)
+            if reason is not None:
+                state.step = 1
+                stale[state.key] = self._failed(state, reason, None)
+
+        async with anyio.create_task_group() as group:
+            for state in self.states.values():
+                task_id = state.request.task_id if state.needs_parent_task else None
+                new = state.step_key(1) not in self.begun
+                if task_id and state.request.source is None and new:
+                    group.start_soon(check, state, task_id)
+        return stale
 
     def _state_of(self, request: CreateRequest) -> _ChainState:
         chain_key, _, _ = (request.key or "").rpartition("/")
@@ -368,20 +425,24 @@ class _ChainRun:
         video = state.chain.video
         if video is None:
             return self._failed(state, f"task {outcome.task.id} returned no video", None)
-        expired = self._expired(outcome.task)
         state.step += 1
+        expired = self._expired(
+            state.step_key(state.step), outcome.task.id, outcome.task.created_at
+        )
         if expired is not None:
             return self._failed(state, expired, None)
         send.send_nowait(state.extension(video.id, outcome.task.id))
         return None
 
-    def _expired(self, task: Task) -> str | None:
-        """Why the video of `task` can no longer be extended, if it cannot."""
-        made = task.created_at
-        if made is None or self.backend.now() - made.timestamp() <= SOURCE_LIFETIME:
+    def _expired(self, step_key: str, task_id: str, made: datetime | None) -> str | None:
+        """Why the step journaled under `step_key` cannot extend the video of the task made at
+        `made`, if it cannot. A step the journal holds was sent in time: it goes on."""
+        if step_key in self.begun or made is None:
+            return None
+        if self.backend.now() - made.timestamp() <= SOURCE_LIFETIME:
             return None
         return (
-            f"its source video (of task {task.id}) was made on {made:%Y-%m-%d}, more than 30 "
+            f"its source video (of task {task_id}) was made on {made:%Y-%m-%d}, more than 30 "
             "days ago, and can no longer be extended; nothing was sent for it"
         )
 

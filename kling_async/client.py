@@ -27,6 +27,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import aclosing
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -1005,14 +1006,21 @@ class KlingClient:
             on_event=on_event,
             telemetry=self.telemetry,
         )
-        if self.coordination is not None and isinstance(journal, str | None):
-            run.journal = self.coordination.journal(journal or f"batch-{uuid.uuid4().hex}")
-            run.owns_journal = True
-        elif isinstance(journal, str | os.PathLike):
-            run.journal, run.owns_journal = Journal(journal), True
-        elif journal is not None:
-            run.journal = journal
+        store, run.owns_journal = self._journal_store(journal)
+        if store is not None:
+            run.journal = store
         return Batch(run, requests, receive, self._tasks.start_soon)
+
+    def _journal_store(
+        self, journal: JournalStore | str | os.PathLike[str] | None
+    ) -> tuple[JournalStore | None, bool]:
+        """The journal a batch keeps (None: none), and whether the batch opened it and so
+        closes it: a file path's, or a namespace of the database's (a fresh one for None)."""
+        if self.coordination is not None and isinstance(journal, str | None):
+            return self.coordination.journal(journal or f"batch-{uuid.uuid4().hex}"), True
+        if isinstance(journal, str | os.PathLike):
+            return Journal(journal), True
+        return journal, False
 
     async def extend_chain(
         self,
@@ -1036,8 +1044,10 @@ class KlingClient:
         A chain that would pass the API's 3 minutes (from the source's known length and what
         a step adds, learned or assumed at 4.5 s) is refused before anything is sent, with
         `InvalidArgumentError` (a ValueError). A step whose source is past 30 days is not
-        sent. A failed step raises `ChainError` naming it; its `chain` holds every earlier
-        step, so the longest video made is still yours. With `journal` (a file or a
+        sent (step 1's source is dated by reading `task_id` on a gateway; the official API
+        cannot tell, and its refusal ends the chain at step 1). A failed step raises
+        `ChainError` naming it; its `chain` holds every earlier step, so the longest video
+        made is still yours. With `journal` (a file or a
         `Journal`) a chain stopped by a crash or Ctrl-C goes on where it stopped when run
         again: the step that was running is watched again, never paid twice, and a finished
         chain is replayed. `on_event` receives a `ChainEvent` (with an `eta`) per step event.
@@ -1231,6 +1241,10 @@ class _BatchExtender:
         return tuple(files)
 
 
+#: The kinds of task whose videos a chain may start from.
+_SOURCE_KINDS = (TaskKind.VIDEO_EXTEND, TaskKind.TEXT_TO_VIDEO, TaskKind.IMAGE_TO_VIDEO)
+
+
 @attrs.frozen
 class _ChainBackend:
     """The client as the chain engine sees it."""
@@ -1258,6 +1272,23 @@ class _ChainBackend:
 
     def expected_seconds(self) -> float | None:
         return self.client._expected_seconds(TaskKind.VIDEO_EXTEND)
+
+    def journal_store(self, journal: JournalArgument) -> tuple[JournalStore | None, bool]:
+        return self.client._journal_store(journal)
+
+    async def made_at(self, task_id: str) -> datetime | None:
+        """When the task that made a source video was created, read under each kind that
+        makes an extendable video (the id does not say which); None when it cannot be read."""
+        for kind in _SOURCE_KINDS:
+            try:
+                return (await self.client.get_task(task_id, kind)).created_at
+            except NotFoundError:
+                continue
+            except KlingError as exc:  # the server still refuses a source past 30 days
+                fields = log_fields(task_id)
+                log.info("the age of task %s's video is unknown: %s", task_id, exc, extra=fields)
+                return None
+        return None
 
     def now(self) -> float:
         return self.client._clock.time()

@@ -23,8 +23,12 @@ from kling_async import (
     ContentPolicyError,
     ImageToVideoRequest,
     InvalidArgumentError,
+    InvalidRequestError,
+    KlingClient,
+    Task,
     TextToVideoRequest,
 )
+from kling_async._clock import SystemClock
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -209,6 +213,68 @@ async def test_a_step_whose_source_is_past_thirty_days_is_not_sent() -> None:
                 await client.extend_chain("v0", task_id="t0", steps=3)
         assert caught.value.step == 2 and len(caught.value.chain.tasks) == 1
         assert server.record.create_count == 1
+
+
+class DaysLater(SystemClock):
+    """The real clocks, but a calendar some days ahead (monotonic time and sleeps are real)."""
+
+    def __init__(self, days: float) -> None:
+        self.ahead = days * 86400
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+
+async def made_long_ago(server: FakeKlingServer, client: KlingClient) -> Task:
+    """A finished text-to-video task, dated by `server`'s calendar."""
+    return await client.watch(await client.text_to_video("an old harbour", duration=5))
+
+
+async def test_a_source_whose_task_is_past_thirty_days_stops_before_step_one() -> None:
+    """On a gateway the parent task's creation time is read: a source past 30 days ends the
+    chain at step 1, naming that task, with nothing sent for it."""
+    then = time.time() - 31 * 86400
+    async with FakeKlingServer(api_key=KEY, wall_clock=lambda: then) as server:
+        async with client_of(server) as client:
+            source = await made_long_ago(server, client)
+            with pytest.raises(ChainError, match="30 days") as caught:
+                await client.extend_chain(source.videos[0].id, task_id=source.id, steps=2)
+        assert server.record.create_count == 1  # the source; the server, dated then, took it
+    assert caught.value.step == 1 and caught.value.chain.tasks == ()
+    assert f"of task {source.id}" in str(caught.value)
+
+
+async def test_a_chain_begun_in_time_replays_once_its_source_is_old(tmp_path: Path) -> None:
+    """Only a chain not begun has its source's age checked: a journaled one replays (and a
+    new chain from the same source, now past 30 days, is stopped)."""
+    then = time.time() - 29 * 86400
+    journal = tmp_path / "chain.journal"
+    async with FakeKlingServer(api_key=KEY, wall_clock=lambda: then) as server:
+        async with client_of(server) as client:
+            source = await made_long_ago(server, client)
+            video, parent = source.videos[0].id, source.id
+            chain = await client.extend_chain(video, task_id=parent, steps=2, journal=journal)
+        seen = len(server.record.requests)
+        async with client_of(server, clock=DaysLater(2)) as later:
+            again = await later.extend_chain(video, task_id=parent, steps=2, journal=journal)
+            assert again == chain and len(server.record.requests) == seen
+            with pytest.raises(ChainError, match="30 days") as caught:
+                await later.extend_chain(video, task_id=parent, steps=2)
+        assert server.record.create_count == 3 and caught.value.step == 1
+
+
+async def test_on_the_official_api_the_servers_refusal_of_an_old_source_names_step_one() -> None:
+    """The official API reads no video's age: its refusal (code 1201) ends the chain at step
+    1, as the error's cause, and nothing is created."""
+    async with FakeKlingServer(dialect="official", api_key=KEY) as official:
+        official.add_video("old", duration=5, made_at=time.time() - 31 * 86400)
+        async with client_of(official) as client:
+            with pytest.raises(ChainError, match="30 days") as caught:
+                await client.extend_chain("old", steps=2)
+        assert official.record.create_count == 0
+    assert caught.value.step == 1 and caught.value.chain.tasks == ()
+    assert isinstance(caught.value.__cause__, InvalidRequestError)
+    assert caught.value.__cause__.code == 1201
 
 
 async def test_progress_events_carry_the_chain_and_an_eta(gateway: FakeKlingServer) -> None:
