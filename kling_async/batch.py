@@ -361,6 +361,7 @@ class _Run:
     telemetry: _Off = NO_TELEMETRY
     stopping: bool = False  # nothing more is sent
     stopped_by: Exception | None = None  # the error that stopped the batch
+    intents: set[str] = attrs.field(factory=set)  # keys with an entry whose outcome is ours
     replays: anyio.CapacityLimiter = attrs.field(
         default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
     )
@@ -438,7 +439,8 @@ class _Run:
             self._emit(BatchEventKind.SUBMITTED, request, task=task)
             watcher = self.extender.watch(task, on_poll_error=self._retry_hook(request))
             async for snapshot in watcher:
-                await self.journal.record_status(key, snapshot)
+                if not snapshot.is_terminal:  # the outcome, recorded next, holds the last one
+                    await self.journal.record_status(key, snapshot)
                 self._emit(BatchEventKind.STATUS, request, task=snapshot)
         except JournalError:
             raise  # without a journal to rely on, going on could pay twice: stop
@@ -446,7 +448,8 @@ class _Run:
             error = exc
         if watcher is not None and watcher.last is not None:
             task = watcher.last
-        if await self._is_journaled(key):
+        if key in self.intents:
+            self.intents.discard(key)
             await self.journal.record_outcome(key, task, error)
         self.backlog.end(key)
         await self._report(request, task, error)
@@ -457,6 +460,7 @@ class _Run:
         """The request's task: found again from the journal, or created (and journaled)."""
         if entry is None:
             return await self._create(self.extender.prepare(request), key, slot, fresh=True)
+        self.intents.add(key)
         await self.journal.reopen(key)  # a finished entry records what happens from now on
         found = entry.task or await self.extender.find(entry.request)
         if found is not None:
@@ -473,15 +477,14 @@ class _Run:
         """Journal the intent, then create. A fresh create that surely made nothing leaves
         no entry, so the next run sends it anew."""
         await self.journal.record_intent(key, request)
+        self.intents.add(key)
         try:
             return request, await self._submit(request, key, slot, resent=not fresh)
         except Exception as exc:
             if fresh and (isinstance(exc, NotSentError) or surely_not_created(exc)):
                 await self.journal.forget(key)
+                self.intents.discard(key)
             raise
-
-    async def _is_journaled(self, key: str) -> bool:
-        return await self.journal.entry(key) is not None
 
     async def _elsewhere(self, request: CreateRequest, key: str) -> None:
         """A request another live process works on (a shared journal): its outcome once that

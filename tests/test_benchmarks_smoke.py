@@ -160,3 +160,21 @@ def test_tracing_pairs_off_and_on_against_no_telemetry(tmp_path: Path) -> None:
         assert all(positive(measured[name]["rps_median"]) for name in clients)
     for ratios in results["ratios"].values():
         assert all(positive(ratios[name]["paired_median"]) for name in clients[1:])
+
+
+def test_coordination_measures_slots_round_trips_and_waits(
+    tmp_path: Path, postgres_admin_url: str
+) -> None:
+    """The coordination run shares one batch between 1 and 2 worker processes on the real
+    database: every worker hears every outcome, the fake never ran more than the quota, and
+    each run reports its slot use, statements per request and waits for a slot."""
+    results = run_quick("coordination", tmp_path, "--database-url", postgres_admin_url)
+    runs = results["results"]["runs"]
+    assert set(runs) == {"1x3", "2x3"}
+    for run in runs.values():
+        assert run["created"] == run["tasks"] == 12
+        assert run["ok_per_worker"] == [12] * run["workers"]
+        assert run["peak_running"] <= run["quota"] and run["over_limit_answers"] == 0
+        assert 0 < run["utilisation"] <= 1.001
+        assert run["request_round_trips_per_request"] >= 3  # intent, task, outcome at least
+        assert run["wait_p99_ms"] >= run["wait_p50_ms"] >= 0

@@ -24,7 +24,7 @@ from kling_async import (
     VideoExtendRequest,
 )
 from kling_async._clock import FakeClock
-from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError
+from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError, stored_request
 from kling_async.postgres import SCHEMA_VERSION, Coordination
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
@@ -208,10 +208,12 @@ async def test_a_waiter_hears_when_the_holder_finishes(database_url: str) -> Non
 # --- the account's slots --------------------------------------------------------------------
 
 
-async def test_the_intent_takes_a_slot_and_waits_when_the_account_is_full(
+async def test_a_queued_intent_gets_the_next_free_slot_without_asking_again(
     database_url: str,
 ) -> None:
-    """Quota 1, shared by two processes: B's intent waits until A's task ended."""
+    """Quota 1, shared by two processes: B's intent is recorded queued (no entry yet to a
+    reader: nothing was sent) and is handed A's slot when A's task ends; B sent one statement
+    in all, and polled for nothing."""
     async with (
         coordination(database_url, parallel_tasks=1) as a,
         coordination(database_url) as b,
@@ -219,23 +221,91 @@ async def test_the_intent_takes_a_slot_and_waits_when_the_account_is_full(
         first, second = a.journal("ns-a"), b.journal("ns-b")  # namespaces share the account
         await first.record_intent("k1", REQUEST)
         assert await a.slots_in_use() == 1
-        done = anyio.Event()
+        before = b.round_trips
 
-        async def wait_for_room() -> None:
-            await second.record_intent("k2", REQUEST)
-            done.set()
+        async def queued() -> bool:
+            return await sql(database_url, "SELECT queued FROM kling_entry WHERE key = 'k2'")
 
         async with anyio.create_task_group() as group:
-            before = b.round_trips
-
-            async def asked_twice() -> bool:  # refused once, and asking again
-                return b.round_trips >= before + 2
-
-            group.start_soon(wait_for_room)
-            await until(asked_twice)
-            assert not done.is_set() and await second.entry("k2") is None
+            group.start_soon(second.record_intent, "k2", REQUEST)
+            await until(queued)
+            reader = a.journal("ns-b")
+            assert await reader.entry("k2") is None and await reader.entries() == []
             await first.record_outcome("k1", task(TaskStatus.SUCCEED), None)
+        assert b.round_trips == before + 1
         assert await a.slots_in_use() == 1 and await second.entry("k2") is not None
+
+
+async def test_a_cancelled_queued_intent_leaves_nothing_behind(database_url: str) -> None:
+    """An intent cancelled while it waits for a slot is removed: its key is free, and no
+    slot is handed to it later."""
+    async with coordination(database_url, parallel_tasks=1) as a:
+        journal = a.journal("ns")
+        await journal.record_intent("k1", REQUEST)
+
+        async def queued() -> bool:
+            return bool(await sql(database_url, "SELECT count(*) FROM kling_entry WHERE queued"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.record_intent, "k2", REQUEST)
+            await until(queued)
+            group.cancel_scope.cancel()
+        assert await sql(database_url, "SELECT count(*) FROM kling_entry") == 1
+        await journal.record_outcome("k1", task(TaskStatus.SUCCEED), None)
+        assert await a.slots_in_use() == 0
+
+
+async def test_a_queued_intent_of_a_dead_process_is_taken_over_as_new(database_url: str) -> None:
+    """A process died while its intent was queued (nothing sent): no slot is handed to it,
+    and the next process to ask for the key takes it over at once, with a new fence."""
+    async with (
+        coordination(database_url, parallel_tasks=1) as a,
+        coordination(database_url) as b,
+    ):
+        holder, heir = a.journal("ns"), b.journal("ns")
+        await holder.record_intent("k1", REQUEST)
+        dead = "SELECT outcome FROM kling_intent('ns', 'k2', 'acct', $1, 0, 'gone', 0, 30, true)"
+        assert await sql(database_url, dead, stored_request(REQUEST)) == "queued"
+        await expire_leases(database_url)
+        await holder.record_outcome("k1", task(TaskStatus.SUCCEED), None)
+        assert await b.slots_in_use() == 0
+        assert await heir.entry("k2") is None  # nothing was sent for it
+        await heir.record_intent("k2", REQUEST)
+        assert await sql(database_url, "SELECT fence FROM kling_entry WHERE key = 'k2'") == 2
+        assert await b.slots_in_use() == 1
+
+
+async def test_a_key_another_process_took_is_skipped_without_a_statement(
+    database_url: str,
+) -> None:
+    """B hears (by NOTIFY) that A took a key: B's claim of it is refused at once, and B
+    waits for A's outcome instead of asking the database about it."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        mine, theirs = a.journal("ns"), b.journal("ns")
+        await mine.record_intent("k", REQUEST)
+        before = b.round_trips
+
+        async def refused() -> bool:
+            try:
+                await theirs.claim("k", None)
+            except ClaimedElsewhereError:
+                return True
+            return False
+
+        await until(refused)
+        assert b.round_trips == before
+
+
+async def test_an_older_schema_is_brought_up_to_date(database_url: str) -> None:
+    """A database of schema 1 (no queued intents) is upgraded on first use."""
+    async with coordination(database_url):
+        pass
+    await sql(database_url, "ALTER TABLE kling_entry DROP COLUMN queued")
+    await sql(database_url, "UPDATE kling_meta SET version = 1")
+    async with coordination(database_url, parallel_tasks=1) as a:
+        await a.journal("ns").record_intent("k", REQUEST)
+    assert await sql(database_url, "SELECT version FROM kling_meta") == SCHEMA_VERSION
+    assert await sql(database_url, "SELECT holds_slot AND NOT queued FROM kling_entry") is True
 
 
 async def test_a_slot_outlives_its_lease_and_is_freed_only_by_an_outcome(
@@ -304,6 +374,39 @@ async def test_two_clients_share_one_batch_each_request_created_once(database_ur
         assert all(server.record.creates_for(f"vid-{i}") == 1 for i in range(30))
         assert server.record.peak_concurrent <= 4
     assert [Counter(keys) for keys in heard] == [Counter(r.key for r in items)] * 2
+
+
+async def test_a_batch_costs_four_statements_a_request_and_a_second_client_one_more(
+    database_url: str,
+) -> None:
+    """Statements for the requests (the lease ticks aside): one client sends four per request
+    (intent with its slot, task, one status, outcome with the slot handed on), one to read the
+    journal and one to give up its leases; a second client sharing the batch adds at most one
+    per request (asking for a key the other took at the same moment), since it hears of the
+    others' keys by NOTIFY."""
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"p-{i}", key=f"row-{i}") for i in range(20)]
+
+    async def statements(clients: int, name: str) -> int:
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            async with client_for(server, database_url, parallel_tasks=4) as client:
+                assert client.coordination is not None
+                async with client.extend_many(items, concurrency=4, journal=name) as batch:
+                    assert all([outcome.ok async for outcome in batch])
+                co = client.coordination
+                sent += co.round_trips - co.periodic_round_trips
+
+        async with anyio.create_task_group() as group:
+            for _ in range(clients):
+                group.start_soon(worker)
+        return sent
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST, max_concurrent=4) as server:
+        assert await statements(1, "alone") <= 4 * len(items) + 2
+        assert await statements(2, "shared") <= 5 * len(items) + 4
+        assert server.record.create_count == 2 * len(items)
 
 
 async def test_a_batch_without_a_name_still_keeps_to_the_account_quota(

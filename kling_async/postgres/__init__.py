@@ -8,7 +8,9 @@ Loaded only when a database URL is given (``KlingClient(database_url=...)`` or
 
 from __future__ import annotations
 
+import json
 import uuid
+import weakref
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,8 +33,9 @@ __all__ = ["DEFAULT_LEASE", "SCHEMA_VERSION", "Coordination", "PostgresJournal"]
 
 #: Seconds a claim lasts without renewal: a process silent for this long is taken for dead.
 DEFAULT_LEASE = 30.0
-_SLOT_FREED = "kling_slots"
 _HINTS = "kling_hints"
+_TAKEN = "kling_taken"
+_GRANTS = "kling_grants"
 
 
 class Coordination:
@@ -66,9 +69,11 @@ class Coordination:
         self.clock = clock or SystemClock()
         #: Statements sent to the database (each one round trip), for benchmarks.
         self.round_trips = 0
+        #: Of those, the ones sent on a timer (lease renewals and looks at awaited keys).
+        self.periodic_round_trips = 0
         self._pool: Any = None
         self._listener: Any = None
-        self._slot_freed = anyio.Event()
+        self._journals: weakref.WeakSet[PostgresJournal] = weakref.WeakSet()
         self._lock = anyio.Lock()
         self._origin = uuid.uuid4().hex[:16]
         self._receivers: list[Any] = []
@@ -103,8 +108,8 @@ class Coordination:
                     self.parallel_tasks,
                 )
             listener = await pool.acquire()
-            await listener.add_listener(_SLOT_FREED, self._on_slot_freed)
-            await listener.add_listener(_HINTS, self._on_hint)
+            for channel, heard in self._channels():
+                await listener.add_listener(channel, heard)
         except BaseException:
             await pool.close()
             raise
@@ -116,8 +121,8 @@ class Coordination:
             pool, self._pool = self._pool, None
             listener, self._listener = self._listener, None
             if listener is not None:
-                await listener.remove_listener(_SLOT_FREED, self._on_slot_freed)
-                await listener.remove_listener(_HINTS, self._on_hint)
+                for channel, heard in self._channels():
+                    await listener.remove_listener(channel, heard)
                 await pool.release(listener)
             if pool is not None:
                 await pool.close()
@@ -132,22 +137,28 @@ class Coordination:
         """The journal of `namespace` (a batch's name, an application's own)."""
         if not namespace:
             raise ConfigurationError("A journal's namespace must be a non-empty name.")
-        return PostgresJournal(self, namespace)
+        journal = PostgresJournal(self, namespace)
+        self._journals.add(journal)
+        return journal
 
-    # -- the account's slots ----------------------------------------------------------------
+    def _channels(self) -> list[tuple[str, Any]]:
+        return [(_HINTS, self._on_hint), (_TAKEN, self._on_taken), (_GRANTS, self._on_grant)]
 
-    def slot_freed(self) -> anyio.Event:
-        """An event set at the next release of a slot of any account in this database."""
-        return self._slot_freed
+    # -- the account's slots and the keys of journals ----------------------------------------
 
-    async def wait_for_slot(self, freed: anyio.Event) -> None:
-        """Wait for `freed`, or a tick at most (a release this process did not hear of)."""
-        with anyio.move_on_after(self.tick):
-            await freed.wait()
+    def _on_taken(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        """Another process took a key: a journal of its namespace skips it without asking."""
+        owner, namespace, key = json.loads(str(payload))
+        for journal in self._journals:
+            if journal.namespace == namespace and journal.owner != owner:
+                journal.taken_elsewhere(key)
 
-    def _on_slot_freed(self, *_: object) -> None:
-        self._slot_freed.set()
-        self._slot_freed = anyio.Event()
+    def _on_grant(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        """A queued intent of one of this process's journals got its slot."""
+        owner, _namespace, key = json.loads(str(payload))
+        for journal in self._journals:
+            if journal.owner == owner:
+                journal.granted(key)
 
     async def slots_in_use(self) -> int:
         """Tasks of this account that hold a slot now."""

@@ -4,22 +4,31 @@ A key lives in a namespace (a batch's name, a web backend's own). A process clai
 before it works on it: the row names it as owner until a lease runs out, and carries a
 fencing token that grows with each claim. Every write names the token it was claimed with,
 so a process paused past its lease, whose key another process adopted meanwhile, writes
-nothing more: its write is refused with `ClaimedElsewhereError`. One statement per process renews
-the leases of all its keys.
+nothing more: its write is refused with `ClaimedElsewhereError`. One statement a tick per
+process renews the leases of all its keys and looks at the keys it waits for.
 
 The entry also holds the account's parallel-task slot from the intent (taken in the same
 transaction) until an outcome is recorded or the entry is forgotten; a lease running out
-never frees it, since the task goes on running on Kling's side.
+never frees it, since the task goes on running on Kling's side. An intent recorded while the
+account runs all it may is *queued*: nothing is sent for it until the statement that gives a
+slot back hands that slot to it, and says so by NOTIFY. A queued entry is no entry yet to
+anyone who reads the journal (nothing was sent), and a queued entry of a process that is gone
+is taken over by the next process that asks for its key.
+
+Each process hears (by NOTIFY) which keys the others take, so processes that run the same
+batch skip each other's keys without a statement each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
 from typing import Any, Self
 
 import anyio
+import attrs
 
 from ..journal import (
     ClaimedElsewhereError,
@@ -38,7 +47,17 @@ __all__ = ["PostgresJournal"]
 
 _COLUMNS = "key, request, state, task_raw, task_kind, error_type, error_message, updated_at, fence"
 _OWN = "namespace = $1 AND key = $2 AND fence = $3"
-_SLOT_FREED = "kling_slots"
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+@attrs.define
+class _Awaited:
+    """A key another process holds, and its entry once that process let go of it."""
+
+    event: anyio.Event = attrs.field(factory=anyio.Event)
+    entry: JournalEntry | None = None
 
 
 class PostgresJournal:
@@ -55,7 +74,11 @@ class PostgresJournal:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self.where = f"{coordination.where} (namespace {namespace!r})"
         self._fences: dict[str, int] = {}
-        self._waiting: dict[str, anyio.Event] = {}
+        self._waiting: dict[str, _Awaited] = {}
+        # Keys other processes took, heard as they took them; and this journal's queued keys.
+        self._taken: set[str] = set()
+        self._queued: dict[str, anyio.Event] = {}
+        self._asking = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<PostgresJournal {self.where}>"
@@ -85,7 +108,7 @@ class PostgresJournal:
 
     async def entry(self, key: str) -> JournalEntry | None:
         row = await self._co.fetchrow(
-            f"SELECT {_COLUMNS} FROM kling_entry WHERE namespace = $1 AND key = $2",
+            f"SELECT {_COLUMNS} FROM kling_entry WHERE namespace = $1 AND key = $2 AND NOT queued",
             self.namespace,
             key,
         )
@@ -93,7 +116,7 @@ class PostgresJournal:
 
     async def entries(self) -> list[JournalEntry]:
         rows = await self._co.fetch(
-            f"SELECT {_COLUMNS} FROM kling_entry WHERE namespace = $1 ORDER BY seq",
+            f"SELECT {_COLUMNS} FROM kling_entry WHERE namespace = $1 AND NOT queued ORDER BY seq",
             self.namespace,
         )
         return [self._entry(row) for row in rows]
@@ -105,8 +128,11 @@ class PostgresJournal:
 
     async def claim(self, key: str, known: JournalEntry | None) -> JournalEntry | None:
         """Take `key` for this process when no live process holds it; the entry as it now
-        stands. A key unknown before is claimed by `record_intent` (no statement here)."""
+        stands. A key unknown before is claimed by `record_intent` (no statement here), and
+        one that another process was heard to take is refused at once."""
         if known is None:
+            if key in self._taken:
+                raise self._elsewhere(key)
             return None
         row = await self._co.fetchrow(
             f"UPDATE kling_entry SET owner = $3, fence = fence + 1, "
@@ -131,33 +157,51 @@ class PostgresJournal:
         return self._entry(row)
 
     async def hold(self) -> None:
-        """Renew this journal's leases (one statement) and look at the keys other processes
-        hold that this one waits for (one more), until cancelled."""
+        """Until cancelled, one statement a tick: renew this journal's leases, learn which of
+        its queued keys got a slot (a NOTIFY it may have missed), and find the keys it waits
+        for that their holders finished, gave up, or left behind by dying."""
         while True:
             await self._co.clock.sleep(self._co.tick)
-            if self._fences:
-                await self._co.execute(
-                    "UPDATE kling_entry SET lease_until = clock_timestamp() "
-                    "+ make_interval(secs => $2) WHERE owner = $1",
-                    self.owner,
-                    self._co.lease,
-                )
-            if self._waiting:
-                rows = await self._co.fetch(
-                    "SELECT key FROM kling_entry WHERE namespace = $1 AND key = ANY($2) "
-                    "AND (state = 'finished' OR owner IS NULL "
-                    "OR lease_until < clock_timestamp())",
-                    self.namespace,
-                    list(self._waiting),
-                )
-                for (key,) in rows:
-                    self._waiting.pop(key).set()
+            if self._fences or self._waiting:
+                await self._tick()
+
+    async def _tick(self) -> None:
+        self._co.periodic_round_trips += 1
+        rows = await self._co.fetch(
+            "SELECT * FROM kling_tick($1, $2, $3, $4, $5, $6)",
+            self.owner,
+            self._co.lease,
+            bool(self._fences),
+            list(self._queued),
+            self.namespace,
+            list(self._waiting),
+        )
+        for row in rows:
+            what, key = row[0], row[1]
+            if what == "granted":
+                self.granted(key)
+            elif (awaited := self._waiting.pop(key, None)) is not None:
+                gone = row["o_request"] is None or row["o_queued"]  # nothing was sent for it
+                awaited.entry = None if gone else self._entry(tuple(row)[1:])
+                awaited.event.set()
 
     async def released(self, key: str) -> JournalEntry | None:
-        """Wait until the process that holds `key` finished it, gave it up, or died."""
-        event = self._waiting.setdefault(key, anyio.Event())
-        await event.wait()
-        return await self.entry(key)
+        """Wait until the process that holds `key` finished it, gave it up, or died; its entry
+        then (None when nothing was sent for it: the key is free to take)."""
+        awaited = self._waiting.setdefault(key, _Awaited())
+        await awaited.event.wait()
+        self._taken.discard(key)
+        return awaited.entry
+
+    def taken_elsewhere(self, key: str) -> None:
+        """Another process took `key` (heard by NOTIFY)."""
+        if key not in self._fences:
+            self._taken.add(key)
+
+    def granted(self, key: str) -> None:
+        """The queued intent of `key` got its slot (heard by NOTIFY, or seen at a tick)."""
+        if (event := self._queued.get(key)) is not None:
+            event.set()
 
     async def settled(self, key: str) -> JournalEntry | None:
         """Wait until `key`'s entry knows its task, is finished, or its holder's lease ran
@@ -186,33 +230,64 @@ class PostgresJournal:
     # -- recording --------------------------------------------------------------------------
 
     async def record_intent(self, key: str, request: CreateRequest, *, slot: bool = True) -> None:
-        """Journal the intent and take an account slot for it, in one transaction; wait while
-        the account runs all the tasks it may. With `slot` False, the intent takes none."""
-        stored = stored_request(request)
-        while True:
-            woken = self._co.slot_freed()
-            row = await self._co.fetchrow(
-                "SELECT * FROM kling_intent($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                self.namespace,
-                key,
-                self._co.account,
-                stored,
-                self._co.clock.time(),
-                self.owner,
-                self._fences.get(key, 0),
-                self._co.lease,
-                slot,
-            )
-            outcome = row["outcome"]
-            if outcome != "full":
-                break
-            await self._co.wait_for_slot(woken)
-        if outcome == "inserted":
-            self._fences[key] = row["fence"]
-            return
-        check_same_request(self.where, key, row["stored"], request)
-        if outcome == "exists":
+        """Journal the intent and take an account slot for it, in one transaction; when the
+        account runs all it may, the intent waits, queued, until a slot is handed to it.
+        With `slot` False, the intent takes none. Cancelled while queued, the queued entry
+        is removed (nothing was sent)."""
+        granted = self._queued.setdefault(key, anyio.Event()) if slot else None
+        recorded = False
+        try:
+            queued = await self._intent(key, request, slot)
+            recorded = True
+            while queued and granted is not None:
+                # A grant comes by NOTIFY, or is seen by the next tick; asking again after a
+                # lease catches one handed out while this process was taken for dead.
+                with anyio.move_on_after(self._co.lease):
+                    await granted.wait()
+                queued = not granted.is_set() and await self._intent(key, request, slot)
+        except BaseException:
+            if recorded:
+                with anyio.CancelScope(shield=True):
+                    await self._co.fetchval("SELECT kling_forget($1, $2, $3)", *self._own(key))
+                self._fences.pop(key, None)
+            raise
+        finally:
+            self._queued.pop(key, None)
+
+    async def _intent(self, key: str, request: CreateRequest, slot: bool) -> bool:
+        """One try of `kling_intent`; whether the intent is queued.
+
+        A batch's intents go one at a time: processes running the same batch otherwise all
+        ask for its next keys at once, and each answer ('exists', with the keys others took
+        after it) comes too late for the requests already asked about.
+        """
+        known = key in self._taken
+        async with self._asking if slot else _NOTHING:
+            if key in self._taken and not known:  # heard of while this one waited its turn
+                raise self._elsewhere(key)
+            row = await self._ask_intent(key, request, slot)
+        if row["stored"] is not None:
+            check_same_request(self.where, key, row["stored"], request)
+        if row["outcome"] == "exists":
+            for later in row["ahead"]:
+                self.taken_elsewhere(later)
             raise self._elsewhere(key)
+        self._fences[key] = row["fence"]
+        return bool(row["outcome"] == "queued")
+
+    async def _ask_intent(self, key: str, request: CreateRequest, slot: bool) -> Any:
+        return await self._co.fetchrow(
+            "SELECT * FROM kling_intent($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            self.namespace,
+            key,
+            self._co.account,
+            stored_request(request),
+            self._co.clock.time(),
+            self.owner,
+            self._fences.get(key, 0),
+            self._co.lease,
+            slot,
+        )
 
     async def record_task(self, key: str, task: Task) -> None:
         await self._record_snapshot(key, task)
@@ -240,20 +315,13 @@ class PostgresJournal:
     async def record_outcome(
         self, key: str, task: Task | None, error: BaseException | None
     ) -> None:
-        """Journal how `key` ended, give its slot back, and let waiting processes know."""
+        """Journal how `key` ended and hand its slot to the next queued intent."""
         task_id, kind, status, raw = (
             task_snapshot(task) if task is not None else (None, None, None, None)
         )
         error_type, message = error_fields(error)
         updated = await self._co.fetchval(
-            "WITH done AS (UPDATE kling_entry SET state = 'finished', "
-            "task_id = coalesce($4, task_id), task_kind = coalesce($5, task_kind), "
-            "task_status = coalesce($6, task_status), task_raw = coalesce($7, task_raw), "
-            "error_type = $8, error_message = $9, updated_at = $10, owner = NULL, "
-            "lease_until = NULL, holds_slot = false "
-            f"WHERE {_OWN} AND ($4::text IS NULL OR task_id IS NULL OR task_id = $4) "
-            "RETURNING account) "
-            f"SELECT count(pg_notify('{_SLOT_FREED}', account)) FROM done",
+            "SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             *self._own(key),
             task_id,
             kind,
@@ -282,12 +350,7 @@ class PostgresJournal:
 
     async def forget(self, key: str) -> None:
         """Remove `key`'s entry (a create that surely made nothing), freeing its slot."""
-        deleted = await self._co.fetchval(
-            "WITH gone AS (DELETE FROM kling_entry "
-            f"WHERE {_OWN} AND state <> 'submitted' RETURNING account) "
-            f"SELECT count(pg_notify('{_SLOT_FREED}', account)) FROM gone",
-            *self._own(key),
-        )
+        deleted = await self._co.fetchval("SELECT kling_forget($1, $2, $3)", *self._own(key))
         if deleted:
             self._fences.pop(key, None)
             return
