@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 
 from kling_async import (
+    BatchEventKind,
     CallbackReceiver,
+    ChainEvent,
     KlingClient,
     PollPolicy,
     RetryPolicy,
@@ -522,6 +524,45 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+async def test_a_chain_stopped_mid_step_resumes_from_the_shared_journal(database_url: str) -> None:
+    """A chain stopped while step 3 runs goes on, in another client, from the journal in the
+    database: step 3's task is watched again, and the server saw each step created once; run
+    again, the finished chain replays without a request."""
+    stop = anyio.Event()
+
+    def stop_in_step_three(event: ChainEvent) -> None:
+        if event.step == 3 and event.kind is BatchEventKind.SUBMITTED:
+            stop.set()
+
+    async def interrupted(client: KlingClient) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                await client.extend_chain(
+                    "v0", task_id="t0", steps=5, journal="long", on_event=stop_in_step_three
+                )
+
+            group.start_soon(run)
+            await stop.wait()
+            group.cancel_scope.cancel()
+
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        with anyio.fail_after(60):  # a guard against a hang, not a measure
+            async with client_for(server, database_url) as first:
+                await interrupted(first)
+            assert server.record.create_count == 3
+            async with client_for(server, database_url) as second:
+                chain = await second.extend_chain("v0", task_id="t0", steps=5, journal="long")
+            seen = len(server.record.requests)
+            async with client_for(server, database_url) as third:
+                again = await third.extend_chain("v0", task_id="t0", steps=5, journal="long")
+        assert [task.id for task in chain.tasks] == server.record.created
+        assert server.record.create_count == 5
+        sources = ["v0", *(task.videos[0].id for task in chain.tasks[:-1])]
+        assert all(server.record.creates_for(video) == 1 for video in sources)
+        assert again == chain and len(server.record.requests) == seen
 
 
 async def test_a_callback_received_by_one_process_finishes_a_watcher_in_another(
