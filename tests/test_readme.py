@@ -57,9 +57,21 @@ def test_a_partial_marker_skips_its_snippet() -> None:
     assert snippets(text) == [(2, "x = 1\n")]
 
 
+def log_filter_snippet() -> str:
+    """The README's access-log filter for the callback token."""
+    return next(code for _, code in snippets((ROOT / "README.md").read_text()) if "Filter" in code)
+
+
+def test_the_readme_log_filter_is_the_one_the_fastapi_example_runs() -> None:
+    """Past its imports, the README's filter is the example's, word for word (its test runs it)."""
+    code = log_filter_snippet()
+    example = (ROOT / "examples" / "fastapi_callbacks.py").read_text()
+    assert code[code.index("TOKEN = ") :] in example
+
+
 def test_the_access_log_filter_hides_the_callback_token() -> None:
     """The README's log filter writes `<token>` where the callback token was."""
-    code = next(code for _, code in snippets((ROOT / "README.md").read_text()) if "Filter" in code)
+    code = log_filter_snippet()
     namespace: dict[str, Any] = {}
     exec(code, namespace)  # noqa: S102 - the README's own snippet
     access = logging.getLogger("uvicorn.access")
