@@ -8,9 +8,21 @@ watchers polling at once simply take consecutive slots.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ._clock import Clock
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "RequestRate"]
+
+
+class RequestRate(Protocol):
+    """What paces a client's requests: `RateLimiter` in one process, or the account's rate
+    shared by every process on a database (`kling_async.postgres`)."""
+
+    async def acquire(self, within: float | None = None) -> bool:
+        """Wait for this request's slot, True once it starts; with `within`, take none that
+        does not start within that many seconds: wait them and answer False."""
+        ...
 
 
 class RateLimiter:

@@ -27,7 +27,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
-from ._ratelimit import RateLimiter
+from ._ratelimit import RequestRate
 from ._wire import decode_json
 from .auth import Auth
 from .errors import (
@@ -98,7 +98,7 @@ class Transport:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     budget: RetryBudget = attrs.field(factory=RetryBudget)
     timeout: float = 30.0
-    limiter: RateLimiter | None = None
+    limiter: RequestRate | None = None
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     # More values to scrub from quoted answers (the callback token); secret, so not in the repr.
     hidden: tuple[str, ...] = attrs.field(default=(), repr=False)

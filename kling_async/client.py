@@ -266,6 +266,9 @@ class KlingClient:
             if database_url
             else None
         )
+        if self.coordination is not None and requests_per_second is not None:
+            # The rate is the account's: every process of the database keeps to it together.
+            self._transport.limiter = self.coordination.request_rate(requests_per_second)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:

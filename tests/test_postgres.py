@@ -434,6 +434,57 @@ async def test_a_batch_without_a_name_still_keeps_to_the_account_quota(
         assert server.record.peak_concurrent <= 3 and server.record.create_count == 12
 
 
+# --- the account's request rate ------------------------------------------------------------
+
+
+async def test_two_clients_keep_to_one_request_rate_for_the_account(database_url: str) -> None:
+    """Two clients on separate connection pools (two processes' worth), each configured for
+    20 requests a second, read as fast as they may: in every second the fake saw at most the
+    account's 20 (plus the burst of a tenth of a second and a slot's slack), where the two
+    alone would have sent 40; each client took its slots a couple at a time."""
+    rate, reads = 20.0, 30
+    async with FakeKlingServer(api_key=KEY, durations=FAST) as server:
+        async with client_for(server, database_url) as setup:
+            made = await setup.extend_video("vid-1", task_id="p-1")
+        server.record.requests.clear()
+
+        async def reader(statements: list[int]) -> None:
+            async with client_for(server, database_url, requests_per_second=rate) as client:
+                assert client.coordination is not None
+                before = client.coordination.round_trips
+                async with anyio.create_task_group() as group:
+                    for _ in range(reads):
+                        group.start_soon(client.get_task, made.id)
+                statements.append(client.coordination.round_trips - before)
+
+        statements: list[int] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader, statements)
+            group.start_soon(reader, statements)
+        arrivals = sorted(r.at for r in server.record.requests)
+    assert len(arrivals) == 2 * reads
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
+    assert busiest <= rate + 2 + 2
+    assert all(sent <= 0.75 * reads for sent in statements)
+
+
+async def test_a_shared_slot_too_far_away_is_kept_for_the_next_request(
+    database_url: str,
+) -> None:
+    """At one request a second, the first request goes at once; the next slot is a second
+    away, so a request that may wait only half a second takes none (and waits that half);
+    the request after it takes the kept slot, waiting the rest: two statements in all."""
+    clock = FakeClock()
+    async with coordination(database_url, clock=clock) as co:
+        rate = co.request_rate(1.0)
+        before = co.round_trips
+        assert await rate.acquire() is True
+        assert await rate.acquire(within=0.5) is False
+        assert await rate.acquire() is True
+        assert co.round_trips - before == 2
+    assert clock.sleeps == [0.5, pytest.approx(0.5, abs=0.2)]
+
+
 # --- one task per key, across processes --------------------------------------------------
 
 ONE_SUBMISSION = """

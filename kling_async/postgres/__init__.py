@@ -19,6 +19,7 @@ import anyio
 from .._clock import Clock, SystemClock
 from ..errors import ConfigurationError
 from ..journal import JournalError
+from ._rate import SharedRateLimiter
 from ._schema import SCHEMA_VERSION, prepare
 from .journal import PostgresJournal
 
@@ -29,7 +30,13 @@ except ImportError as exc:  # pragma: no cover - the extra is installed wherever
         "A database URL needs the asyncpg driver: pip install 'kling-async[postgres]'."
     ) from exc
 
-__all__ = ["DEFAULT_LEASE", "SCHEMA_VERSION", "Coordination", "PostgresJournal"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "SCHEMA_VERSION",
+    "Coordination",
+    "PostgresJournal",
+    "SharedRateLimiter",
+]
 
 #: Seconds a claim lasts without renewal: a process silent for this long is taken for dead.
 DEFAULT_LEASE = 30.0
@@ -143,6 +150,10 @@ class Coordination:
 
     def _channels(self) -> list[tuple[str, Any]]:
         return [(_HINTS, self._on_hint), (_TAKEN, self._on_taken), (_GRANTS, self._on_grant)]
+
+    def request_rate(self, rate: float) -> SharedRateLimiter:
+        """The account's request rate, `rate` a second in all processes together."""
+        return SharedRateLimiter(self, rate, clock=self.clock)
 
     # -- the account's slots and the keys of journals ----------------------------------------
 
