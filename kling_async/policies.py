@@ -67,8 +67,13 @@ class RetryPolicy:
     client looks the task up by its external id, and once more `lookup_grace` seconds later
     (a server still busy with the create may not know it yet) before it sends it again.
 
+    A `TaskWatcher` does not retry its reads inside the request: its own schedule is their
+    retry. After a failed read it waits the whole `max_delay` before the next (longer if its
+    schedule or a ``Retry-After`` says so), so an outage of T seconds costs a watcher at most
+    ``1 + T / max_delay`` reads, and it reads again at most `max_delay` after the outage.
+
     Defaults: five attempts over at most ~15 s of backoff ride out a gateway restart or a burst
-    of 5xx without leaving a web request hanging; full jitter spreads thousands of watchers that
+    of 5xx without leaving a web request hanging; full jitter spreads thousands of requests that
     failed together.
 
     >>> RetryPolicy().backoff(3, 0.5)
@@ -92,19 +97,6 @@ class RetryPolicy:
         ceiling = self.ceiling(retry)
         return ceiling * draw if self.jitter else ceiling
 
-    def poll_backoff(self, failures: int) -> float:
-        """The least wait before the next poll of a watcher whose last `failures` polls failed.
-
-        A watcher's poll is itself a retry, so its backoff carries on where a request's own
-        retries stop (each failed poll counts as one more), up to `max_delay`: with the
-        defaults 8 s, 16 s, then 20 s. An outage of T seconds thus costs a watcher about
-        ``1 + T / max_delay`` reads, however dense its schedule was.
-
-        >>> tuple(RetryPolicy().poll_backoff(n) for n in (1, 2, 3, 9))
-        (8.0, 16.0, 20.0, 20.0)
-        """
-        return self.ceiling(self.max_attempts - 1 + failures)
-
     def delay(
         self, retry: int, draw: float, *, retry_after: float | None, rate_limited: bool
     ) -> float | None:
@@ -123,9 +115,10 @@ class RetryBudget:
     after a connection failure or a timeout (those hold the server's resources longest);
     every success puts tokens back: the cost of its own last retry when it needed one, else
     `success_refill`. When the bucket cannot pay for a retry, none is made and the error
-    surfaces at once: a watcher then simply waits for its next poll. So while most requests
-    succeed, failures are retried freely; in an outage the client stops multiplying its load
-    after ``capacity / retry_cost`` retries, and earns them back as the service recovers.
+    surfaces at once. So while most requests succeed, failures are retried freely; in an
+    outage the client stops multiplying its load after ``capacity / retry_cost`` retries, and
+    earns them back as the service recovers. (A watcher's reads take nothing from it: they
+    make no retries inside the request, see `RetryPolicy`.)
 
     Defaults: 100 tokens are 20 retries of headroom for one client: enough for scattered
     failures (a retry that then succeeds gives its tokens back), spent within the first

@@ -32,7 +32,7 @@ NOT_FOUND_GRACE = 120.0
 
 # Jitter needs no generator of its own per watcher (each holds 2.5 KiB of state).
 _JITTER = random.Random()
-#: A failing watcher's reads: the watcher's own backoff is their retry.
+#: The reads of a watcher given a backoff: the watcher itself retries them, a cap apart.
 _ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 #: How far along its life each known status is; a copy one step back is a stale one.
@@ -83,10 +83,11 @@ class TaskWatcher:
     failed), `WatchTimeoutError` (the deadline passed) or the `APIError` that made further
     watching pointless (the task does not exist, the credentials were refused). Transient
     failures of a poll (timeouts, 5xx, 429, dropped connections) never end the watch. Given
-    a `backoff` (the client passes its `RetryPolicy`), a watcher whose reads keep failing
-    spaces its polls out towards ``backoff.max_delay`` (`RetryPolicy.poll_backoff`, and at
-    least a ``Retry-After``), reads with a single attempt until one succeeds, then goes back
-    to its schedule.
+    a `backoff` (the client passes its `RetryPolicy`), the watcher is the retry loop of its
+    own reads: each read is a single attempt, and after a failed one the next comes
+    ``backoff.max_delay`` later (or later still, as its schedule or a ``Retry-After`` says),
+    until a read succeeds and the schedule resumes. An outage of T seconds thus costs it at
+    most ``1 + T / backoff.max_delay`` reads, however densely it was polling.
 
     ``async for task in watcher`` yields a snapshot each time the status changes and ends after
     the terminal one (a failed task is yielded, not raised). Each use continues from the latest
@@ -287,7 +288,10 @@ class TaskWatcher:
     def _next_delay(self) -> float:
         if self.last is None and self.polls == 0:
             return 0.0  # nothing is known of the task yet: look first
+        backoff = self._backoff if self._failures_in_a_row else None
         if self._wakeups is not None:  # callbacks announce the end: polls are a safety net
+            if backoff is not None:  # but a failed read (woken by a callback, maybe) is redone
+                return self._after_failure(backoff, 0.0)
             return self.policy.spread(self.policy.callback_interval, self._rng.random())
         delay = self.policy.next_delay(
             age=self._age(),
@@ -297,11 +301,17 @@ class TaskWatcher:
         )
         self._previous_delay = delay
         delay = self.policy.spread(delay, self._rng.random())
-        if self._failures_in_a_row and self._backoff is not None:
-            # Not shortened by the spread: a failing watcher reads at most once per backoff.
-            backoff = self._backoff.poll_backoff(self._failures_in_a_row)
-            return max(delay, backoff, self._retry_after or 0.0)
-        return delay
+        return delay if backoff is None else self._after_failure(backoff, delay)
+
+    def _after_failure(self, backoff: RetryPolicy, scheduled: float) -> float:
+        """The wait after a failed read: the whole retry cap, or longer when the schedule or
+        a ``Retry-After`` says so.
+
+        From the first failure on, and never shortened by the spread: any shorter first wait
+        (a burst of retries, a doubling from a dense schedule) would cost more than one read
+        per cap in an outage that began just before the failed read.
+        """
+        return max(scheduled, backoff.max_delay, self._retry_after or 0.0)
 
     def _age(self) -> float:
         """Seconds since the task was created: by its own timestamp when known."""
@@ -356,8 +366,8 @@ class TaskWatcher:
 
     def _get(self) -> Coroutine[Any, Any, Task]:
         """The read (a coroutine, not awaited here: no frame more per poll); a single attempt
-        while the reads keep failing and the watcher backs off by itself."""
-        if self._failures_in_a_row and self._backoff is not None:
+        when the watcher backs off by itself (a read that fails is retried by the schedule)."""
+        if self._backoff is not None:
             return self._source.get_task(self.task_id, self.kind, retry=_ONE_ATTEMPT)
         return self._source.get_task(self.task_id, self.kind)
 

@@ -128,15 +128,15 @@ def test_list_reads_compares_per_task_and_list_based_reads(tmp_path: Path) -> No
 
 
 def test_outage_counts_reads_per_watcher_and_every_recovery(tmp_path: Path) -> None:
-    """The outage run counts each watcher's reads against the target, with the budget on
-    and off, and every watch ends with its task's success."""
+    """The outage run counts each watcher's reads against the target, for the client as it
+    is and as it was before, and every watch ends with its task's success."""
     runs = run_quick("outage", tmp_path)["results"]["runs"]
-    assert {run["budget"] for run in runs} == {"on", "off"}
+    assert {run["client"] for run in runs} == {"ours", "before"}
     for run in runs:
         assert run["recovered"] == run["watchers"]
         assert run["attempts_mean"] >= 1
         assert positive(run["target"])
-        assert positive(run["over_budget_off"])
+        assert positive(run["over_before"])
 
 
 def test_big_answer_measures_both_readers_on_every_shape(tmp_path: Path) -> None:

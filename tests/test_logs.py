@@ -62,9 +62,14 @@ async def test_a_retried_read_names_its_task_and_request(
         async with client:
             task = await client.extend_video("vid-1", task_id="p-1")
             server.faults.push(Fault.http_error(500, 5000, "flaky"), method="GET")
-            await client.watch(task)
-    (retry,) = [r for r in ours(caplog) if "retry" in r.getMessage()]
-    assert retry.levelno == logging.INFO and retry.name == "kling_async._transport"
-    assert retry.kling_task_id == task.id  # type: ignore[attr-defined]
-    assert retry.kling_request_id  # type: ignore[attr-defined]
-    assert retry.kling_request_id in retry.getMessage()  # type: ignore[attr-defined]
+            await client.get_task(task.id)
+            server.faults.push(Fault.http_error(500, 5000, "flaky"), method="GET")
+            await client.watch(task)  # a watcher's read is retried by its schedule, not inside
+    (retry,) = [r for r in ours(caplog) if "; retry 1 of" in r.getMessage()]
+    (failed,) = [r for r in ours(caplog) if "still watching" in r.getMessage()]
+    assert retry.name == "kling_async._transport" and failed.name == "kling_async.watcher"
+    for record in (retry, failed):
+        assert record.levelno == logging.INFO
+        assert record.kling_task_id == task.id  # type: ignore[attr-defined]
+        assert record.kling_request_id  # type: ignore[attr-defined]
+        assert record.kling_request_id in record.getMessage()  # type: ignore[attr-defined]

@@ -40,13 +40,6 @@ def test_too_long_retry_after_is_not_waited() -> None:
     assert RetryPolicy(max_retry_after=30).delay(1, 0.5, retry_after=31, rate_limited=True) is None
 
 
-def test_a_failing_watcher_backs_off_from_where_its_retries_stopped_to_the_cap() -> None:
-    """Each failed poll counts as one more retry: 8 s, 16 s, then the 20 s cap, for good."""
-    policy = RetryPolicy()
-    assert [policy.poll_backoff(n) for n in range(1, 6)] == [8.0, 16.0, 20.0, 20.0, 20.0]
-    assert RetryPolicy(max_attempts=1, max_delay=3.0).poll_backoff(1) == 0.5
-
-
 def test_retries_drain_the_budget_and_successes_refill_it() -> None:
     """A retry takes 5 tokens (10 after a timeout); a success gives back its last retry's
     cost, or 1 when it needed none; the bucket never holds more than its capacity."""

@@ -111,9 +111,11 @@ def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSp
 
 
 async def test_a_faulty_batch_traced_and_counted(recorded: Recorded) -> None:
-    """A batch of 3 with a refused create (429 with Retry-After) and a 500 on a read: one
-    batch span holding the creates and one watch per task, each watch holding its reads;
-    the retry is an event of its read; the metrics count it all; no secret anywhere."""
+    """A batch of 3 with a refused create (429 with Retry-After) and a 500 on a read, then a
+    lone read retried after a 500: one batch span holding the creates and one watch per
+    task, each watch holding its reads (the failed one with its error: a watcher retries by
+    reading again later); the lone read's retry is an event of its span; the metrics count
+    it all; no secret anywhere."""
     items = [
         VideoExtendRequest(f"vid-{i}", task_id=f"parent-{i}", prompt=SECRET_PROMPT, key=str(i))
         for i in range(3)
@@ -123,8 +125,10 @@ async def test_a_faulty_batch_traced_and_counted(recorded: Recorded) -> None:
     server.faults.push(Fault.http_error(500, 5000, "flaky"), method="GET")
     async with server, recorded.client(server) as client:
         outcomes = [o async for o in client.extend_many(items, concurrency=3)]
+        task_ids = {o.task.id for o in outcomes if o.task is not None}
+        server.faults.push(Fault.http_error(500, 5000, "flaky"), method="GET")
+        await client.get_task(min(task_ids))
     assert all(o.ok for o in outcomes)
-    task_ids = {o.task.id for o in outcomes if o.task is not None}
 
     spans = recorded.spans()
     (batch,) = [s for s in spans if s.name == "kling.batch"]
@@ -162,8 +166,11 @@ async def test_a_faulty_batch_traced_and_counted(recorded: Recorded) -> None:
         }
         assert attributes["kling.reads"] == len(reads)
         all_reads += reads
-    retried = [r for r in all_reads if r.events]
-    (read,) = retried
+    (failed,) = [r for r in all_reads if "error.type" in (r.attributes or {})]
+    assert dict(failed.attributes or {})["error.type"] == "ServerError"
+    assert dict(failed.attributes or {})["kling.code"] == 5000
+    assert not [r for r in all_reads if r.events]
+    (read,) = [s for s in spans if s.parent is None and s.name.startswith("GET ")]
     (event,) = read.events
     assert event.name == "retry"
     retry = dict(event.attributes or {})
@@ -181,7 +188,8 @@ async def test_a_faulty_batch_traced_and_counted(recorded: Recorded) -> None:
     assert requests == {
         ("videos/video-extend create", "ok"): 3,
         ("videos/video-extend create", "RateLimitError"): 1,
-        ("videos/video-extend read", "ok"): len(all_reads),
+        ("videos/video-extend read", "ok"): len(all_reads),  # the lone read's among them
+        ("videos/video-extend read", "ServerError"): 1,
     }
     retries = recorded.sums("kling.client.retries", "kling.endpoint", "kling.reason")
     assert retries == {("videos/video-extend read", "ServerError 5000"): 1}

@@ -350,19 +350,102 @@ def _gaps(calls: list[float]) -> list[float]:
     return [later - earlier for earlier, later in itertools.pairwise(calls)]
 
 
-async def test_a_watcher_whose_reads_keep_failing_backs_off_to_the_retry_cap() -> None:
-    """Failed polls space the next ones out towards RetryPolicy.max_delay (8, 16, 20, 20 s
-    here), each read then a single attempt; the first success brings the schedule back."""
+async def test_after_a_failed_read_a_watcher_waits_the_whole_retry_cap() -> None:
+    """From the first failed read on, the next comes RetryPolicy.max_delay later, never
+    sooner; every read is a single attempt; the first success brings the schedule back."""
     clock = FakeClock()
     down = ServerError("down", code=5001, http_status=503)
     script = ["processing", down, down, down, down, down, "processing", "processing", "succeed"]
     source = ScriptedSource(clock, script)
     await TaskWatcher(source, "t-1", policy=FAST, clock=clock, backoff=RetryPolicy())
     gaps = _gaps(source.calls)
-    assert gaps[:6] == [1.0, 8.0, 16.0, 20.0, 20.0, 20.0]
+    assert gaps[:6] == [1.0, 20.0, 20.0, 20.0, 20.0, 20.0]
     assert all(gap <= FAST.max_interval for gap in gaps[6:])
-    once = [policy is not None and policy.max_attempts == 1 for policy in source.policies]
-    assert once == [False, False, True, True, True, True, True, False, False]
+    assert [policy and policy.max_attempts for policy in source.policies] == [1] * 9
+
+
+class OneCallback:
+    """Wake-ups where a callback arrives at once in the first wait of any length."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.sent = False
+
+    def take_hint(self, task_id: str) -> bool:
+        return False
+
+    async def wait(self, task_id: str, timeout: float) -> bool:
+        if timeout > 0 and not self.sent:
+            self.sent = True
+            return True
+        await self.clock.sleep(timeout)
+        return False
+
+
+async def test_with_callbacks_a_failed_read_is_read_again_a_cap_later() -> None:
+    """A read woken by a callback that fails is not left to the five-minute safety net:
+    the next read comes RetryPolicy.max_delay later."""
+    clock = FakeClock()
+    down = ServerError("down", code=5001, http_status=503)
+    source = ScriptedSource(clock, ["processing", down, "succeed"])
+    wakeups = OneCallback(clock)
+    watcher = TaskWatcher(
+        source, "t-1", policy=FAST, clock=clock, wakeups=wakeups, backoff=RetryPolicy()
+    )
+    assert (await watcher).status is TaskStatus.SUCCEED
+    assert _gaps(source.calls) == [FAST.min_interval, 20.0]
+
+
+class OutageSource:
+    """Every read fails from `begins` until `ends` (on the clock); the task succeeds then."""
+
+    def __init__(self, clock: FakeClock, begins: float, ends: float, error: Exception) -> None:
+        self.clock = clock
+        self.begins = begins
+        self.ends = ends
+        self.error = error
+        self.calls: list[float] = []
+
+    async def get_task(
+        self,
+        task_id: str,
+        kind: TaskKind = TaskKind.VIDEO_EXTEND,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Task:
+        now = self.clock.monotonic()
+        self.calls.append(now)
+        if self.begins <= now < self.ends:
+            raise self.error
+        return _task(task_id, "succeed" if now >= self.ends else "processing")
+
+
+@pytest.mark.parametrize("interval", [0.5, 2.0, 5.0, 30.0])
+@pytest.mark.parametrize("outage", [10.0, 30.0, 61.0, 300.0])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("down", code=5001, http_status=503),
+        TransportError("dropped", may_have_been_sent=True),
+    ],
+    ids=["503", "dropped"],
+)
+async def test_an_outage_costs_a_watcher_one_read_per_retry_cap(
+    interval: float, outage: float, error: Exception
+) -> None:
+    """However dense its schedule, a watcher reads at most 1 + T / max_delay times during an
+    outage of T seconds (whenever in its schedule it begins), and its watch then ends."""
+    retry = RetryPolicy()
+    policy = PollPolicy(initial_delay=0.0, min_interval=interval, max_interval=interval)
+    for phase in (0.0, 0.3, 0.7):
+        clock = FakeClock()
+        begins = 100.0 + phase * interval
+        source = OutageSource(clock, begins, begins + outage, error)
+        finished = await TaskWatcher(source, "t-1", policy=policy, clock=clock, backoff=retry)
+        assert finished.status is TaskStatus.SUCCEED
+        during = [at for at in source.calls if begins <= at < begins + outage]
+        assert len(during) <= 1 + outage / retry.max_delay, (phase, during)
+        assert source.calls[-1] < begins + outage + max(interval, retry.max_delay)
 
 
 async def test_a_failing_watcher_waits_out_a_retry_after() -> None:
