@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import logging
 import math
 import os
@@ -31,8 +30,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, cast
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 import anyio
@@ -40,6 +38,16 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._clock import Clock, SystemClock
+from ._dialects import (
+    DEFAULT_BASE_URL,
+    DIALECTS,
+    PATHS,
+    Dialect,
+    checked_task_id,
+    choose_dialect,
+    normalise_base_url,
+    task_path,
+)
 from ._listed import ListedReads
 from ._ratelimit import RateLimiter
 from ._transport import Abandoned, Transport, surely_not_created
@@ -114,49 +122,13 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BASE_URL", "Dialect", "KlingClient"]
 
-#: The two dialects of the API: the official endpoint, or a gateway that resells it.
-Dialect = Literal["official", "gateway"]
-
 log = logging.getLogger(__name__)  # a child of "kling_async"
 
-DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
-_OFFICIAL_HOST_SUFFIX = "klingai.com"
 _ONCE = RetryPolicy(max_attempts=1)  # a list page is not worth a retry: single reads are
-_PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
 _CREDENTIALS = ("api_key", "access_key", "secret_key")
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
 #: How many orphaned tasks `KlingClient.orphaned_tasks` keeps (the oldest go first).
 ORPHANS_KEPT = 1000
-
-
-@attrs.frozen
-class _Dialect:
-    """What differs between the official API and a reselling gateway."""
-
-    prefix: str
-    needs_parent_task: bool
-    can_list: bool
-    finds_by_external_id: bool
-    allows_jwt: bool
-
-
-_DIALECTS: Mapping[Dialect, _Dialect] = {
-    "official": _Dialect(
-        prefix="",
-        needs_parent_task=False,
-        can_list=True,
-        finds_by_external_id=True,
-        allows_jwt=True,
-    ),
-    "gateway": _Dialect(
-        prefix="/kling",
-        needs_parent_task=True,
-        can_list=False,
-        finds_by_external_id=False,
-        allows_jwt=False,
-    ),
-}
 
 
 class KlingClient:
@@ -218,9 +190,9 @@ class KlingClient:
         #: (the last `ORPHANS_KEPT`); ``on_orphaned_task`` hears of each as it comes.
         self.orphaned_tasks: deque[OrphanedTask] = deque(maxlen=ORPHANS_KEPT)
         self._on_orphaned_task = on_orphaned_task
-        self.base_url = _normalise_base_url(DEFAULT_BASE_URL if base_url is None else base_url)
-        self.dialect: Dialect = _choose_dialect(dialect, self.base_url)
-        self._dialect = _DIALECTS[self.dialect]
+        self.base_url = normalise_base_url(DEFAULT_BASE_URL if base_url is None else base_url)
+        self.dialect: Dialect = choose_dialect(dialect, self.base_url)
+        self._dialect = DIALECTS[self.dialect]
         self.poll = poll or PollPolicy()
         self.retry = retry or RetryPolicy()
         self._completion: dict[TaskKind, CompletionTimes] = {}
@@ -573,7 +545,7 @@ class KlingClient:
         try:
             data = await self._transport.request(
                 "POST",
-                _PATHS[kind],
+                PATHS[kind],
                 body=self._body(request),
                 resend_safe=False,
                 on_retry=on_retry,
@@ -747,7 +719,7 @@ class KlingClient:
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        path = _task_path(kind, _checked_task_id(task_id))
+        path = task_path(kind, checked_task_id(task_id))
         data = await self._transport.request("GET", path, retry=retry)
         return structure_task(data, kind)
 
@@ -768,7 +740,7 @@ class KlingClient:
             raise InvalidArgumentError(f"page_size must be between 1 and 500, not {page_size}.")
         for page in range(1, 1001):
             params = {"pageNum": page, "pageSize": page_size}
-            data = await self._transport.request("GET", _PATHS[kind], params=params)
+            data = await self._transport.request("GET", PATHS[kind], params=params)
             tasks = structure_tasks(data, kind)
             for task in tasks:
                 yield task
@@ -796,11 +768,11 @@ class KlingClient:
             policy = attrs.evolve(policy, timeout=timeout)
         if isinstance(task_or_id, Task):
             kind = task_or_id.kind
-            task_id = _checked_task_id(task_or_id.id)
+            task_id = checked_task_id(task_or_id.id)
             if task_id != task_or_id.id:
                 task_or_id = attrs.evolve(task_or_id, id=task_id)
         else:
-            task_or_id = task_id = _checked_task_id(task_or_id)
+            task_or_id = task_id = checked_task_id(task_or_id)
         limiter = self._transport.limiter
         source = self._reads_for(kind, paced=limiter is not None)
         return TaskWatcher(
@@ -845,7 +817,7 @@ class KlingClient:
     async def _read_page(self, kind: TaskKind, number: int, size: int) -> list[Task]:
         """One page of the list of `kind`, tried once: a failure falls back to single reads."""
         params = {"pageNum": number, "pageSize": size}
-        data = await self._transport.request("GET", _PATHS[kind], params=params, retry=_ONCE)
+        data = await self._transport.request("GET", PATHS[kind], params=params, retry=_ONCE)
         return structure_tasks(data, kind)
 
     async def extend_and_wait(
@@ -1142,60 +1114,6 @@ def _coordination(
     )
 
 
-def _normalise_base_url(base_url: str) -> str:
-    """The base URL without a trailing slash or ``/kling``; `ConfigurationError` at once when
-    it is empty or cannot name a server (a mistyped address must not look like an outage)."""
-    problem = _base_url_problem(base_url)
-    if problem is not None:
-        name = SETTING_NAMES.get().base_url
-        raise ConfigurationError(
-            f"{name} must be the API's http(s) URL, such as {DEFAULT_BASE_URL}; "
-            f"{base_url!r} {problem}."
-        )
-    url = base_url.strip().rstrip("/")
-    return url.removesuffix("/kling")
-
-
-def _base_url_problem(base_url: str) -> str | None:
-    if not base_url.strip():
-        return "is empty"
-    if not is_http_url(base_url.strip()):
-        return "is not an absolute http:// or https:// URL"
-    parts = urlsplit(base_url.strip())
-    try:
-        parts.port  # noqa: B018 - reading it checks it
-    except ValueError:
-        return "has a port that is not a number from 0 to 65535"
-    host = parts.hostname or ""
-    if host.rsplit(".", 1)[-1].isdigit() and not _is_ip_address(host):
-        return f"has host {host!r}, which is neither an IP address nor a domain name"
-    if any(c.isspace() for c in host):
-        return f"has a space in its host {host!r}"
-    return None
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _choose_dialect(dialect: str | None, base_url: str) -> Dialect:
-    if dialect is None:
-        host = urlsplit(base_url).hostname or ""
-        official = host == _OFFICIAL_HOST_SUFFIX or host.endswith("." + _OFFICIAL_HOST_SUFFIX)
-        return "official" if official else "gateway"
-    name = dialect.strip().lower()
-    if name not in _DIALECTS:
-        raise ConfigurationError(
-            f"{SETTING_NAMES.get().dialect} must be one of {', '.join(sorted(_DIALECTS))}, "
-            f"not {dialect!r}."
-        )
-    return cast(Dialect, name)
-
-
 def _is_positive(value: float) -> bool:
     """A positive, finite number (not a bool): a timeout, a rate."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -1314,28 +1232,9 @@ class _WatcherReads:
         *,
         retry: RetryPolicy | None = None,
     ) -> Task:
-        path = _task_path(kind, task_id)
+        path = task_path(kind, task_id)
         data = await self.client._transport.request("GET", path, paced=self.paced, retry=retry)
         return structure_task(data, kind, share_keys=True)
-
-
-def _task_path(kind: TaskKind, task_id: str) -> str:
-    """The path of one task (under the dialect's prefix); a plain id needs no quoting.
-
-    An id of ASCII letters and digits (the official API's are digits) is plain without the
-    regex.
-    """
-    plain = (task_id.isascii() and task_id.isalnum()) or _PLAIN_ID.fullmatch(task_id)
-    segment = task_id if plain else quote(task_id, safe="")
-    return f"{_PATHS[kind]}/{segment}"
-
-
-def _checked_task_id(task_id: object) -> str:
-    """`task_id` stripped; `InvalidArgumentError` (nothing sent) when it names no task."""
-    stripped = task_id.strip() if isinstance(task_id, str) else ""
-    if stripped in ("", ".", ".."):
-        raise InvalidArgumentError(f"task_id must be a non-empty string, not {task_id!r}.")
-    return stripped
 
 
 _CALLED_BACK_KEPT = 100_000

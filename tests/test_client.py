@@ -905,9 +905,9 @@ async def test_odd_task_ids_are_quoted(gateway: FakeKlingServer) -> None:
 )
 def test_task_paths_quote_all_but_plain_ids(task_id: str, segment: str) -> None:
     """Plain ids go into the path as they are, anything else percent-encoded."""
-    from kling_async.client import _task_path
+    from kling_async._dialects import task_path
 
-    assert _task_path(TaskKind.VIDEO_EXTEND, task_id) == f"/v1/videos/video-extend/{segment}"
+    assert task_path(TaskKind.VIDEO_EXTEND, task_id) == f"/v1/videos/video-extend/{segment}"
 
 
 async def test_list_tasks_walks_pages(official: FakeKlingServer) -> None:

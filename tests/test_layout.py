@@ -17,6 +17,7 @@ ORDER = [
     "_clock",
     "_ratelimit",
     "_validate",
+    "_dialects",  # the dialect table, the base URL and the paths of tasks
     "_wire",
     "auth",
     # Spans and metrics: the transport, watchers and batches call its hooks (no-ops without
