@@ -87,7 +87,7 @@ class CallbackReceiver:
         self.max_body = max_body
         self.tolerance = tolerance
         self.stats: Counter[str] = Counter()
-        self._key = _webhook_key(secret) if secret else None
+        self._keys = _webhook_keys(secret) if secret else ()
         self._clock = clock or SystemClock()
         self._hints: OrderedDict[str, str] = OrderedDict()
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -95,7 +95,7 @@ class CallbackReceiver:
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
-        signed = "signed" if self._key else "unsigned"
+        signed = "signed" if self._keys else "unsigned"
         return f"<CallbackReceiver {self.base_url or 'not started'} ({signed})>"
 
     @property
@@ -142,8 +142,8 @@ class CallbackReceiver:
             return "wrong token", 404
         if len(raw) > self.max_body:
             return "body too large", 413
-        if self._key is not None:
-            problem = self._signature_problem(self._key, raw, headers)
+        if self._keys:
+            problem = self._signature_problem(self._keys, raw, headers)
             if problem is not None:
                 return problem, 200 if problem == "replayed id" else 401
         try:
@@ -155,7 +155,9 @@ class CallbackReceiver:
         self._take(str(task["task_id"]), str(task.get("task_status", "")).lower())
         return None
 
-    def _signature_problem(self, key: bytes, raw: bytes, headers: Mapping[str, str]) -> str | None:
+    def _signature_problem(
+        self, keys: tuple[bytes, ...], raw: bytes, headers: Mapping[str, str]
+    ) -> str | None:
         msg_id = headers.get("webhook-id", "")
         stamp = headers.get("webhook-timestamp", "")
         signatures = headers.get("webhook-signature", "")
@@ -169,9 +171,10 @@ class CallbackReceiver:
         if abs(now - sent_at) > self.tolerance:
             return "timestamp outside the allowed window"
         signed = f"{msg_id}.{stamp}.".encode() + raw
-        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
         offered = [part.partition(",")[2].encode() for part in signatures.split()]
-        if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+        expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in keys]
+        encoded = [base64.b64encode(digest) for digest in expected]
+        if not any(hmac.compare_digest(e, o) for e in encoded for o in offered):
             return "bad signature"
         if msg_id in self._seen:
             return "replayed id"  # answered 200 below: a sender's redelivery is not an error
@@ -276,14 +279,20 @@ class CallbackReceiver:
         return web.Response(status=status)
 
 
-def _webhook_key(secret: str) -> bytes:
-    """Standard Webhooks secrets are ``whsec_`` + base64; any other text is used as it is."""
+def _webhook_keys(secret: str) -> tuple[bytes, ...]:
+    """The HMAC keys a signature may be made with.
+
+    Standard Webhooks secrets are ``whsec_`` + base64, the key being the decoded bytes; a
+    sender that signs with the secret's text as it is (as the API's notes literally read) is
+    accepted too, since both keys come from the one secret. Any other text is used as it is.
+    """
     if secret.startswith("whsec_"):
         try:
-            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            decoded = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
         except binascii.Error:
             raise ValueError("webhook secret starts with whsec_ but is not base64") from None
-    return secret.encode()
+        return (decoded, secret.encode())
+    return (secret.encode(),)
 
 
 def _task_object(raw: bytes) -> Mapping[str, Any] | None:

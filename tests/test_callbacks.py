@@ -23,10 +23,12 @@ pytestmark = pytest.mark.anyio
 SECRET = "whsec_" + base64.b64encode(b"sixteen byte key").decode()
 
 
-def sign(body: bytes, msg_id: str = "msg_1", stamp: float | None = None) -> dict[str, str]:
+def sign(
+    body: bytes, msg_id: str = "msg_1", stamp: float | None = None, key: bytes = b"sixteen byte key"
+) -> dict[str, str]:
     """Standard Webhooks headers, computed independently of the receiver."""
     when = str(int(time.time() if stamp is None else stamp))
-    mac = hmac.new(b"sixteen byte key", f"{msg_id}.{when}.".encode() + body, hashlib.sha256)
+    mac = hmac.new(key, f"{msg_id}.{when}.".encode() + body, hashlib.sha256)
     signature = base64.b64encode(mac.digest()).decode()
     return {"webhook-id": msg_id, "webhook-timestamp": when, "webhook-signature": f"v1,{signature}"}
 
@@ -83,6 +85,17 @@ async def test_signed_callback_is_verified() -> None:
     body = task_body()
     assert await receiver.handle(body, sign(body)) == 200
     assert receiver.take_hint("t-1")
+
+
+async def test_a_whsec_secret_signing_with_its_own_text_is_verified() -> None:
+    """A sender that keys the HMAC with the ``whsec_`` secret's text as it is (the API notes
+    read "HMAC-SHA256(secret, ...)") is verified too; a third key is not."""
+    receiver = CallbackReceiver(secret=SECRET)
+    body = task_body()
+    assert await receiver.handle(body, sign(body, key=SECRET.encode())) == 200
+    assert receiver.take_hint("t-1")
+    assert await receiver.handle(body, sign(body, msg_id="m2", key=b"another key")) == 401
+    assert receiver.stats["bad signature"] == 1
 
 
 @pytest.mark.parametrize(
