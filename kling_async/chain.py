@@ -140,7 +140,7 @@ class ChainError(KlingError):
     3
     """
 
-    def __init__(self, step: int, chain: Chain, reason: str) -> None:
+    def __init__(self, step: int, chain: Chain, reason: str | None = None) -> None:
         self.step = step
         self.chain = chain
         what = "Making the source video" if step == 0 else f"Step {step} of the chain"
@@ -151,7 +151,8 @@ class ChainError(KlingError):
             if chain.video is not None and last is not None
             else ""
         )
-        super().__init__(f"{what} failed: {reason}.{kept}")
+        why = f": {reason}" if reason else ""
+        super().__init__(f"{what} failed{why}.{kept}")
 
 
 @attrs.frozen

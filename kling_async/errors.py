@@ -253,14 +253,15 @@ class AmbiguousSubmissionError(KlingError):
     was being submitted.
     """
 
-    def __init__(self, request: Any, reason: str) -> None:
+    def __init__(self, request: Any, reason: str | None = None) -> None:
         self.request = request
         self.reason = reason
         video_id = getattr(request, "video_id", None)
         what = f"The extension of video {video_id}" if video_id else "The new video's task"
+        why = f" ({reason})" if reason else ""
         super().__init__(
-            f"{what} may or may not have been created "
-            f"({reason}); it was not sent again, to avoid paying twice. Look for the task "
+            f"{what} may or may not have been created"
+            f"{why}; it was not sent again, to avoid paying twice. Look for the task "
             "(list_tasks, or get_task with its external_task_id) before submitting it again."
         )
 

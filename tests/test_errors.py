@@ -11,6 +11,8 @@ from kling_async import (
     AmbiguousSubmissionError,
     APIError,
     AuthenticationError,
+    Chain,
+    ChainError,
     ContentPolicyError,
     InsufficientBalanceError,
     InvalidRequestError,
@@ -154,6 +156,17 @@ def test_ambiguous_submission_keeps_the_request() -> None:
     error = AmbiguousSubmissionError(request, "connection dropped")
     assert error.request is request
     assert "vid-7" in str(error) and "not sent again" in str(error)
+
+
+def test_errors_are_made_with_the_documented_arguments_alone() -> None:
+    """AmbiguousSubmissionError(request) and ChainError(step, chain) need no reason: the
+    documented arguments make a readable error."""
+    ambiguous = AmbiguousSubmissionError(VideoExtendRequest("vid-7"))
+    assert ambiguous.request.video_id == "vid-7" and ambiguous.reason is None
+    assert "vid-7 may or may not have been created; it was not sent again" in str(ambiguous)
+    chained = ChainError(step=2, chain=Chain())
+    assert chained.step == 2 and chained.chain == Chain() and isinstance(chained, KlingError)
+    assert str(chained) == "Step 2 of the chain failed."
 
 
 @pytest.mark.parametrize("http", [500, 501, 599])
