@@ -7,7 +7,6 @@ table, and owns the pieces it wires together (transport, rate limiter, session),
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import math
@@ -48,10 +47,11 @@ from ._dialects import (
     normalise_base_url,
     task_path,
 )
+from ._images import image_argument
 from ._listed import ListedReads
 from ._ratelimit import RateLimiter
 from ._transport import Abandoned, Transport, surely_not_created
-from ._validate import MAX_IMAGE_BYTES, create_problems, is_http_url
+from ._validate import create_problems
 from ._wire import request_body, structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import (
@@ -1280,40 +1280,6 @@ def _doing(request: CreateRequest) -> str:
     if isinstance(request, TextToVideoRequest):
         return "make a video from text"
     return "make a video from an image"
-
-
-_BASE64 = re.compile(r"[A-Za-z0-9+/\s]+={0,2}\s*")
-
-
-async def image_argument(image: str | os.PathLike[str], name: str) -> str:
-    """An image as the API takes it: a URL as it is, a local file read into base64, base64
-    text as it is. Raises `InvalidArgumentError` (nothing sent) for anything else."""
-    if isinstance(image, str) and (is_http_url(image) or image.startswith("data:")):
-        return image  # a data: URL is refused, with a reason, by the request's checks
-    path = Path(image)
-    if await anyio.to_thread.run_sync(path.is_file):
-        return await anyio.to_thread.run_sync(_read_base64, path, name)
-    if isinstance(image, str) and len(image) >= 16 and _BASE64.fullmatch(image):
-        return image
-    raise InvalidArgumentError(
-        f"{name} {str(image)[:60]!r} is neither an http(s) URL, nor a file that exists, nor "
-        "base64 text. Nothing was sent."
-    )
-
-
-def _read_base64(path: Path, name: str) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise InvalidArgumentError(
-                f"{name} {path} is {size / 2**20:.1f} MB; the API takes at most "
-                f"{MAX_IMAGE_BYTES >> 20} MB. Nothing was sent."
-            )
-        return base64.b64encode(path.read_bytes()).decode("ascii")
-    except OSError as exc:
-        raise InvalidArgumentError(
-            f"{name} {path} cannot be read ({exc}). Nothing was sent."
-        ) from exc
 
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")

@@ -17,6 +17,7 @@ ORDER = [
     "_clock",
     "_ratelimit",
     "_validate",
+    "_images",  # an image argument: a URL, a file sent as base64, or base64 text
     "_dialects",  # the dialect table, the base URL and the paths of tasks
     "_wire",
     "auth",
