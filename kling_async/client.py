@@ -37,6 +37,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._clock import Clock, SystemClock
+from ._create import Creator
 from ._dialects import (
     DEFAULT_BASE_URL,
     DIALECTS,
@@ -50,9 +51,8 @@ from ._dialects import (
 from ._images import image_argument
 from ._listed import ListedReads
 from ._ratelimit import RateLimiter
-from ._transport import Abandoned, Transport, surely_not_created
-from ._validate import create_problems
-from ._wire import request_body, structure_task, structure_tasks
+from ._transport import Transport
+from ._wire import structure_task, structure_tasks
 from .auth import Auth, BearerAuth, JWTAuth
 from .batch import (
     Batch,
@@ -86,18 +86,13 @@ from .download import (
 )
 from .errors import (
     SETTING_NAMES,
-    AmbiguousSubmissionError,
-    APIError,
     ConfigurationError,
     InvalidArgumentError,
-    InvalidRequestError,
     KlingError,
     NotFoundError,
-    TransportError,
 )
 from .journal import Journal, JournalStore
 from .models import (
-    DEFAULT_VIDEO_MODEL,
     CreateRequest,
     ImageToVideoRequest,
     OrphanedTask,
@@ -107,8 +102,6 @@ from .models import (
     TextToVideoRequest,
     Video,
     VideoExtendRequest,
-    kind_of,
-    subject_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
 from .telemetry import Telemetry, log_fields, telemetry_for
@@ -189,7 +182,6 @@ class KlingClient:
         #: Tasks created for callers who were cancelled while their create was in flight
         #: (the last `ORPHANS_KEPT`); ``on_orphaned_task`` hears of each as it comes.
         self.orphaned_tasks: deque[OrphanedTask] = deque(maxlen=ORPHANS_KEPT)
-        self._on_orphaned_task = on_orphaned_task
         self.base_url = normalise_base_url(DEFAULT_BASE_URL if base_url is None else base_url)
         self.dialect: Dialect = choose_dialect(dialect, self.base_url)
         self._dialect = DIALECTS[self.dialect]
@@ -230,6 +222,18 @@ class KlingClient:
             session=session,
             hidden=(callbacks.path.rsplit("/", 1)[-1],) if callbacks is not None else (),
             telemetry=self.telemetry,
+        )
+        self._creator = Creator(
+            self._transport,
+            self._dialect,
+            self.dialect,
+            self._clock,
+            self.retry,
+            callbacks,
+            read=self.get_task,
+            on_orphaned_task=on_orphaned_task,
+            orphaned_tasks=self.orphaned_tasks,
+            called_back=self._called_back,
         )
         self.namespace = namespace
         self._keyed: PostgresJournal | None = None
@@ -496,198 +500,14 @@ class KlingClient:
         may have been sent before: an answer that its external id is taken then adopts the
         task that holds it.
         """
-        prepared = self.prepare(request)
-        return await self._create(kind_of(prepared), prepared, on_retry, retry, resent)
+        return await self._creator.submit(request, on_retry=on_retry, retry=retry, resent=resent)
 
     def prepare(self, request: CreateRequest) -> CreateRequest:
         """`request` checked against this dialect, with an external id added where useful.
 
         Raises `InvalidArgumentError` naming every problem; nothing is sent.
         """
-        problems = create_problems(request, needs_parent_task=self._dialect.needs_parent_task)
-        if problems:
-            raise InvalidArgumentError(
-                f"Cannot {_doing(request)}: {'; '.join(problems)}. Nothing was sent."
-            )
-        if self._dialect.finds_by_external_id and request.external_task_id is None:
-            return attrs.evolve(request, external_task_id=f"ka-{uuid.uuid4().hex}")
-        return request
-
-    def _body(self, request: CreateRequest) -> dict[str, Any]:
-        """The create body; the receiver's URL and the default model are added here, so
-        neither is journaled (a resumed request stays equal to the one first given)."""
-        body = request_body(request)
-        if not isinstance(request, VideoExtendRequest) and request.model_name is None:
-            body["model_name"] = DEFAULT_VIDEO_MODEL
-        if self.callbacks is not None and self._uses_receiver(request):
-            body["callback_url"] = self.callbacks.callback_url
-        return body
-
-    def _uses_receiver(self, request: CreateRequest) -> bool:
-        """Whether the task will call back this client's receiver (not a URL of its own)."""
-        receiving = self.callbacks is not None and self.callbacks.active
-        return receiving and request.callback_url is None
-
-    async def _create(
-        self,
-        kind: TaskKind,
-        request: CreateRequest,
-        on_retry: RetryHook | None,
-        retry: RetryPolicy | None,
-        resent: bool,
-    ) -> Task:
-        """The one path of every create: send once, never twice blindly, never lose a task.
-
-        Once sent, the create runs to its answer even if the caller is cancelled meanwhile; a
-        task made for a caller who is gone becomes an `OrphanedTask`. An ambiguous outcome
-        is recovered by external id where the dialect has them (see `_recover`).
-        """
-        try:
-            data = await self._transport.request(
-                "POST",
-                PATHS[kind],
-                body=self._body(request),
-                resend_safe=False,
-                on_retry=on_retry,
-                retry=retry,
-                on_abandoned=self._orphan_handler(kind, request),
-            )
-            task = structure_task(data, kind)
-        except (APIError, TransportError) as exc:
-            if not surely_not_created(exc):
-                task = await self._recover(kind, request, exc, resent=resent)
-            elif resent and self._adopts(exc):
-                task = await self._adopt(request, exc)
-            else:
-                raise
-        if self._uses_receiver(request):
-            _remember(self._called_back, task.id)
-        return task
-
-    async def _recover(
-        self, kind: TaskKind, request: CreateRequest, exc: Exception, *, resent: bool
-    ) -> Task:
-        """After an ambiguous create: the task it made, found by its external id; else, when
-        it surely made none, the same request sent once more under the same external id (the
-        API keeps external ids unique, so a late first attempt makes that resend fail, and the
-        failure adopts its task). Raises `AmbiguousSubmissionError` when it cannot tell."""
-        try:
-            task = await (self.find_created(request) if resent else self._settle(request))
-        except AmbiguousSubmissionError:
-            raise AmbiguousSubmissionError(request, str(exc)) from exc
-        except (APIError, TransportError) as lookup_error:
-            reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
-            raise AmbiguousSubmissionError(request, reason) from exc
-        if task is not None:
-            log.warning(
-                "recovered task %s (%s) by its external id",
-                task.id,
-                subject_of(request),
-                extra=log_fields(task.id, request.key),
-            )
-            return task
-        if resent:
-            reason = f"{exc} No task with external id {request.external_task_id} exists yet"
-            raise AmbiguousSubmissionError(request, reason) from exc
-        log.warning(
-            "the create for %s made no task (%s); sending it again under external id %s",
-            subject_of(request),
-            exc,
-            request.external_task_id,
-            extra=log_fields(None, request.key, getattr(exc, "request_id", None)),
-        )
-        return await self._create(kind, request, None, None, resent=True)
-
-    def _adopts(self, refusal: Exception) -> bool:
-        """Whether a resend's refusal may be its external id being taken (official API)."""
-        return isinstance(refusal, InvalidRequestError) and self._dialect.finds_by_external_id
-
-    async def _adopt(self, request: CreateRequest, refusal: APIError | TransportError) -> Task:
-        """A resend refused because its external id is taken: the task of the first attempt.
-
-        Raises the refusal itself when no task holds the external id (it was about something
-        else), and `AmbiguousSubmissionError` when the look-up fails.
-        """
-        try:
-            task = await self.find_created(request)
-        except (APIError, TransportError) as lookup_error:
-            reason = f"{refusal} Looking the task up by external id failed: {lookup_error}"
-            raise AmbiguousSubmissionError(request, reason) from refusal
-        if task is None:
-            raise refusal
-        log.warning(
-            "task %s (%s) was made by an earlier attempt (external id %s): adopted",
-            task.id,
-            subject_of(request),
-            request.external_task_id,
-            extra=log_fields(task.id, request.key),
-        )
-        return task
-
-    async def _settle(self, request: CreateRequest) -> Task | None:
-        """The task an unanswered create of `request` made; None when surely none was.
-
-        Looked up by external id, and once more `RetryPolicy.lookup_grace` seconds later: a
-        server still busy with the create may not know its external id at once. Raises
-        `AmbiguousSubmissionError` where tasks cannot be looked up so (gateways).
-        """
-        task = await self.find_created(request)
-        if task is None:
-            await self._clock.sleep(self.retry.lookup_grace)
-            task = await self.find_created(request)
-        return task
-
-    def _orphan_handler(self, kind: TaskKind, request: CreateRequest) -> Abandoned:
-        """What to do with the answer of a create whose caller was cancelled meanwhile."""
-
-        def abandoned(data: Any, error: APIError | TransportError | None) -> None:
-            if error is not None:
-                if not surely_not_created(error):
-                    log.warning(
-                        "the create for %s was cancelled while in flight and its answer was "
-                        "lost (%s); it may have made a task (external id %s)",
-                        subject_of(request),
-                        error,
-                        request.external_task_id or "none",
-                        extra=log_fields(None, request.key, getattr(error, "request_id", None)),
-                    )
-                return
-            try:
-                task = structure_task(data, kind)
-            except (APIError, TransportError) as unreadable:
-                log.warning(
-                    "the create for %s was cancelled while in flight; its answer could not "
-                    "be read (%s)",
-                    subject_of(request),
-                    unreadable,
-                    extra=log_fields(None, request.key),
-                )
-                return
-            self._adopt_orphan(OrphanedTask(task, request))
-
-        return abandoned
-
-    def _adopt_orphan(self, orphan: OrphanedTask) -> None:
-        """Log, keep and hand over a task made for a caller who is gone."""
-        log.warning(
-            "task %s (%s) was created for a caller that was cancelled meanwhile; it runs "
-            "and is paid for: find it in KlingClient.orphaned_tasks",
-            orphan.task.id,
-            subject_of(orphan.request),
-            extra=log_fields(orphan.task.id, orphan.request.key),
-        )
-        if self._uses_receiver(orphan.request):
-            _remember(self._called_back, orphan.task.id)
-        self.orphaned_tasks.append(orphan)
-        if self._on_orphaned_task is not None:
-            try:
-                self._on_orphaned_task(orphan)
-            except Exception:
-                log.exception(
-                    "on_orphaned_task failed for task %s",
-                    orphan.task.id,
-                    extra=log_fields(orphan.task.id, orphan.request.key),
-                )
+        return self._creator.prepare(request)
 
     async def find_created(self, request: CreateRequest) -> Task | None:
         """The task a create of `request` made, found by its external id (official API).
@@ -696,15 +516,7 @@ class KlingClient:
         create sent again with the same external id cannot make a second task. Raises
         `AmbiguousSubmissionError` where tasks cannot be looked up this way (gateways).
         """
-        if not (self._dialect.finds_by_external_id and request.external_task_id):
-            raise AmbiguousSubmissionError(
-                request,
-                f"the {self.dialect} dialect cannot look a task up by an external id",
-            )
-        try:
-            return await self.get_task(request.external_task_id, kind_of(request))
-        except NotFoundError:
-            return None
+        return await self._creator.find_created(request)
 
     async def get_task(
         self,
@@ -1237,16 +1049,6 @@ class _WatcherReads:
         return structure_task(data, kind, share_keys=True)
 
 
-_CALLED_BACK_KEPT = 100_000
-
-
-def _remember(memory: OrderedDict[str, None], task_id: str) -> None:
-    """Note a task that calls this client back (the oldest are forgotten past a bound)."""
-    memory[task_id] = None
-    if len(memory) > _CALLED_BACK_KEPT:
-        memory.popitem(last=False)
-
-
 def download_folder(path: str | os.PathLike[str] | None) -> Path | None:
     """The batch's download folder, made now: a typo must not cost a batch of results."""
     if path is None:
@@ -1271,15 +1073,6 @@ def _video_of(video_or_task: Video | Task) -> Video:
             "wait for it to succeed first."
         )
     return task.videos[0]
-
-
-def _doing(request: CreateRequest) -> str:
-    """What submitting `request` would do, for an error message."""
-    if isinstance(request, VideoExtendRequest):
-        return f"extend video {request.video_id!r}"
-    if isinstance(request, TextToVideoRequest):
-        return "make a video from text"
-    return "make a video from an image"
 
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")

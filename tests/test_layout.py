@@ -33,6 +33,7 @@ ORDER = [
     "callbacks",
     "download",
     "chain",
+    "_create",  # the one path of every create request: sent once, never a task lost
     "postgres",  # the coordination on a database: loaded by the client only when asked for
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
