@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -21,6 +22,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
 )
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -53,7 +55,7 @@ from .journal import (
 )
 from .models import CreateRequest, Task, TaskKind, TaskStatus, kind_of
 from .policies import RetryPolicy
-from .telemetry import NO_TELEMETRY, _Off, log_fields
+from .telemetry import NO_SLOTS, NO_TELEMETRY, _Off, _SlotTrace, log_fields
 from .watcher import TaskWatcher
 
 __all__ = [
@@ -167,6 +169,9 @@ class _Slot:
     held: bool = True
 
 
+_UNSCOPED = nullcontext()
+
+
 class ConcurrencyWindow:
     """A cap on tasks in flight that halves on 1303 and creeps back up on success (AIMD)."""
 
@@ -177,15 +182,21 @@ class ConcurrencyWindow:
         self.size = float(limit)
         self.in_use = 0
         self.peak = 0
+        self.trace: _SlotTrace = NO_SLOTS
         self._epoch = 0
         self._changed = anyio.Event()
 
     async def acquire(self, slot: _Slot | None = None) -> _Slot:
         """Wait for a free slot and take it (into `slot`, when re-taking a released one)."""
-        while self.in_use >= max(1, int(self.size)):
-            await self._changed.wait()
+        waited = 0.0
+        if self.in_use >= max(1, int(self.size)):
+            asked = time.monotonic()
+            while self.in_use >= max(1, int(self.size)):
+                await self._changed.wait()
+            waited = time.monotonic() - asked
         self.in_use += 1
         self.peak = max(self.peak, self.in_use)
+        self.trace.taken(waited)
         if slot is None:
             return _Slot(self._epoch)
         slot.epoch, slot.held = self._epoch, True
@@ -196,6 +207,7 @@ class ConcurrencyWindow:
         if slot.held:
             slot.held = False
             self.in_use -= 1
+            self.trace.given_back()
             self._notify()
 
     def shrink(self, slot: _Slot) -> None:
@@ -366,11 +378,14 @@ class _Run:
         default=attrs.Factory(lambda run: anyio.CapacityLimiter(run.window.limit), takes_self=True)
     )
     backlog: Backlog = attrs.field(factory=lambda: Backlog(None))
+    # The context each request's work is started in (a chain's span for its steps).
+    scope: Callable[[CreateRequest], AbstractContextManager[object]] = lambda _: _UNSCOPED
 
     async def run(self, requests: Iterable[CreateRequest] | AsyncIterable[CreateRequest]) -> None:
         self.backlog.total = len(requests) if isinstance(requests, Collection) else None
         async with self.send:  # closed whatever happens, so the reader always hears the end
             await self.journal.open()
+            self.window.trace = self.telemetry.slots("batch")
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self.journal.hold)  # a shared journal's leases
@@ -394,7 +409,8 @@ class _Run:
                 if refusal is not None:
                     group.start_soon(self._report, request, None, refusal)
                 elif entry is not None and next_step(entry) is _Step.REPLAY:
-                    group.start_soon(self._replay, entry)
+                    with self.scope(request):
+                        group.start_soon(self._replay, entry)
                 elif self.stopping and entry is None:  # every request still gets its outcome
                     await self._report(request, None, NotSentError(request, self.stopped_by))
                 else:
@@ -402,7 +418,8 @@ class _Run:
                     if self.stopping and self.fail_fast:  # a failure came while it waited
                         self.window.release(slot)
                         break
-                    group.start_soon(self._one, request, key, entry, slot)
+                    with self.scope(request):
+                        group.start_soon(self._one, request, key, entry, slot)
                 self.backlog.take()
             self.backlog.total = self.backlog.taken  # nothing more is taken
 
@@ -670,6 +687,12 @@ class Batch:
         self._failure: BaseException | None = None
         self._started = False
         self._ended = False
+
+    def _within(self, scope: Callable[[CreateRequest], AbstractContextManager[object]]) -> Self:
+        """Start the work of each request in the context `scope(request)` gives (a chain's
+        span, so that the spans of its steps are its children). Before the batch starts."""
+        self._run.scope = scope
+        return self
 
     @property
     def window(self) -> ConcurrencyWindow:

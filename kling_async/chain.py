@@ -17,7 +17,7 @@ import math
 import os
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from .models import (
     Video,
     VideoExtendRequest,
 )
+from .telemetry import NO_CHAIN, _ChainTrace, _Off
 
 __all__ = [
     "MAX_VIDEO_SECONDS",
@@ -206,8 +207,15 @@ class ChainBackend(Protocol):
         concurrency: int,
         journal: JournalArgument,
         on_event: Callable[[BatchEvent], object],
+        scope: Callable[[CreateRequest], AbstractContextManager[object]],
     ) -> Batch:
-        """The batch engine over a stream of requests (`extend_many`)."""
+        """The batch engine over a stream of requests (`extend_many`), starting the work of
+        each request in the context `scope` gives for it."""
+        ...
+
+    @property
+    def telemetry(self) -> _Off:
+        """The client's spans and metrics (or none)."""
         ...
 
     def expected_seconds(self) -> float | None:
@@ -255,6 +263,7 @@ class _ChainState:
     steps: int | None
     chain: Chain = attrs.field(factory=Chain)
     step: int = 0
+    trace: _ChainTrace = NO_CHAIN
 
     def first_request(self) -> CreateRequest:
         source = self.request.source
@@ -328,6 +337,7 @@ class _ChainRun:
                 chain_key(request),
                 backend.needs_parent_task,
                 _planned_steps(request),
+                trace=backend.telemetry.chain(request.video_id),
             )
             if state.key in self.states:
                 raise InvalidArgumentError(
@@ -345,8 +355,11 @@ class _ChainRun:
                 await store.open()
             async with aclosing(self._outcomes(store)) as outcomes:
                 async for outcome in outcomes:
+                    self._traced(outcome)
                     yield outcome
         finally:
+            for state in self.states.values():  # chains left unfinished end their spans too
+                state.trace.ended(len(state.chain.tasks), _seconds(state.chain), None)
             if owned and store is not None:
                 await store.close()
 
@@ -367,6 +380,7 @@ class _ChainRun:
                 concurrency=self.concurrency,
                 journal=store,
                 on_event=self._on_batch_event,
+                scope=self._scope,
             )
             async with batch:
                 async for outcome in batch:
@@ -405,6 +419,18 @@ class _ChainRun:
                 if task_id and state.request.source is None and new:
                     group.start_soon(check, state, task_id)
         return stale
+
+    def _scope(self, request: CreateRequest) -> AbstractContextManager[object]:
+        """The context a step's work starts in: its chain's span."""
+        return self._state_of(request).trace.within()
+
+    def _traced(self, outcome: ChainOutcome) -> None:
+        """End the span of the chain `outcome` ends: its steps, length, and why it failed."""
+        error: BaseException | None = outcome.error
+        if error is not None and error.__cause__ is not None:
+            error = error.__cause__  # the step's own failure says more than "a step failed"
+        state = self.states[chain_key(outcome.request)]
+        state.trace.ended(len(outcome.chain.tasks), _seconds(outcome.chain), error)
 
     def _state_of(self, request: CreateRequest) -> _ChainState:
         chain_key, _, _ = (request.key or "").rpartition("/")
@@ -617,3 +643,8 @@ def run_chains(
         on_event=on_event,
     )
     return run.outcomes()
+
+
+def _seconds(chain: Chain) -> float | None:
+    duration = chain.duration
+    return None if duration is None else float(duration)

@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -104,7 +104,7 @@ from .models import (
     VideoExtendRequest,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
-from .telemetry import Telemetry, log_fields, telemetry_for
+from .telemetry import Telemetry, _Off, log_fields, telemetry_for
 from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
@@ -245,6 +245,8 @@ class KlingClient:
         if self.coordination is not None and requests_per_second is not None:
             # The rate is the account's: every process of the database keeps to it together.
             self._transport.limiter = self.coordination.request_rate(requests_per_second)
+        if self.coordination is not None:
+            self.coordination.telemetry = self.telemetry  # the account's slot waits
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -998,10 +1000,16 @@ class _ChainBackend:
         concurrency: int,
         journal: JournalArgument,
         on_event: Callable[[BatchEvent], object],
+        scope: Callable[[CreateRequest], AbstractContextManager[object]],
     ) -> Batch:
-        return self.client.extend_many(
+        batch = self.client.extend_many(
             requests, concurrency=concurrency, journal=journal, on_event=on_event
         )
+        return batch._within(scope)
+
+    @property
+    def telemetry(self) -> _Off:
+        return self.client.telemetry
 
     def expected_seconds(self) -> float | None:
         return self.client._expected_seconds(TaskKind.VIDEO_EXTEND)

@@ -9,12 +9,15 @@ answered, is retried; a watch steps and ends; a batch runs). Without OpenTelemet
   the HTTP semantic-convention attributes (``http.request.method``, ``url.full`` without its
   query, ``server.address``, ``server.port``, ``http.response.status_code``, ``error.type``),
   ``kling.request_id``, ``kling.task_id`` and ``kling.code``; each retry is an event;
-- a span per watch (``kling.watch``) and per batch (``kling.batch``); the spans of the
-  requests made for them are their children;
+- a span per watch (``kling.watch``), per batch (``kling.batch``) and per chain
+  (``kling.chain``); the spans of the requests made for them are their children, and a
+  chain's span, the child of its batch's, holds its steps' creates and watches;
 - metrics: ``kling.client.requests`` (by endpoint and outcome), ``kling.client.retries`` (by
   reason), ``kling.tasks.in_flight`` and ``kling.task.reads`` / ``kling.task.duration`` (by
   kind and final status), ``kling.callbacks`` (by outcome and reason),
-  ``kling.download.bytes``.
+  ``kling.download.bytes``, ``kling.slots.held`` (slots of batches' caps held by tasks in
+  flight) and ``kling.slot.wait`` (how long a create waited for a slot of a batch's cap,
+  or of the account's parallel-task quota shared over a database), by ``kling.slot.scope``.
 
 Until a provider is given or the application sets a global one, nothing is built: a client
 on OpenTelemetry's placeholder providers costs what a client without it costs. The module
@@ -42,7 +45,16 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.trace import Span, TracerProvider
 
-__all__ = ["NO_TELEMETRY", "Telemetry", "available", "log_fields", "task_in_path", "telemetry_for"]
+__all__ = [
+    "NO_CHAIN",
+    "NO_SLOTS",
+    "NO_TELEMETRY",
+    "Telemetry",
+    "available",
+    "log_fields",
+    "task_in_path",
+    "telemetry_for",
+]
 
 Progress = Callable[[Any], object]  # a DownloadProgress hook (download.py is below this one)
 _SCOPE = "kling_async"
@@ -106,9 +118,41 @@ class _WatchTrace:
         """The watch ended: with its last snapshot, or with `error`."""
 
 
+class _ChainTrace:
+    """What one chain's hooks do when nothing is recorded: nothing."""
+
+    __slots__ = ()
+
+    def within(self) -> AbstractContextManager[object]:
+        """The context the work of one of the chain's steps is started in."""
+        return _NULL
+
+    def ended(self, steps: int, duration: float | None, error: BaseException | None) -> None:
+        """The chain ended (or was left): after `steps` steps, with a video of `duration`
+        seconds, or with `error` (why its last step failed)."""
+
+
+class _SlotTrace:
+    """What the hooks of one kind of slot (a batch's cap, the account's quota) do when
+    nothing is recorded: nothing."""
+
+    __slots__ = ()
+
+    def taken(self, waited: float) -> None:
+        """A slot was taken, `waited` seconds after it was asked for."""
+
+    def given_back(self) -> None:
+        """A slot taken before was given back."""
+
+    def waited(self, seconds: float) -> None:
+        """A slot was waited for `seconds` (of a scope whose holding is counted elsewhere)."""
+
+
 _NULL = nullcontext()
 _NO_REQUEST = _RequestTrace()
 _NO_WATCH = _WatchTrace()
+NO_CHAIN = _ChainTrace()
+NO_SLOTS = _SlotTrace()
 
 
 class _Off:
@@ -127,6 +171,15 @@ class _Off:
     def batch(self, concurrency: int) -> AbstractContextManager[object]:
         """The context a batch runs in."""
         return _NULL
+
+    def chain(self, video_id: str | None) -> _ChainTrace:
+        """A trace for one chain (from `video_id`, or from a new video when None)."""
+        return NO_CHAIN
+
+    def slots(self, scope: str) -> _SlotTrace:
+        """A trace for the slots of `scope`: ``"batch"`` (a batch's cap) or ``"account"``
+        (the account's parallel-task quota)."""
+        return NO_SLOTS
 
     def download(self, url: str, video_id: str) -> AbstractContextManager[object]:
         """The context one download runs in."""
@@ -208,6 +261,14 @@ class Telemetry(_Off):
             "{callback}",
             "Callbacks received, by outcome (accepted, refused) and reason",
         )
+        self.held = meter.create_up_down_counter(
+            "kling.slots.held",
+            "{slot}",
+            "Slots held by tasks in flight, by scope (a batch's cap, the account's quota)",
+        )
+        self.slot_waits = meter.create_histogram(
+            "kling.slot.wait", "s", "Time a request waited for a free slot, by scope"
+        )
         meter.create_observable_counter(
             "kling.download.bytes",
             [self._observe_bytes],
@@ -263,6 +324,12 @@ class Telemetry(_Off):
             return _NULL
         attributes = {"kling.batch.concurrency": concurrency}
         return self.tracer.start_as_current_span("kling.batch", attributes=attributes)
+
+    def chain(self, video_id: str | None) -> _ChainTrace:
+        return _Chain(self, video_id) if self.live else NO_CHAIN
+
+    def slots(self, scope: str) -> _SlotTrace:
+        return _Slots(self, scope) if self.live else NO_SLOTS
 
     def download(self, url: str, video_id: str) -> AbstractContextManager[object]:
         return self._download(url, video_id) if self.live else _NULL
@@ -454,3 +521,55 @@ def _duration(task: Task, started: float) -> float:
     if task.created_at is not None and task.updated_at is not None:
         return max(0.0, (task.updated_at - task.created_at).total_seconds())
     return time.monotonic() - started
+
+
+class _Chain(_ChainTrace):
+    """One chain's span: begun when its first step starts, in the batch's span, and current
+    while each step's work is started, so its creates and watches are its children."""
+
+    __slots__ = ("_attributes", "_owner", "_span")
+
+    def __init__(self, owner: Telemetry, video_id: str | None) -> None:
+        self._owner = owner
+        self._attributes = {} if video_id is None else {"kling.video_id": video_id}
+        self._span: Span | None = None
+
+    def within(self) -> AbstractContextManager[object]:
+        if self._span is None:
+            self._span = self._owner.tracer.start_span("kling.chain", attributes=self._attributes)
+        # A cancellation passing through while a step is started is not the chain's error.
+        return self._owner.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def ended(self, steps: int, duration: float | None, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:  # no step of it ran in this batch, or it ended already
+            return
+        span.set_attribute("kling.chain.steps", steps)
+        if duration is not None:
+            span.set_attribute("kling.chain.duration", duration)
+        if error is not None:
+            span.set_attributes(_error_attributes(error))
+            span.set_status(self._owner.error_status, type(error).__name__)
+        span.end()
+
+
+class _Slots(_SlotTrace):
+    """The slots of one scope: how many are held, and how long each was waited for."""
+
+    __slots__ = ("_attributes", "_owner")
+
+    def __init__(self, owner: Telemetry, scope: str) -> None:
+        self._owner = owner
+        self._attributes = {"kling.slot.scope": scope}
+
+    def taken(self, waited: float) -> None:
+        self._owner.held.add(1, self._attributes)
+        self._owner.slot_waits.record(waited, self._attributes)
+
+    def given_back(self) -> None:
+        self._owner.held.add(-1, self._attributes)
+
+    def waited(self, seconds: float) -> None:
+        self._owner.slot_waits.record(seconds, self._attributes)

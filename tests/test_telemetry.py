@@ -17,9 +17,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from kling_async import (
+    BatchEvent,
+    BatchEventKind,
     CallbackReceiver,
+    ChainError,
+    ChainRequest,
     KlingClient,
     PollPolicy,
     RetryPolicy,
@@ -351,3 +356,94 @@ async def test_callbacks_are_counted_by_outcome(recorded: Recorded) -> None:
         ("accepted", "accepted"): 1,
         ("refused", "not a task object"): 2,
     }
+
+
+async def test_a_chain_is_a_span_holding_its_steps(recorded: Recorded) -> None:
+    """Two chains of two steps in one batch: a chain span each, under the batch's, holding
+    its steps' creates and watches; its steps, length and source video as attributes."""
+    chains = [ChainRequest(f"vid-{i}", task_id=f"parent-{i}", steps=2) for i in (0, 1)]
+    server = FakeKlingServer(api_key=KEY, durations=FAST_TASKS)
+    async with server, recorded.client(server) as client:
+        outcomes = [o async for o in client.chain_many(chains, concurrency=2)]
+    assert all(o.ok for o in outcomes)
+
+    spans = recorded.spans()
+    (batch,) = [s for s in spans if s.name == "kling.batch"]
+    chain_spans = [s for s in spans if s.name == "kling.chain"]
+    assert sorted(children(spans, batch), key=id) == sorted(chain_spans, key=id)
+    for outcome in outcomes:
+        source = outcome.request.video_id
+        (span,) = [s for s in chain_spans if dict(s.attributes or {})["kling.video_id"] == source]
+        assert dict(span.attributes or {}) == {
+            "kling.video_id": source,
+            "kling.chain.steps": 2,
+            "kling.chain.duration": float(outcome.chain.duration or 0),
+        }
+        steps = children(spans, span)
+        watched = {
+            dict(s.attributes or {})["kling.task_id"] for s in steps if s.name == "kling.watch"
+        }
+        assert watched == {task.id for task in outcome.chain.tasks}
+        assert Counter(s.name for s in steps) == Counter(
+            {"POST /kling/v1/videos/video-extend": 2, "kling.watch": 2}
+        )
+
+
+async def test_a_failed_chain_span_names_its_steps_failure(recorded: Recorded) -> None:
+    """A chain whose first step fails: its span ends in error with the step's own failure."""
+    chain = ChainRequest("vid-0", task_id="parent-0", steps=2)
+    server = FakeKlingServer(api_key=KEY, durations=FAST_TASKS, fail_rate=1.0)
+    async with server, recorded.client(server) as client:
+        (outcome,) = [o async for o in client.chain_many([chain])]
+    assert isinstance(outcome.error, ChainError)
+
+    (span,) = [s for s in recorded.spans() if s.name == "kling.chain"]
+    assert dict(span.attributes or {}) == {
+        "kling.video_id": "vid-0",
+        "kling.chain.steps": 0,
+        "error.type": "TaskFailedError",
+    }
+    assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_slots_of_the_batch_cap_are_counted_held_and_waited_for(
+    recorded: Recorded,
+) -> None:
+    """Four extensions under a cap of two: two slots held at most, none at the end; each of
+    the four slots taken is a wait recorded, the first two without waiting, the last two
+    after one."""
+    held: list[int] = []
+
+    def look(event: BatchEvent) -> None:
+        if event.kind is BatchEventKind.SUBMITTED:
+            held.append(recorded.sums("kling.slots.held", "kling.slot.scope")[("batch",)])
+
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"parent-{i}") for i in range(4)]
+    server = FakeKlingServer(api_key=KEY, durations=FAST_TASKS)
+    async with server, recorded.client(server) as client:
+        outcomes = [o async for o in client.extend_many(items, concurrency=2, on_event=look)]
+    assert all(o.ok for o in outcomes)
+    assert len(held) == 4 and max(held) == 2
+    assert recorded.sums("kling.slots.held", "kling.slot.scope") == {("batch",): 0}
+    (waits,) = recorded.points("kling.slot.wait")
+    assert dict(waits.attributes) == {"kling.slot.scope": "batch"}
+    assert waits.count == 4 and waits.min == 0 and waits.max > 0
+
+
+async def test_waits_for_the_accounts_slots_are_recorded(
+    recorded: Recorded, database_url: str
+) -> None:
+    """With the account's quota shared over a database at one task, the second of two
+    creates waits for the first task's slot: a wait of the account's scope."""
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"parent-{i}") for i in range(2)]
+    async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS) as server:
+        client = recorded.client(server, database_url=database_url, parallel_tasks=1)
+        async with client:
+            outcomes = [o async for o in client.extend_many(items, concurrency=2)]
+    assert all(o.ok for o in outcomes)
+    waits = {
+        dict(point.attributes)["kling.slot.scope"]: point
+        for point in recorded.points("kling.slot.wait")
+    }
+    assert waits["account"].count == 2
+    assert waits["account"].min == 0 and waits["account"].max > 0

@@ -19,6 +19,7 @@ import anyio
 from .._clock import Clock, SystemClock
 from ..errors import ConfigurationError
 from ..journal import JournalError
+from ..telemetry import NO_TELEMETRY, _Off
 from ._rate import SharedRateLimiter
 from ._schema import SCHEMA_VERSION, prepare
 from .journal import PostgresJournal
@@ -73,6 +74,8 @@ class Coordination:
         self.lease = lease
         #: How often leases are renewed and waited-for keys looked at.
         self.tick = min(lease / 3, 1.0)
+        #: Where the waits for the account's slots are reported (the client's telemetry).
+        self.telemetry: _Off = NO_TELEMETRY
         self.clock = clock or SystemClock()
         #: Statements sent to the database (each one round trip), for benchmarks.
         self.round_trips = 0

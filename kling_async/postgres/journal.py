@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import uuid
 from typing import Any, Self
 
@@ -239,12 +240,16 @@ class PostgresJournal:
         try:
             queued = await self._intent(key, request, slot)
             recorded = True
+            asked = time.monotonic() if queued else None  # when the account was found full
             while queued and granted is not None:
                 # A grant comes by NOTIFY, or is seen by the next tick; asking again after a
                 # lease catches one handed out while this process was taken for dead.
                 with anyio.move_on_after(self._co.lease):
                     await granted.wait()
                 queued = not granted.is_set() and await self._intent(key, request, slot)
+            if slot:
+                waited = 0.0 if asked is None else time.monotonic() - asked
+                self._co.telemetry.slots("account").waited(waited)
         except BaseException:
             if recorded:
                 with anyio.CancelScope(shield=True):
