@@ -185,13 +185,16 @@ def structure_tasks(data: Any, kind: TaskKind) -> list[Task]:
 def request_body(request: CreateRequest) -> dict[str, Any]:
     """The JSON body of a create request: the API's fields that are set, nothing else.
 
-    A video's length goes as the API spells it, a string of seconds (``"5"``).
+    A video's length goes as the API spells it, a string of seconds (``"5"``), and
+    ``cfg_scale`` as the float it is (``1.0``, not ``1``, for a server that checks types).
     """
     body = {
         name: value for name, value in request_record(request).items() if name not in _LOCAL_FIELDS
     }
     if "duration" in body:
         body["duration"] = str(body["duration"])
+    if "cfg_scale" in body:
+        body["cfg_scale"] = float(body["cfg_scale"])
     return body
 
 

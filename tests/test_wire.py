@@ -150,6 +150,15 @@ def test_request_body_sends_only_what_is_set() -> None:
     assert request_body(request) == {"video_id": "v1", "prompt": "go on", "cfg_scale": 0.0}
 
 
+@pytest.mark.parametrize("scale", [0, 1])
+def test_an_integer_cfg_scale_is_sent_as_the_float_the_api_takes(scale: int) -> None:
+    """cfg_scale is a float in the API: ``1`` goes as ``1.0``, so a server that checks
+    types does not refuse it."""
+    body = request_body(VideoExtendRequest("v1", cfg_scale=scale))
+    assert type(body["cfg_scale"]) is float
+    assert json.dumps(body) == f'{{"video_id": "v1", "cfg_scale": {scale}.0}}'
+
+
 def test_deeply_nested_garbage_is_not_json() -> None:
     """A body nested beyond reason reads as 'not JSON', never a RecursionError."""
     from kling_async._wire import decode_json
