@@ -21,6 +21,7 @@ from kling_async import (
     BatchEventKind,
     BatchOutcome,
     ConfigurationError,
+    DownloadError,
     InsufficientBalanceError,
     InvalidArgumentError,
     KlingClient,
@@ -37,7 +38,7 @@ from kling_async import (
     WatchTimeoutError,
 )
 from kling_async._clock import FakeClock
-from kling_async.batch import ConcurrencyWindow
+from kling_async.batch import Backlog, ConcurrencyWindow
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -251,6 +252,57 @@ async def test_a_failed_task_is_finished_with_its_error_and_no_files() -> None:
     )
 
 
+NOW = 1_700_000_000.0  # a Unix time: the backlog keeps offsets from its first task
+
+
+def test_with_nothing_in_flight_the_eta_is_the_requests_left_shared_by_the_slots() -> None:
+    """Each request not taken yet is a whole expected duration; an unknown total adds none,
+    and more taken than announced is none left, never less."""
+    backlog = Backlog(total=5)
+    assert backlog.eta(now=NOW, expected=60.0, slots=2) == 150.0
+    backlog.take()
+    backlog.take()
+    assert backlog.eta(now=NOW, expected=60.0, slots=1) == 180.0
+    assert Backlog(total=None).eta(now=NOW, expected=60.0, slots=2) == 0.0
+    over = Backlog(total=1)
+    over.take()
+    over.take()
+    assert over.eta(now=NOW, expected=60.0, slots=1) == 0.0
+
+
+def test_the_eta_is_the_larger_of_the_youngest_tasks_time_left_and_the_work_per_slot() -> None:
+    """Tasks made at 0 and 20 s, seen at 30 s with one request waiting: 140 s of work left;
+    the youngest has 50 s to go."""
+    backlog = Backlog(total=3)
+    for key, made in (("a", NOW), ("b", NOW + 20)):
+        backlog.take()
+        backlog.start(key, at=made)
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 140.0
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=2) == 70.0
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=4) == 50.0  # the youngest's
+    # Both overdue: only the waiting request is work left.
+    assert backlog.eta(now=NOW + 200, expected=60.0, slots=2) == 30.0
+    backlog.take()
+    assert backlog.eta(now=NOW + 200, expected=60.0, slots=2) == 0.0
+
+
+def test_a_task_that_ends_leaves_the_eta_and_one_made_again_counts_once() -> None:
+    """Tasks made at 0, 5 and 20 s, two requests waiting, seen at 30 s on one slot."""
+    backlog = Backlog(total=5)
+    for key, made in (("first", NOW), ("a", NOW + 5), ("b", NOW + 20)):
+        backlog.take()
+        backlog.start(key, at=made)
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 30 + 35 + 50 + 120
+    backlog.end("a")
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 30 + 50 + 120
+    backlog.start("b", at=NOW + 25)  # its task found again, made later than thought
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 30 + 55 + 120
+    backlog.end("b")
+    backlog.end("b")
+    backlog.end("never-started")
+    assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 30 + 120
+
+
 async def test_a_failing_progress_callback_does_not_stop_the_batch(
     server: FakeKlingServer,
 ) -> None:
@@ -352,7 +404,8 @@ async def test_a_batch_closed_by_a_cancelled_caller_has_stopped_when_aclose_retu
     ):
         batch = client.extend_many(requests(6), concurrency=3, on_event=heard)
         await batch.__aenter__()
-        await all_in_flight.wait()
+        with anyio.fail_after(10):  # a guard against a hang, not a measurement
+            await all_in_flight.wait()
         with anyio.CancelScope() as scope:
             scope.cancel()
             await batch.aclose()
@@ -385,6 +438,17 @@ async def test_batch_downloads_results_as_tasks_finish(
     assert len(list(tmp_path.iterdir())) == 5
 
 
+async def test_a_failed_download_is_the_outcomes_error_and_the_task_stays_succeeded(
+    server: FakeKlingServer, tmp_path: Path
+) -> None:
+    """The task succeeded; only its file is missing: the outcome says both."""
+    server.faults.rate(Fault.http_error(403, 1100, "forbidden"), 1.0, path_contains="/files")
+    async with client_for(server, allow_private_downloads=True) as client:
+        (outcome,) = [o async for o in client.extend_many(requests(1), download_to=tmp_path)]
+    assert outcome.ok and outcome.files == ()
+    assert isinstance(outcome.error, DownloadError) and "HTTP 403" in str(outcome.error)
+
+
 async def test_a_reader_who_stops_reading_stops_new_creates(server: FakeKlingServer) -> None:
     """Breaking out of the loop (without closing) holds every slot: no more tasks are made."""
     async with client_for(server) as client:
@@ -410,9 +474,18 @@ async def test_every_created_task_is_logged(
     """Each task id is logged (at DEBUG: all is well) as it is created, so even a stopped
     batch leaves a trace."""
     caplog.set_level("DEBUG", logger="kling_async")
-    await run_batch(server, requests(3), concurrency=3)
-    for task_id in server.record.created:
-        assert f"task {task_id} created" in caplog.text
+    outcomes = await run_batch(server, requests(3), concurrency=3)
+    created = {
+        (r.getMessage(), r.kling_task_id, r.kling_request_key)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if " created for request " in r.getMessage()
+    }
+    assert created == {
+        (f"task {o.task.id} created for request {o.request.key}", o.task.id, o.request.key)
+        for o in outcomes
+        if o.task is not None
+    }
+    assert len(created) == 3
 
 
 async def test_a_finished_batch_iterates_as_empty(server: FakeKlingServer) -> None:
@@ -451,6 +524,30 @@ async def test_an_account_stop_is_logged_once_with_its_request(
     assert record.getMessage() == f"stopping the batch: {stopper.error}"
     assert record.kling_request_key == stopper.request.key  # type: ignore[attr-defined]
     assert record.kling_request_id == stopper.error.request_id  # type: ignore[attr-defined]
+
+
+async def test_a_key_revoked_while_a_task_runs_stops_the_batch_naming_the_task(
+    server: FakeKlingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused while watching, a request keeps its task in its outcome, and the stop's log
+    line names that task."""
+    events: list[BatchEvent] = []
+
+    def revoke_once_submitted(event: BatchEvent) -> None:
+        events.append(event)
+        if event.kind is BatchEventKind.SUBMITTED:
+            server.faults.rate(Fault.openai_error(401, "Invalid API key provided"), 1.0)
+
+    with caplog.at_level(logging.WARNING, logger="kling_async"):
+        outcomes = await run_batch(
+            server, requests(3), concurrency=1, on_event=revoke_once_submitted
+        )
+    stopper = outcomes[0]
+    assert isinstance(stopper.error, AuthenticationError) and stopper.task is not None
+    assert all(isinstance(o.error, NotSentError) for o in outcomes[1:])
+    (record,) = [r for r in caplog.records if "stopping" in r.getMessage()]
+    assert record.kling_task_id == stopper.task.id  # type: ignore[attr-defined]
+    assert record.kling_request_key == stopper.request.key  # type: ignore[attr-defined]
 
 
 async def consume(items: list[VideoExtendRequest]) -> AsyncIterator[VideoExtendRequest]:
@@ -588,10 +685,13 @@ async def test_a_refused_create_waits_the_servers_retry_after_up_to_the_cap(
     """A Retry-After is waited as given; one past max_retry_after is cut to it, not raised."""
     server.faults.push(Fault.rate_limited(retry_after=retry_after, code=1302), method="POST")
     clock = FakeClock()
+    events: list[BatchEvent] = []
     async with client_for(server, clock=clock, retry=RetryPolicy(max_retry_after=60)) as client:
-        outcomes = [o async for o in client.extend_many(requests(1))]
+        outcomes = [o async for o in client.extend_many(requests(1), on_event=events.append)]
     assert [o.ok for o in outcomes] == [True]
     assert clock.sleeps[0] == waited
+    (retried,) = [e for e in events if e.kind is BatchEventKind.RETRIED]  # the refusal, told
+    assert retried.request == outcomes[0].request and isinstance(retried.error, RateLimitError)
 
 
 async def test_the_window_halves_once_per_window_on_1303() -> None:
@@ -664,6 +764,9 @@ async def test_each_halving_starts_a_new_window(caplog: pytest.LogCaptureFixture
     assert window.size == 4.0
     assert "over the parallel-task limit: concurrency lowered to 8" in caplog.messages
     assert "over the parallel-task limit: concurrency lowered to 4" in caplog.messages
+    assert all(
+        hasattr(r, "kling_task_id") and hasattr(r, "kling_request_key") for r in caplog.records
+    )
 
 
 async def test_a_slot_taken_again_brings_news_of_the_new_window() -> None:

@@ -382,7 +382,10 @@ async def test_an_edited_request_under_an_old_key_is_refused(tmp_path: Path) -> 
         outcomes = await run(server, edited, journal)
         assert server.record.create_count == 1
     assert isinstance(outcomes[0].error, InvalidArgumentError)
-    assert "edited" in str(outcomes[0].error)
+    assert str(outcomes[0].error) == (
+        "Key 'row-0' was journaled for a different request (its fields were edited since); "
+        "nothing was sent for it. Give the edited request a new key, or use a new journal."
+    )
 
 
 class AnswerHeldClient(KlingClient):
@@ -408,7 +411,8 @@ async def test_closing_a_batch_mid_create_still_journals_the_paid_task(tmp_path:
         async with client:
             batch = client.extend_many(requests(1), journal=journal)
             await batch.__aenter__()
-            await client.created.wait()
+            with anyio.fail_after(10):  # a guard against a hang, not a measurement
+                await client.created.wait()
             async with anyio.create_task_group() as group:
                 group.start_soon(batch.aclose)
                 await anyio.wait_all_tasks_blocked()
@@ -608,7 +612,8 @@ async def test_a_journaled_task_is_still_watched_after_an_account_error_stops_th
 
     async def stream() -> AsyncIterator[VideoExtendRequest]:
         yield first
-        await stopped.wait()  # the rest come once the batch has stopped
+        with anyio.fail_after(10):  # a guard against a hang, not a measurement
+            await stopped.wait()  # the rest come once the batch has stopped
         yield journaled
         yield unsent
 

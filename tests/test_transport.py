@@ -467,7 +467,8 @@ async def cancel_create_in_flight(
             "POST", "/create", body={}, resend_safe=False, on_abandoned=on_abandoned
         )
         running = asyncio.get_running_loop().create_task(create)
-        await held.arrived.wait()
+        with anyio.fail_after(10):  # a guard against a hang, not a measurement
+            await held.arrived.wait()
         for _ in range(cancels):
             running.cancel()
             await anyio.wait_all_tasks_blocked()
