@@ -7,11 +7,13 @@ import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
+import attrs
 import pytest
 
 from kling_async import (
@@ -31,14 +33,16 @@ from kling_async import (
     RateLimitError,
     RetryPolicy,
     ServerError,
+    Task,
     TaskFailedError,
+    TaskKind,
     TaskStatus,
     TransportError,
     VideoExtendRequest,
     WatchTimeoutError,
 )
 from kling_async._clock import FakeClock
-from kling_async.batch import Backlog, ConcurrencyWindow
+from kling_async.batch import Backlog, ConcurrencyWindow, _Run
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -301,6 +305,96 @@ def test_a_task_that_ends_leaves_the_eta_and_one_made_again_counts_once() -> Non
     backlog.end("b")
     backlog.end("never-started")
     assert backlog.eta(now=NOW + 30, expected=60.0, slots=1) == 30 + 120
+
+
+class ScriptedTasks:
+    """An extender whose tasks were made when the script says (None: no creation time) and
+    end when `finish` is set; a task of its kind takes 60 s."""
+
+    def __init__(self, made: dict[str, float | None]) -> None:
+        self.made = made
+        self.finish = anyio.Event()
+
+    async def submit(
+        self, request: VideoExtendRequest, *, retry: RetryPolicy, resent: bool = False
+    ) -> Task:
+        made = self.made[str(request.key)]
+        created = None if made is None else datetime.fromtimestamp(made, UTC)
+        return Task(f"t-{request.key}", TaskKind.VIDEO_EXTEND, TaskStatus.SUBMITTED, None, created)
+
+    def watch(self, task: Task, *, on_poll_error: Any) -> Any:
+        return Ends(attrs.evolve(task, status=TaskStatus.SUCCEED), self.finish)
+
+    def prepare(self, request: VideoExtendRequest) -> VideoExtendRequest:
+        return request
+
+    async def find(self, request: VideoExtendRequest) -> Task | None:
+        return None
+
+    async def fetch(self, request: VideoExtendRequest, task: Task) -> tuple[Path, ...]:
+        return ()
+
+    def expected_seconds(self, kind: TaskKind) -> float | None:
+        return 60.0
+
+
+class Ends:
+    """A watcher that yields its task's end once told to."""
+
+    def __init__(self, end: Task, finish: anyio.Event) -> None:
+        self.end, self.finish, self.last = end, finish, None
+
+    async def __aiter__(self) -> AsyncIterator[Task]:
+        await self.finish.wait()
+        self.last = self.end
+        yield self.end
+
+
+async def etas_at_submission(made: dict[str, float | None], concurrency: int) -> list[float]:
+    """The ETA of each submitted event of a batch of the scripted tasks, seen at `NOW`."""
+    extender = ScriptedTasks(made)
+    send, receive = anyio.create_memory_object_stream[BatchOutcome](100)
+    events: list[BatchEvent] = []
+
+    def heard(event: BatchEvent) -> None:
+        events.append(event)
+        if sum(e.kind is BatchEventKind.SUBMITTED for e in events) == min(len(made), concurrency):
+            extender.finish.set()  # the window is full: every task may end now
+
+    run = _Run(
+        extender,
+        ConcurrencyWindow(concurrency),
+        send,
+        FakeClock(NOW),
+        RetryPolicy(),
+        on_event=heard,
+    )
+    items = [VideoExtendRequest(f"vid-{key}", task_id="p", key=key) for key in made]
+    with anyio.fail_after(10):  # a guard against a hang, not a measurement
+        await run.run(items)
+    async with receive:
+        assert len([o async for o in receive]) == len(made)
+    return [e.eta for e in events if e.kind is BatchEventKind.SUBMITTED and e.eta is not None]
+
+
+async def test_the_eta_counts_each_task_from_when_the_server_made_it() -> None:
+    """Two tasks made 30 s and 10 s ago, none waiting, two slots: (30 + 50) / 2 = 40 s, not
+    less than the youngest's 50 s; a task without a creation time counts from now."""
+    assert await etas_at_submission({"a": NOW - 30, "b": NOW - 10}, concurrency=2) == [
+        30.0,
+        50.0,
+    ]
+    assert await etas_at_submission({"a": None}, concurrency=1) == [60.0]
+
+
+async def test_the_eta_shares_the_work_among_the_windows_slots() -> None:
+    """Three requests, tasks made 30 s before they are seen: on two slots the first ETA is
+    (30 + 60) / 2 = 45 s and the second (30 + 30 + 60) / 2 = 60 s; the last, alone, 30 s.
+    On one slot the first is 30 + 60 = 90 s."""
+    made: dict[str, float | None] = {"a": NOW - 30, "b": NOW - 30, "c": NOW - 30}
+    assert await etas_at_submission(made, concurrency=2) == [45.0, 60.0, 30.0]
+    two: dict[str, float | None] = {"a": NOW - 30, "b": NOW - 30}
+    assert await etas_at_submission(two, concurrency=1) == [90.0, 30.0]
 
 
 async def test_a_failing_progress_callback_does_not_stop_the_batch(
