@@ -398,15 +398,23 @@ async def test_the_eta_shares_the_work_among_the_windows_slots() -> None:
 
 
 async def test_a_failing_progress_callback_does_not_stop_the_batch(
-    server: FakeKlingServer,
+    server: FakeKlingServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug in on_event is logged; the batch goes on."""
 
     def broken(event: BatchEvent) -> None:
         raise RuntimeError("display crashed")
 
-    outcomes = await run_batch(server, requests(5), concurrency=5, on_event=broken)
+    with caplog.at_level(logging.ERROR, logger="kling_async"):
+        outcomes = await run_batch(server, requests(5), concurrency=5, on_event=broken)
     assert all(o.ok for o in outcomes)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged and all(
+        r.getMessage() == "the batch's on_event callback failed; the batch goes on"
+        and r.exc_info is not None
+        and r.kling_request_key in {o.request.key for o in outcomes}  # type: ignore[attr-defined]
+        for r in logged
+    )
 
 
 async def test_invalid_request_is_an_outcome_and_sends_nothing(server: FakeKlingServer) -> None:

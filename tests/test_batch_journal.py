@@ -649,3 +649,44 @@ async def test_a_create_refused_then_refused_for_its_external_id_adopts_that_tas
         assert server.record.create_count == 1
     (outcome,) = outcomes
     assert outcome.ok and outcome.task is not None and outcome.task.id == landed_late.id
+
+
+async def test_a_task_found_on_resume_is_journaled_before_it_is_watched(tmp_path: Path) -> None:
+    """The next run finds the task of a create whose answer was lost and journals it at
+    once: cut short while watching it, the journal already holds the task."""
+    journal = tmp_path / "j"
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        server.faults.push(Fault.drop_after_create(), method="POST")
+        server.faults.push(Fault.http_error(503, 5001, "lookup down"), method="GET", times=4)
+        (first,) = await run(server, requests(1), journal)
+        assert isinstance(first.error, AmbiguousSubmissionError)
+        submitted = anyio.Event()
+
+        def heard(event: BatchEvent) -> None:
+            if event.kind is BatchEventKind.SUBMITTED:
+                submitted.set()
+
+        async with (
+            client_for(server) as client,
+            client.extend_many(requests(1), journal=journal, on_event=heard),
+        ):
+            with anyio.fail_after(10):  # a guard against a hang, not a measurement
+                await submitted.wait()
+        (created,) = server.record.created
+    async with Journal(journal) as opened:
+        entry = await opened.entry("row-0")
+    assert entry is not None and entry.state is EntryState.SUBMITTED
+    assert entry.task is not None and entry.task.id == created
+
+
+async def test_a_resumed_create_waits_out_the_parallel_task_limit(tmp_path: Path) -> None:
+    """Official API: an intent whose create never reached the API is sent again, and a 1303
+    answer to it is waited out like any create's."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        journal = tmp_path / "j"
+        request = requests(1)[0]
+        await _journal_an_unanswered_create(server, journal, request, send=False)
+        server.faults.push(Fault.rate_limited(retry_after=0.01, code=1303), method="POST")
+        (outcome,) = await run(server, [request], journal)
+        assert server.record.create_count == 1
+    assert outcome.ok
