@@ -871,6 +871,17 @@ async def test_each_halving_starts_a_new_window(caplog: pytest.LogCaptureFixture
     )
 
 
+async def test_the_window_reports_the_most_tasks_it_held_at_once(server: FakeKlingServer) -> None:
+    """peak starts at 0 (an empty batch held nothing) and is the most slots held at once."""
+    async with client_for(server) as client:
+        empty = client.extend_many([], concurrency=4)
+        assert [o async for o in empty] == []
+        batch = client.extend_many(requests(3), concurrency=2)
+        assert len([o async for o in batch]) == 3
+    assert (empty.window.peak, empty.window.in_use) == (0, 0)
+    assert (batch.window.peak, batch.window.in_use) == (2, 0)
+
+
 async def test_a_slot_taken_again_brings_news_of_the_new_window() -> None:
     """A slot given back during a 1303 and taken again halves the window on its next 1303."""
     window = ConcurrencyWindow(8)
