@@ -26,6 +26,7 @@ __all__ = [
     "Dialect",
     "DialectRules",
     "checked_task_id",
+    "checked_task_path",
     "choose_dialect",
     "normalise_base_url",
     "task_path",
@@ -37,6 +38,7 @@ Dialect = Literal["official", "gateway"]
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 _OFFICIAL_HOST_SUFFIX = "klingai.com"
 PATHS = {kind: f"/v1/{kind.value}" for kind in TaskKind}  # under the dialect's prefix
+_FOLDERS = {kind: f"{path}/" for kind, path in PATHS.items()}  # where each task of a kind is
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")  # needs no quoting in a URL path
 
 
@@ -133,6 +135,14 @@ def task_path(kind: TaskKind, task_id: str) -> str:
     plain = (task_id.isascii() and task_id.isalnum()) or _PLAIN_ID.fullmatch(task_id)
     segment = task_id if plain else quote(task_id, safe="")
     return f"{PATHS[kind]}/{segment}"
+
+
+def checked_task_path(kind: TaskKind, task_id: object) -> str:
+    """`task_path` of the `checked_task_id`; an id of ASCII letters and digits (the official
+    API's are digits), which needs neither, in one step."""
+    if type(task_id) is str and task_id.isalnum() and task_id.isascii():
+        return _FOLDERS[kind] + task_id
+    return task_path(kind, checked_task_id(task_id))
 
 
 def checked_task_id(task_id: object) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import anyio
 import attrs
+from aiohttp import hdrs
 
 from ._clock import Clock
 from ._ratelimit import RequestRate
@@ -378,7 +379,7 @@ def _known_to_fit(response: aiohttp.ClientResponse) -> bool:
     length = response.content_length
     if length is not None and length > MAX_ANSWER_BYTES:
         raise _too_large(response, f"it announced {length} bytes")
-    return length is not None and "Content-Encoding" not in response.headers
+    return length is not None and hdrs.CONTENT_ENCODING not in response.headers
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:

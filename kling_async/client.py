@@ -44,6 +44,7 @@ from ._dialects import (
     PATHS,
     Dialect,
     checked_task_id,
+    checked_task_path,
     choose_dialect,
     normalise_base_url,
     task_path,
@@ -533,7 +534,7 @@ class KlingClient:
 
         >>> task = await client.get_task("8742...")  # doctest: +SKIP
         """
-        path = task_path(kind, checked_task_id(task_id))
+        path = checked_task_path(kind, task_id)
         data = await self._transport.request("GET", path, retry=retry)
         return structure_task(data, kind)
 

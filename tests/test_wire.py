@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 
 from kling_async import (
     MalformedTaskError,
+    Task,
     TaskKind,
     TaskStatus,
     TransportError,
@@ -217,3 +219,59 @@ def test_an_absurdly_nested_answer_is_a_malformed_task() -> None:
     data = {"task_id": "t", "task_status": "processing", "extra": deep}
     with pytest.raises(TransportError, match="task t"):
         structure_task(data, TaskKind.VIDEO_EXTEND, share_keys=True)
+
+
+def test_a_decoded_task_is_a_task_like_any_other() -> None:
+    """The decoder's cheaper construction makes exactly what ``Task(...)`` makes: the same
+    class, equal and hashed alike, the same repr, and frozen (its videos too)."""
+    task = structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND)
+    built = Task(
+        "860500716839079996",
+        TaskKind.VIDEO_EXTEND,
+        TaskStatus.SUCCEED,
+        None,
+        datetime(2024, 8, 4, 11, 5, 57, 708000, tzinfo=UTC),
+        datetime(2024, 8, 4, 11, 6, 56, 324000, tzinfo=UTC),
+        (Video("v-1", "https://cdn.example/v-1.mp4", Decimal("9.8")),),
+        SUCCEEDED,
+        "mine-1",
+    )
+    assert type(task) is Task and type(task.videos[0]) is Video
+    assert task == built and hash(task) == hash(built) and repr(task) == repr(built)
+    assert attrs.astuple(task, recurse=False) == attrs.astuple(built, recurse=False)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        task.status = TaskStatus.FAILED  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        task.videos[0].url = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        del task.id
+    assert attrs.evolve(task, id="other").id == "other"
+
+
+def test_remembered_readings_give_the_same_values_and_stay_bounded() -> None:
+    """Timestamps and durations read before are looked up, not read again: equal values,
+    and the memory of them never grows past its bound."""
+    from kling_async import _wire
+
+    first = structure_task(SUCCEEDED, TaskKind.VIDEO_EXTEND)
+    again = structure_task(dict(SUCCEEDED), TaskKind.VIDEO_EXTEND)
+    assert again == first and again.created_at is first.created_at
+    for n in range(_wire._KEPT + 10):
+        moment = {**SUCCEEDED, "created_at": 1722769557708 + n, "updated_at": 1722769557708 + n}
+        moment["task_result"] = {"videos": [{"id": "v", "url": "u", "duration": f"{n}.5"}]}
+        task = structure_task(moment, TaskKind.VIDEO_EXTEND)
+        assert task.created_at == datetime.fromtimestamp((1722769557708 + n) / 1000, tz=UTC)
+        assert task.videos[0].duration == Decimal(f"{n}.5")
+    assert len(_wire._MOMENTS) <= _wire._KEPT and len(_wire._DURATIONS) <= _wire._KEPT
+
+
+@pytest.mark.parametrize("raw", [b' {"code": 0} ', b'{"code": 0}\n', b'{"code": 0} x', b"", b"{"])
+def test_a_body_with_more_than_one_value_is_read_as_json_loads_reads_it(raw: bytes) -> None:
+    """Whitespace around the value is allowed, anything else after it is not JSON."""
+    from kling_async._wire import decode_json
+
+    try:
+        expected = json.loads(raw)
+    except ValueError:
+        expected = None
+    assert decode_json(raw) == expected
