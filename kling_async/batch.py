@@ -335,6 +335,9 @@ class _NoJournal:
     async def released(self, key: str) -> JournalEntry | None:
         return None
 
+    async def narrow(self, key: str) -> bool:
+        return False
+
     async def record_intent(self, key: str, request: CreateRequest) -> None:
         return None
 
@@ -595,21 +598,32 @@ class _Run:
                     raise
                 refusals += 1
                 self._emit(BatchEventKind.RETRIED, request, error=exc)
-                await self._wait_after_refusal(exc, refusals, slot)
+                over_limit = isinstance(exc, RateLimitError) and exc.is_concurrency_limit
+                # A shared window halves for every process and stands for the batch's own.
+                shared = over_limit and await self.journal.narrow(key)
+                await self._wait_after_refusal(exc, refusals, slot, shared=shared)
                 continue
             self.window.grow()
             return task
 
-    async def _wait_after_refusal(self, exc: Exception, refusals: int, slot: _Slot) -> None:
-        """Back off before sending a refused create again; raise when it must not be."""
+    async def _wait_after_refusal(
+        self, exc: Exception, refusals: int, slot: _Slot, *, shared: bool = False
+    ) -> None:
+        """Back off before sending a refused create again; raise when it must not be.
+
+        On 1303 the batch's window halves and the slot is given back while waiting, unless
+        the journal's account window (`shared`) was halved instead: the request then keeps
+        its place, since queued requests of the batch hold the window's other slots while
+        they wait for this one's account slot."""
         over_limit = isinstance(exc, RateLimitError) and exc.is_concurrency_limit
         if not over_limit and refusals >= self.retry.max_attempts:
             raise exc
-        if over_limit:  # the account runs all it may: free the slot while waiting
+        local = over_limit and not shared
+        if local:  # the account runs all it may: free the slot while waiting
             self.window.shrink(slot)
             self.window.release(slot)
         await self.clock.sleep(self._backoff(refusals, exc))
-        if over_limit:
+        if local:
             await self.window.acquire(slot)
 
     async def _journal_task(self, key: str, task: Task) -> None:

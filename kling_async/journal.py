@@ -180,6 +180,11 @@ class JournalStore(Protocol):
 
     async def record_intent(self, key: str, request: CreateRequest) -> None: ...
 
+    async def narrow(self, key: str) -> bool:
+        """`key`'s create was refused over the account's parallel limit (1303): a shared
+        journal halves the account's window and answers True (False when unshared)."""
+        ...
+
     async def record_task(self, key: str, task: Task) -> None: ...
 
     async def record_status(self, key: str, task: Task) -> None: ...
@@ -285,6 +290,10 @@ class Journal:
     async def released(self, key: str) -> JournalEntry | None:
         """No other process holds a key of an open journal."""
         return await self.entry(key)
+
+    async def narrow(self, key: str) -> bool:
+        """Nothing to share: the batch's own window halves (see `ConcurrencyWindow`)."""
+        return False
 
     async def record_intent(self, key: str, request: CreateRequest) -> None:
         """Journal `request` under `key` before it is sent; committed when this returns.

@@ -335,6 +335,65 @@ async def test_forgetting_a_create_that_made_nothing_frees_its_slot(database_url
         await journal.record_intent("k2", REQUEST)  # the freed slot is taken at once
 
 
+async def test_a_1303_halves_the_window_of_every_process_once_and_successes_widen_it(
+    database_url: str,
+) -> None:
+    """Quota 4: A's create is refused with 1303 (another client uses the account), so the
+    account's window halves to 2 for every process: B's third intent queues although the
+    quota has room. B's 1303 for a slot asked before that halving is the same news and
+    changes nothing; each created task widens the window by 1/window."""
+
+    async def window() -> object:
+        return await sql(database_url, "SELECT window_size FROM kling_account")
+
+    async with (
+        coordination(database_url, parallel_tasks=4) as a,
+        coordination(database_url) as b,
+    ):
+        mine, theirs = a.journal("ns"), b.journal("ns")
+        await mine.record_intent("k1", REQUEST)
+        await theirs.record_intent("k2", REQUEST)
+        await mine.narrow("k1")
+        assert await window() == 2.0
+        await theirs.narrow("k2")
+        assert await window() == 2.0
+
+        async def queued() -> bool:
+            return await sql(database_url, "SELECT queued FROM kling_entry WHERE key = 'k3'")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(theirs.record_intent, "k3", REQUEST)
+            await until(queued)
+            await mine.record_task("k1", task(TaskStatus.SUBMITTED))
+            assert await window() == 2.5
+            await mine.record_outcome("k1", task(TaskStatus.SUCCEED), None)  # k3's turn
+        assert await b.slots_in_use() == 2
+
+
+async def test_a_batch_of_two_processes_narrows_the_shared_window_on_1303(
+    database_url: str,
+) -> None:
+    """Another client holds half the account: the fake takes 2 tasks at once though the
+    quota says 4. Two processes sharing a batch meet 1303s, halve the account's window (its
+    epoch moves on), and still finish every request, each created once."""
+    items = [VideoExtendRequest(f"vid-{i}", task_id=f"p-{i}", key=f"row-{i}") for i in range(10)]
+    async with FakeKlingServer(api_key=KEY, durations=FAST, max_concurrent=2) as server:
+
+        async def worker() -> None:
+            async with (
+                client_for(server, database_url, parallel_tasks=4) as client,
+                client.extend_many(items, concurrency=4, journal="shared") as batch,
+            ):
+                assert all([outcome.ok async for outcome in batch])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker)
+            group.start_soon(worker)
+        assert server.record.create_count == 10
+        assert any(r.status == 429 for r in server.record.requests if r.method == "POST")
+    assert await sql(database_url, "SELECT epoch FROM kling_account") >= 1
+
+
 # --- batches of several clients ------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from ..journal import JournalError
 __all__ = ["SCHEMA_VERSION", "prepare"]
 
 #: Raised on any change below; a database set up by a newer version is refused, not guessed at.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: "KLNG": the advisory lock that lets one process at a time create the schema.
 _CREATE_LOCK = 0x4B4C4E47
 
@@ -66,6 +66,8 @@ _UPGRADES = {
 ALTER TABLE kling_entry ADD COLUMN queued boolean NOT NULL DEFAULT false;
 CREATE INDEX kling_entry_queue ON kling_entry (account, seq) WHERE queued;
 """,
+    # The account's window is shared (kling_narrow, kling_intent's epoch): functions only.
+    2: "SELECT 1",
 }
 
 
@@ -167,13 +169,15 @@ $$;
 -- slot), 'adopted' (an entry of this owner and fence that now holds a slot), 'kept' (it held
 -- one already, or needs none: `p_slot` false), or 'exists' (someone else's; `ahead` then
 -- names the keys others took after it, which a process running the same batch meets next).
+-- `seen_epoch`: the account window's epoch as the slot was asked for (see kling_narrow).
 -- Someone else's live entry is answered without the account's lock.
 DROP FUNCTION IF EXISTS kling_intent(
     text, text, text, text, double precision, text, bigint, double precision, boolean);
 CREATE FUNCTION kling_intent(
     p_namespace text, p_key text, p_account text, p_request text, p_now double precision,
     p_owner text, p_fence bigint, p_lease double precision, p_slot boolean,
-    OUT outcome text, OUT stored text, OUT fence bigint, OUT ahead text[]
+    OUT outcome text, OUT stored text, OUT fence bigint, OUT ahead text[],
+    OUT seen_epoch bigint
 ) LANGUAGE plpgsql AS $$
 DECLARE
     found_row kling_entry%ROWTYPE;
@@ -214,6 +218,7 @@ BEGIN
     END LOOP;
     room := kling_room(p_account);
     free := NOT p_slot OR room IS NULL OR room > 0;
+    SELECT a.epoch INTO seen_epoch FROM kling_account a WHERE a.name = p_account;
     IF NOT existed THEN
         INSERT INTO kling_entry (namespace, key, account, request, state, updated_at, owner,
                                  fence, lease_until, holds_slot, queued)
@@ -236,6 +241,27 @@ BEGIN
     END IF;
     PERFORM kling_notify('kling_taken', p_owner, p_namespace, p_key);
     outcome := CASE WHEN free THEN 'inserted' ELSE 'queued' END;
+END;
+$$;
+
+-- A 1303 (over the account's parallel limit: another client uses it too) halves the shared
+-- window, once per epoch: 1303s of creates whose slots were asked for before the last halving
+-- are the same news. Each create that succeeds widens it again by 1/window (see the journal's
+-- record_task), until it reaches the quota and is dropped. The window now, NULL if unchanged.
+CREATE OR REPLACE FUNCTION kling_narrow(p_account text, p_epoch bigint)
+RETURNS double precision LANGUAGE plpgsql AS $$
+DECLARE
+    used bigint;
+    narrowed double precision;
+BEGIN
+    SELECT count(*) INTO used FROM kling_entry e WHERE e.account = p_account AND e.holds_slot;
+    UPDATE kling_account a
+        SET window_size = greatest(1.0, coalesce(least(a.window_size, a.quota), a.quota,
+                                                 a.window_size, used) / 2.0),
+            epoch = a.epoch + 1
+        WHERE a.name = p_account AND a.epoch = p_epoch
+        RETURNING a.window_size INTO narrowed;
+    RETURN narrowed;
 END;
 $$;
 

@@ -22,6 +22,7 @@ batch skip each other's keys without a statement each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -43,6 +44,7 @@ from ..journal import (
     task_snapshot,
 )
 from ..models import CreateRequest, Task
+from ..telemetry import log_fields
 
 __all__ = ["PostgresJournal"]
 
@@ -51,6 +53,7 @@ _OWN = "namespace = $1 AND key = $2 AND fence = $3"
 
 
 _NOTHING = contextlib.nullcontext()
+log = logging.getLogger(__name__)  # a child of "kling_async"
 
 
 @attrs.define
@@ -80,6 +83,7 @@ class PostgresJournal:
         self._taken: set[str] = set()
         self._queued: dict[str, anyio.Event] = {}
         self._asking = anyio.Lock()
+        self._epochs: dict[str, int] = {}  # the account window's epoch as each slot was asked
 
     def __repr__(self) -> str:
         return f"<PostgresJournal {self.where}>"
@@ -277,7 +281,7 @@ class PostgresJournal:
             for later in row["ahead"]:
                 self.taken_elsewhere(later)
             raise self._elsewhere(key)
-        self._fences[key] = row["fence"]
+        self._fences[key], self._epochs[key] = row["fence"], row["seen_epoch"]
         return bool(row["outcome"] == "queued")
 
     async def _ask_intent(self, key: str, request: CreateRequest, slot: bool) -> Any:
@@ -295,14 +299,33 @@ class PostgresJournal:
         )
 
     async def record_task(self, key: str, task: Task) -> None:
-        await self._record_snapshot(key, task)
+        """Journal the task; a narrowed window of the account widens by 1/window (AIMD)."""
+        await self._record_snapshot(key, task, created=True)
 
     async def record_status(self, key: str, task: Task) -> None:
         await self._record_snapshot(key, task)
 
-    async def _record_snapshot(self, key: str, task: Task) -> None:
+    async def narrow(self, key: str) -> bool:
+        """The create of `key` was refused with 1303: halve the account's shared window,
+        unless it was halved since `key`'s slot was asked for. True: the window is shared."""
+        size = await self._co.fetchval(
+            "SELECT kling_narrow($1, $2)", self._co.account, self._epochs.get(key, -1)
+        )
+        if size is not None:
+            log.info(
+                "over the account's parallel-task limit: its shared window lowered to %d",
+                int(size),
+                extra=log_fields(request_key=key),
+            )
+        return True
+
+    async def _record_snapshot(self, key: str, task: Task, *, created: bool = False) -> None:
         task_id, kind, status, raw = task_snapshot(task)
         updated = await self._co.fetchval(
+            "WITH grown AS (UPDATE kling_account a SET window_size = CASE "
+            "WHEN a.window_size + 1 / a.window_size >= coalesce(a.quota::float8, 'Infinity') "
+            "THEN NULL ELSE a.window_size + 1 / a.window_size END "
+            "WHERE $9 AND a.name = $10 AND a.window_size IS NOT NULL) "
             "UPDATE kling_entry SET state = 'submitted', task_id = $4, task_kind = $5, "
             "task_status = $6, task_raw = $7, updated_at = $8 "
             f"WHERE {_OWN} AND state <> 'finished' AND (task_id IS NULL OR task_id = $4) "
@@ -313,6 +336,8 @@ class PostgresJournal:
             status,
             raw,
             self._co.clock.time(),
+            created,
+            self._co.account,
         )
         if updated is None:
             await self._explain(key, task)
