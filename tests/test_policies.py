@@ -272,6 +272,21 @@ def test_a_plan_is_made_for_the_bounds_it_is_asked_for() -> None:
         assert waits and max(waits) <= ceiling + 1e-9, (price, floor, ceiling, waits)
 
 
+@pytest.mark.parametrize(("window", "fresh"), [(8, 1), (44, 5)])
+def test_a_plan_is_made_again_once_an_eighth_of_the_record_is_new(window: int, fresh: int) -> None:
+    """The plan costs milliseconds: it is kept while fewer than an eighth of the recorded
+    durations (at least one) are new since it was made, then made again."""
+    learned = CompletionTimes(window=window)
+    for seconds in range(100, 100 + window):
+        learned.observe(seconds)
+    plan = learned.plan(1.0, 2.0, 30.0)
+    for n in range(fresh - 1):
+        learned.observe(200 + n)
+        assert learned.plan(1.0, 2.0, 30.0) is plan
+    learned.observe(300)
+    assert learned.plan(1.0, 2.0, 30.0) is not plan
+
+
 def test_the_plan_is_optimal_on_a_known_case() -> None:
     """Tasks that all end at 60 s: the best plan with a 30 s ceiling polls at 30 and 60."""
     plan = plan_polls([60.0] * 10, price=1.0, floor=2.0, ceiling=30.0)
