@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import re
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import (
@@ -24,8 +23,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import AbstractContextManager, aclosing
-from datetime import datetime
+from contextlib import aclosing
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +34,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from ._adapters import BatchExtender, ChainBackend, WatcherReads
 from ._clock import Clock, SystemClock
 from ._create import Creator
 from ._dialects import (
@@ -70,7 +69,6 @@ from .chain import (
     ChainEvent,
     ChainOutcome,
     ChainRequest,
-    JournalArgument,
     NewVideo,
     StepLengths,
     check_chain,
@@ -90,7 +88,6 @@ from .errors import (
     ConfigurationError,
     InvalidArgumentError,
     KlingError,
-    NotFoundError,
 )
 from .journal import Journal, JournalStore
 from .models import (
@@ -105,7 +102,7 @@ from .models import (
     VideoExtendRequest,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
-from .telemetry import Telemetry, _Off, log_fields, telemetry_for
+from .telemetry import Telemetry, log_fields, telemetry_for
 from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
@@ -199,7 +196,7 @@ class KlingClient:
         if callbacks is not None:
             self.telemetry.count_callbacks(callbacks.stats)
         # Indexed by "the client has a rate limiter": the watchers then take their own slots.
-        self._watcher_reads = (_WatcherReads(self, paced=False), _WatcherReads(self, paced=True))
+        self._watcher_reads = (WatcherReads(self, paced=False), WatcherReads(self, paced=True))
         self._list_reads = list_reads
         self._listed: dict[TaskKind, ListedReads] = {}
         if not _is_positive(timeout):
@@ -787,7 +784,7 @@ class KlingClient:
         # No buffer: a reader who stops reading holds every slot, so no new task is created.
         send, receive = anyio.create_memory_object_stream[BatchOutcome](0)
         run = _Run(
-            extender=_BatchExtender(self, poll, download_folder(download_to)),
+            extender=BatchExtender(self, poll, download_folder(download_to)),
             window=ConcurrencyWindow(concurrency),
             send=send,
             clock=self._clock,
@@ -882,7 +879,7 @@ class KlingClient:
 
         Raises `InvalidArgumentError` naming every problem (a chain past 3 minutes too).
         """
-        return check_chain(request, _ChainBackend(self), self._step_lengths)
+        return check_chain(request, ChainBackend(self), self._step_lengths)
 
     def chain_many(
         self,
@@ -905,7 +902,7 @@ class KlingClient:
         ...     print(outcome.request.key, outcome.chain.duration, outcome.error)
         """
         return run_chains(
-            _ChainBackend(self),
+            ChainBackend(self),
             requests,
             lengths=self._step_lengths,
             concurrency=concurrency,
@@ -936,128 +933,6 @@ def _is_positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
-@attrs.frozen
-class _BatchExtender:
-    """The client as a batch sees it: submit, and watch with the batch's poll policy."""
-
-    client: KlingClient
-    poll: PollPolicy | None
-    download_to: Path | None = None
-
-    async def submit(
-        self, request: CreateRequest, *, retry: RetryPolicy, resent: bool = False
-    ) -> Task:
-        return await self.client.submit(request, retry=retry, resent=resent)
-
-    def watch(self, task: Task, *, on_poll_error: RetryHook) -> TaskWatcher:
-        return self.client.watch(task, poll=self.poll, on_poll_error=on_poll_error)
-
-    def prepare(self, request: CreateRequest) -> CreateRequest:
-        return self.client.prepare(request)
-
-    async def find(self, request: CreateRequest) -> Task | None:
-        return await self.client.find_created(request)
-
-    def expected_seconds(self, kind: TaskKind) -> float | None:
-        return self.client._expected_seconds(kind)
-
-    async def fetch(self, request: CreateRequest, task: Task) -> tuple[Path, ...]:
-        """Download each video not already on disk (a resumed batch replays its successes).
-
-        A file is named after its input row (the request's key, else the video it extends)
-        and the new video's id, so the user finds the row of each file."""
-        if self.download_to is None:
-            return ()
-        files = []
-        for video in task.videos:
-            name = f"{_row_name(request)}_{video.id}"
-            path = await anyio.to_thread.run_sync(target_path, self.download_to, name)
-            exists = await anyio.to_thread.run_sync(path.exists)
-            files.append(path if exists else await self.client._download(video, path, task))
-        return tuple(files)
-
-
-#: The kinds of task whose videos a chain may start from.
-_SOURCE_KINDS = (TaskKind.VIDEO_EXTEND, TaskKind.TEXT_TO_VIDEO, TaskKind.IMAGE_TO_VIDEO)
-
-
-@attrs.frozen
-class _ChainBackend:
-    """The client as the chain engine sees it."""
-
-    client: KlingClient
-
-    @property
-    def needs_parent_task(self) -> bool:
-        return self.client._dialect.needs_parent_task
-
-    def prepare(self, request: CreateRequest) -> CreateRequest:
-        return self.client.prepare(request)
-
-    def run_batch(
-        self,
-        requests: AsyncIterable[CreateRequest],
-        *,
-        concurrency: int,
-        journal: JournalArgument,
-        on_event: Callable[[BatchEvent], object],
-        scope: Callable[[CreateRequest], AbstractContextManager[object]],
-    ) -> Batch:
-        batch = self.client.extend_many(
-            requests, concurrency=concurrency, journal=journal, on_event=on_event
-        )
-        return batch._within(scope)
-
-    @property
-    def telemetry(self) -> _Off:
-        return self.client.telemetry
-
-    def expected_seconds(self) -> float | None:
-        return self.client._expected_seconds(TaskKind.VIDEO_EXTEND)
-
-    def journal_store(self, journal: JournalArgument) -> tuple[JournalStore | None, bool]:
-        return self.client._journal_store(journal)
-
-    async def made_at(self, task_id: str) -> datetime | None:
-        """When the task that made a source video was created, read under each kind that
-        makes an extendable video (the id does not say which); None when it cannot be read."""
-        for kind in _SOURCE_KINDS:
-            try:
-                return (await self.client.get_task(task_id, kind)).created_at
-            except NotFoundError:
-                continue
-            except KlingError as exc:  # the server still refuses a source past 30 days
-                fields = log_fields(task_id)
-                log.info("the age of task %s's video is unknown: %s", task_id, exc, extra=fields)
-                return None
-        return None
-
-    def now(self) -> float:
-        return self.client._clock.time()
-
-
-@attrs.frozen
-class _WatcherReads:
-    """The client as its watchers read it. Tens of thousands of watchers may be waiting at
-    once, so: a watcher waits for its slot of the rate limiter (if any) while it sleeps,
-    where its stack is shallow, and the GET then takes none (`paced`); and the snapshot it
-    keeps until the next poll shares its keys with every other one."""
-
-    client: KlingClient
-    paced: bool
-
-    async def get_task(
-        self,
-        task_id: str,
-        kind: TaskKind = TaskKind.VIDEO_EXTEND,
-        *,
-        retry: RetryPolicy | None = None,
-    ) -> Task:
-        path = task_path(kind, task_id)
-        data = await self.client._transport.request("GET", path, paced=self.paced, retry=retry)
-        return structure_task(data, kind, share_keys=True)
-
-
 def download_folder(path: str | os.PathLike[str] | None) -> Path | None:
     """The batch's download folder, made now: a typo must not cost a batch of results."""
     if path is None:
@@ -1082,12 +957,3 @@ def _video_of(video_or_task: Video | Task) -> Video:
             "wait for it to succeed first."
         )
     return task.videos[0]
-
-
-_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _row_name(request: CreateRequest) -> str:
-    """A file-name-safe name of a batch's input row: its key, else the video it extends."""
-    row = request.key or getattr(request, "video_id", None) or "task"
-    return _UNSAFE_IN_NAME.sub("_", row).strip("._")[:80] or "task"

@@ -34,6 +34,7 @@ ORDER = [
     "download",
     "chain",
     "_create",  # the one path of every create request: sent once, never a task lost
+    "_adapters",  # the client as a batch, a chain and a watcher see it
     "postgres",  # the coordination on a database: loaded by the client only when asked for
     "client",
     "testing",  # the fake server imports nothing of ours; only the CLI's demo uses it
