@@ -73,18 +73,6 @@ class Creator:
     orphaned_tasks: deque[OrphanedTask]
     called_back: OrderedDict[str, None]
 
-    async def submit(
-        self,
-        request: CreateRequest,
-        *,
-        on_retry: RetryHook | None = None,
-        retry: RetryPolicy | None = None,
-        resent: bool = False,
-    ) -> Task:
-        """`request` checked, then created (see `KlingClient.submit`)."""
-        prepared = self.prepare(request)
-        return await self._create(kind_of(prepared), prepared, on_retry, retry, resent)
-
     def prepare(self, request: CreateRequest) -> CreateRequest:
         """`request` checked against this dialect, with an external id added where useful.
 
@@ -114,7 +102,7 @@ class Creator:
         receiving = self.callbacks is not None and self.callbacks.active
         return receiving and request.callback_url is None
 
-    async def _create(
+    async def create(
         self,
         kind: TaskKind,
         request: CreateRequest,
@@ -182,7 +170,7 @@ class Creator:
             request.external_task_id,
             extra=log_fields(None, request.key, getattr(exc, "request_id", None)),
         )
-        return await self._create(kind, request, None, None, resent=True)
+        return await self.create(kind, request, None, None, resent=True)
 
     def _adopts(self, refusal: Exception) -> bool:
         """Whether a resend's refusal may be its external id being taken (official API)."""

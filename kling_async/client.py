@@ -100,6 +100,7 @@ from .models import (
     TextToVideoRequest,
     Video,
     VideoExtendRequest,
+    kind_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
 from .telemetry import Telemetry, log_fields, telemetry_for
@@ -331,6 +332,15 @@ class KlingClient:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
+    def _task_group(self, doing: str) -> TaskGroup:
+        """The client's task group; `ConfigurationError` outside its ``async with``."""
+        if self._tasks is None:
+            raise ConfigurationError(
+                f"{doing} runs inside the client's context: "
+                "`async with KlingClient(...) as client:`."
+            )
+        return self._tasks
+
     async def aclose(self) -> None:
         """Close the HTTP session if the client made it (a session you passed stays open).
 
@@ -398,13 +408,9 @@ class KlingClient:
         from .postgres.keyed import submit_once
 
         if self._keyed is None:
-            if self._tasks is None:
-                raise ConfigurationError(
-                    "A keyed submission runs inside the client's context: "
-                    "`async with KlingClient(...) as client:`."
-                )
+            tasks = self._task_group("A keyed submission")
             self._keyed = self.coordination.journal(self.namespace)  # type: ignore[union-attr]
-            self._tasks.start_soon(self._keyed.hold)  # its claims live as long as the client
+            tasks.start_soon(self._keyed.hold)  # its claims live as long as the client
         return await submit_once(
             self._keyed, key, self.prepare(request), submit=self.submit, find=self.find_created
         )
@@ -500,7 +506,8 @@ class KlingClient:
         may have been sent before: an answer that its external id is taken then adopts the
         task that holds it.
         """
-        return await self._creator.submit(request, on_retry=on_retry, retry=retry, resent=resent)
+        prepared = self.prepare(request)
+        return await self._creator.create(kind_of(prepared), prepared, on_retry, retry, resent)
 
     def prepare(self, request: CreateRequest) -> CreateRequest:
         """`request` checked against this dialect, with an external id added where useful.
@@ -551,9 +558,7 @@ class KlingClient:
         if not 1 <= page_size <= 500:
             raise InvalidArgumentError(f"page_size must be between 1 and 500, not {page_size}.")
         for page in range(1, 1001):
-            params = {"pageNum": page, "pageSize": page_size}
-            data = await self._transport.request("GET", PATHS[kind], params=params)
-            tasks = structure_tasks(data, kind)
+            tasks = await self._read_page(kind, page, page_size, retry=None)
             for task in tasks:
                 yield task
             if len(tasks) < page_size:
@@ -626,10 +631,13 @@ class KlingClient:
             self._listed[kind] = listed
         return listed
 
-    async def _read_page(self, kind: TaskKind, number: int, size: int) -> list[Task]:
-        """One page of the list of `kind`, tried once: a failure falls back to single reads."""
+    async def _read_page(
+        self, kind: TaskKind, number: int, size: int, *, retry: RetryPolicy | None = _ONCE
+    ) -> list[Task]:
+        """One page of the list of `kind`; for watchers tried once, as a failure falls back to
+        single reads (`retry=None`: the client's policy)."""
         params = {"pageNum": number, "pageSize": size}
-        data = await self._transport.request("GET", PATHS[kind], params=params, retry=_ONCE)
+        data = await self._transport.request("GET", PATHS[kind], params=params, retry=retry)
         return structure_tasks(data, kind)
 
     async def extend_and_wait(
@@ -774,11 +782,7 @@ class KlingClient:
         ...     async for outcome in batch:
         ...         print(outcome.ok)
         """
-        if self._tasks is None:
-            raise ConfigurationError(
-                "extend_many runs inside the client's context: "
-                "`async with KlingClient(...) as client:`."
-            )
+        tasks = self._task_group("extend_many")
         journaled = journal is not None or self.coordination is not None  # as chosen below
         refuse_shared_keys(requests, journaled=journaled)
         # No buffer: a reader who stops reading holds every slot, so no new task is created.
@@ -796,7 +800,7 @@ class KlingClient:
         store, run.owns_journal = self._journal_store(journal)
         if store is not None:
             run.journal = store
-        return Batch(run, requests, receive, self._tasks.start_soon)
+        return Batch(run, requests, receive, tasks.start_soon)
 
     def _journal_store(
         self, journal: JournalStore | str | os.PathLike[str] | None
