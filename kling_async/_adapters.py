@@ -18,6 +18,7 @@ import attrs
 
 from ._clock import Clock
 from ._dialects import DialectRules, task_path
+from ._downloader import Downloader
 from ._transport import Transport
 from ._wire import structure_task
 from .batch import Batch, BatchEvent, RetryHook
@@ -25,7 +26,7 @@ from .chain import JournalArgument
 from .download import target_path
 from .errors import KlingError, NotFoundError
 from .journal import JournalStore
-from .models import CreateRequest, Task, TaskKind, Video
+from .models import CreateRequest, Task, TaskKind
 from .policies import PollPolicy, RetryPolicy
 from .telemetry import _Off, log_fields
 from .watcher import TaskWatcher
@@ -70,7 +71,8 @@ class Facade(Protocol):
         journal: JournalArgument = ...,
     ) -> Batch: ...
     def _expected_seconds(self, kind: TaskKind) -> float | None: ...
-    async def _download(self, video: Video, path: Path, task: Task | None) -> Path: ...
+    @property
+    def _downloader(self) -> Downloader: ...
     def _journal_store(self, journal: JournalArgument) -> tuple[JournalStore | None, bool]: ...
 
 
@@ -111,7 +113,9 @@ class BatchExtender:
             name = f"{_row_name(request)}_{video.id}"
             path = await anyio.to_thread.run_sync(target_path, self.download_to, name)
             exists = await anyio.to_thread.run_sync(path.exists)
-            files.append(path if exists else await self.client._download(video, path, task))
+            files.append(
+                path if exists else await self.client._downloader.download(video, path, task)
+            )
         return tuple(files)
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._display import human_duration
+from ._downloader import download_folder
 from ._flags import COUNT, POSITIVE
 from ._images import image_argument
 from .batch import BatchEventKind
 from .chain import Chain, ChainEvent, ChainOutcome, ChainRequest, chain_key
-from .client import KlingClient, download_folder
+from .client import KlingClient
 from .errors import ConfigurationError, InvalidArgumentError
 from .models import ImageToVideoRequest, TextToVideoRequest
 from .policies import PollPolicy

@@ -38,11 +38,12 @@ from ._display import (
     server_summary,
     show_task,
 )
+from ._downloader import download_folder
 from ._flags import COUNT, FRACTION, NATURAL, PORT, POSITIVE
 from ._wire import request_from_json
 from .batch import BatchOutcome
 from .chain import ChainRequest, chain_key
-from .client import KlingClient, download_folder
+from .client import KlingClient
 from .errors import (
     SETTING_NAMES,
     ConfigurationError,

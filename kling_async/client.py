@@ -48,6 +48,7 @@ from ._dialects import (
     normalise_base_url,
     task_path,
 )
+from ._downloader import Downloader, download_folder, video_of
 from ._images import image_argument
 from ._listed import ListedReads
 from ._ratelimit import RateLimiter
@@ -75,12 +76,8 @@ from .chain import (
     run_chains,
 )
 from .download import (
-    EXPIRED_LINK_STATUSES,
     PUBLIC_ONLY,
-    DownloadError,
     DownloadProgress,
-    download_file,
-    guarded_session,
     target_path,
 )
 from .errors import (
@@ -96,14 +93,13 @@ from .models import (
     OrphanedTask,
     Task,
     TaskKind,
-    TaskStatus,
     TextToVideoRequest,
     Video,
     VideoExtendRequest,
     kind_of,
 )
 from .policies import CompletionTimes, PollPolicy, RetryBudget, RetryPolicy
-from .telemetry import Telemetry, log_fields, telemetry_for
+from .telemetry import Telemetry, telemetry_for
 from .watcher import TaskSource, TaskWatcher
 
 if TYPE_CHECKING:
@@ -173,10 +169,6 @@ class KlingClient:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
-        # Downloads reach public addresses only, through a session of their own whose resolver
-        # checks every address; allowed private ones go through the API's session.
-        self._download_rules = None if allow_private_downloads else PUBLIC_ONLY
-        self._download_session: aiohttp.ClientSession | None = None
         self.callbacks = callbacks
         #: Tasks created for callers who were cancelled while their create was in flight
         #: (the last `ORPHANS_KEPT`); ``on_orphaned_task`` hears of each as it comes.
@@ -233,6 +225,14 @@ class KlingClient:
             on_orphaned_task=on_orphaned_task,
             orphaned_tasks=self.orphaned_tasks,
             called_back=self._called_back,
+        )
+        self._downloader = Downloader(
+            self._transport,
+            None if allow_private_downloads else PUBLIC_ONLY,
+            self.retry,
+            self._clock,
+            self.telemetry,
+            read=self.get_task,
         )
         self.namespace = namespace
         self._keyed: PostgresJournal | None = None
@@ -348,9 +348,7 @@ class KlingClient:
         """
         try:
             await self._transport.close()
-            downloads, self._download_session = self._download_session, None
-            if downloads is not None:
-                await downloads.close()
+            await self._downloader.close()
         finally:
             if self.coordination is not None:
                 await self.coordination.close()
@@ -679,66 +677,15 @@ class KlingClient:
 
         >>> path = await client.download(task, "videos/")  # doctest: +SKIP
         """
-        video = _video_of(video_or_task)
+        video = video_of(video_or_task)
         path = await anyio.to_thread.run_sync(target_path, dest, video.id)
         task = video_or_task if isinstance(video_or_task, Task) else None
-        return await self._download(video, path, task, on_progress)
+        return await self._downloader.download(video, path, task, on_progress)
 
     def _expected_seconds(self, kind: TaskKind) -> float | None:
         """The median time tasks of `kind` took here (None before one ended): for ETAs."""
         times = self._completion.get(kind)
         return times.quantile(0.5) if times else None
-
-    async def _download(
-        self,
-        video: Video,
-        path: Path,
-        task: Task | None,
-        on_progress: Callable[[DownloadProgress], object] | None = None,
-    ) -> Path:
-        """Download `video` of `task`; an expired link is refreshed from the task once."""
-
-        async def fetch(url: str) -> Path:
-            with self.telemetry.download(url, video.id):
-                return await download_file(
-                    self._downloads(),
-                    url,
-                    path,
-                    retry=self.retry,
-                    clock=self._clock,
-                    on_progress=self.telemetry.progress(on_progress),
-                    addresses=self._download_rules,
-                )
-
-        try:
-            return await fetch(video.url)
-        except DownloadError as exc:
-            if task is None or exc.http_status not in EXPIRED_LINK_STATUSES:
-                raise
-            fresh = await self._fresh_link(task, video, exc)
-        log.info(
-            "the link of video %s had expired; retrying with a fresh one",
-            video.id,
-            extra=log_fields(task.id),
-        )
-        return await fetch(fresh.url)
-
-    def _downloads(self) -> aiohttp.ClientSession:
-        """The session downloads go through (its own, made on first use, when checked)."""
-        shared = self._transport.session  # refuses when the client is closed
-        if self._download_rules is None:
-            return shared
-        if self._download_session is None:
-            self._download_session = guarded_session(self._download_rules)
-        return self._download_session
-
-    async def _fresh_link(self, task: Task, video: Video, error: DownloadError) -> Video:
-        """`video` as `task` describes it now; the download's error when it is gone."""
-        current = await self.get_task(task.id, task.kind)
-        for candidate in current.videos:
-            if candidate.id == video.id:
-                return candidate
-        raise error
 
     def extend_many(
         self,
@@ -935,29 +882,3 @@ def _is_positive(value: float) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value) and value > 0
-
-
-def download_folder(path: str | os.PathLike[str] | None) -> Path | None:
-    """The batch's download folder, made now: a typo must not cost a batch of results."""
-    if path is None:
-        return None
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"Cannot use {folder} as the download folder ({exc.strerror or exc}); nothing was sent."
-        ) from None
-    return folder
-
-
-def _video_of(video_or_task: Video | Task) -> Video:
-    if isinstance(video_or_task, Video):
-        return video_or_task
-    task = video_or_task
-    if task.status is not TaskStatus.SUCCEED or not task.videos:
-        raise InvalidArgumentError(
-            f"Task {task.id} has no video to download (its status is {task.status_text}); "
-            "wait for it to succeed first."
-        )
-    return task.videos[0]

@@ -33,6 +33,7 @@ ORDER = [
     "callbacks",
     "download",
     "chain",
+    "_downloader",  # the client's downloads: the session they take, an expired link refreshed
     "_create",  # the one path of every create request: sent once, never a task lost
     "_adapters",  # the client as a batch, a chain and a watcher see it
     "postgres",  # the coordination on a database: loaded by the client only when asked for
