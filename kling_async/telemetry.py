@@ -409,56 +409,77 @@ def _endpoint(method: str, path: str) -> tuple[str, str, str | None]:
 
 
 class _Request(_RequestTrace):
-    """One API request's span and its metrics."""
+    """One API request's span and its metrics.
 
-    __slots__ = ("_endpoint", "_owner", "_span")
+    The span is made when first needed: at a retry (its event needs it), else at the end,
+    with every attribute at once and the start time kept from the beginning. One pass of
+    the SDK's attribute checks instead of two, and nothing built for a request whose span
+    is never recorded beyond what its start needs."""
 
-    _span: Span
+    __slots__ = ("_attributes", "_endpoint", "_name", "_owner", "_span", "_started")
 
     def __init__(self, owner: Telemetry, method: str, base_url: str, path: str) -> None:
         self._owner = owner
         base = owner.base(base_url)
         endpoint, route, task_id = _endpoint(method, path)
         self._endpoint = endpoint
-        route = base.path + route
-        attributes: dict[str, str | int] = {
+        self._name = f"{method} {base.path}{route}"
+        self._attributes: dict[str, str | int] = {
             "http.request.method": method,
             "url.full": base.url + path.partition("?")[0],
             "server.address": base.host,
             "server.port": base.port,
         }
         if task_id is not None:
-            attributes["kling.task_id"] = task_id
-        self._span = owner.tracer.start_span(
-            f"{method} {route}", kind=owner.client_kind, attributes=attributes
-        )
+            self._attributes["kling.task_id"] = task_id
+        self._started = time.time_ns()
+        self._span: Span | None = None
 
-    def answered(self, status: int, body: Mapping[str, Any]) -> None:
+    def _begun(self) -> Span:
+        """The span, started when the request was (made now if it was not yet)."""
+        span = self._span
+        if span is None:
+            owner = self._owner
+            span = self._span = owner.tracer.start_span(
+                self._name,
+                kind=owner.client_kind,
+                attributes=self._attributes,
+                start_time=self._started,
+            )
+        return span
+
+    def _ended(self, attributes: dict[str, str | int]) -> Span:
+        """The span with `attributes` added, ready to end."""
+        if self._span is None:
+            self._attributes.update(attributes)
+            return self._begun()
         span = self._span
         if span.is_recording():
-            answer: dict[str, str | int] = {"http.response.status_code": status, "kling.code": 0}
-            if isinstance(body.get("request_id"), str):
-                answer["kling.request_id"] = body["request_id"]
-            data = body.get("data")
-            if isinstance(data, dict) and isinstance(data.get("task_id"), str):
-                answer["kling.task_id"] = data["task_id"]
-            span.set_attributes(answer)
-        span.end()
+            span.set_attributes(attributes)
+        return span
+
+    def answered(self, status: int, body: Mapping[str, Any]) -> None:
+        answer: dict[str, str | int] = {"http.response.status_code": status, "kling.code": 0}
+        request_id = body.get("request_id")
+        if isinstance(request_id, str):
+            answer["kling.request_id"] = request_id
+        data = body.get("data")
+        if isinstance(data, dict) and isinstance(data.get("task_id"), str):
+            answer["kling.task_id"] = data["task_id"]
+        self._ended(answer).end()
         self._owner.requests[self._endpoint, "ok"] += 1
 
     def retried(self, error: Exception, attempt: int, wait: float) -> None:
         reason = _reason(error)
-        self._span.add_event(
+        self._begun().add_event(
             "retry",
             {"kling.attempt": attempt, "kling.retry.wait": wait, **_error_attributes(error)},
         )
         self._owner.retries.add(1, {"kling.endpoint": self._endpoint, "kling.reason": reason})
 
     def failed(self, error: BaseException) -> None:
-        span = self._span
-        if span.is_recording():
-            span.set_attributes(_error_attributes(error))
-            span.set_status(self._owner.error_status, type(error).__name__)
+        span = self._ended(_error_attributes(error))
+        span.set_status(self._owner.error_status, type(error).__name__)
         span.end()
         self._owner.requests[self._endpoint, type(error).__name__] += 1
 
