@@ -46,7 +46,6 @@ from ._dialects import (
     checked_task_path,
     choose_dialect,
     normalise_base_url,
-    task_path,
 )
 from ._downloader import Downloader, download_folder, video_of
 from ._images import image_argument
