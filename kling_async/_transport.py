@@ -310,14 +310,15 @@ class Transport:
         # and drop the raw copies, which a traceback's record of locals would show.
         text = self._redact(raw.decode("utf-8", "replace"))
         del raw, body
-        if 200 <= status < 300 and code is None:
+        said = decode_json(text.encode())
+        if 200 <= status < 300 and code is None and not _is_error_object(said):
             raise TransportError(
                 f"The server answered HTTP {status} with a body that is not a Kling envelope: "
                 f"{text[:120]!r}.",
                 may_have_been_sent=True,
             )
         retry_after = parse_retry_after(headers.get("Retry-After"), self.clock.time())
-        raise error_from_answer(status, decode_json(text.encode()), text, retry_after=retry_after)
+        raise error_from_answer(status, said, text, retry_after=retry_after)
 
     def _transport_error(self, method: str, path: str, exc: BaseException) -> TransportError:
         sent = next(maybe for kind, maybe in _MAY_HAVE_BEEN_SENT if isinstance(exc, kind))
@@ -403,6 +404,12 @@ def _too_large(response: aiohttp.ClientResponse, detail: str) -> TransportError:
         "read. Check that the base URL points at the Kling API.",
         may_have_been_sent=True,
     )
+
+
+def _is_error_object(body: object) -> bool:
+    """Whether `body` is a gateway's OpenAI-like ``{"error": {...}}``: its own words, whatever
+    the HTTP status it came under."""
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
 def _needs_new_token(exc: APIError | TransportError) -> bool:

@@ -229,6 +229,27 @@ async def test_an_unreadable_200_is_quoted_in_part() -> None:
     assert caught.value.may_have_been_sent
 
 
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ({"message": "quota used up", "type": "insufficient_quota"}, InsufficientBalanceError),
+        ({"message": "no such key", "type": "invalid_request_error"}, APIError),
+    ],
+)
+async def test_a_gateway_error_object_under_a_200_is_its_error(
+    error: dict[str, str], kind: type[APIError]
+) -> None:
+    """A gateway's ``{"error": {...}}`` is its own refusal even under HTTP 200: the create
+    raises it in the gateway's words, once, rather than as a possibly made task."""
+    body = json.dumps({"error": error}).encode()
+    async with answering(200, body) as url, client_for(url) as client:
+        with pytest.raises(kind) as caught:
+            await client.extend_video("vid-1", task_id="p-1")
+    assert type(caught.value) is kind
+    assert (caught.value.code, caught.value.message) == (error["type"], error["message"])
+    assert caught.value.http_status == 200
+
+
 async def test_an_error_page_in_another_encoding_is_still_read() -> None:
     """Bytes that are not UTF-8 in an error page become replacement marks, not a crash."""
     async with (
