@@ -552,8 +552,14 @@ class KlingClient:
                 f"The {self.dialect} dialect has no list endpoint; read tasks one by one "
                 "with get_task."
             )
-        if not 1 <= page_size <= 500:
-            raise InvalidArgumentError(f"page_size must be between 1 and 500, not {page_size}.")
+        if (
+            isinstance(page_size, bool)
+            or not isinstance(page_size, int)
+            or not 1 <= page_size <= 500
+        ):
+            raise InvalidArgumentError(
+                f"page_size must be a whole number from 1 to 500, not {page_size!r}."
+            )
         for page in range(1, 1001):
             tasks = await self._read_page(kind, page, page_size, retry=None)
             for task in tasks:

@@ -929,6 +929,18 @@ async def test_list_tasks_is_refused_on_a_gateway(gateway: FakeKlingServer) -> N
     assert gateway.record.requests == []
 
 
+@pytest.mark.parametrize("page_size", [0, 501, 30.5, "30", True])
+async def test_list_tasks_refuses_a_page_size_the_api_does_not_take(
+    official: FakeKlingServer, page_size: object
+) -> None:
+    """pageSize is a whole number from 1 to 500: anything else is refused, nothing sent."""
+    async with official_client(official) as client:
+        with pytest.raises(InvalidArgumentError, match="page_size must be a whole number"):
+            async for _ in client.list_tasks(page_size=page_size):  # type: ignore[arg-type]
+                pass
+    assert official.record.requests == []
+
+
 async def test_get_task_by_external_id(official: FakeKlingServer) -> None:
     """On the official API a task can be read by the caller's own id."""
     async with official_client(official) as client:
