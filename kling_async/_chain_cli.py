@@ -14,7 +14,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._display import human_duration
+from ._display import human_duration, write_record
 from ._downloader import download_folder
 from ._flags import COUNT, POSITIVE
 from ._images import image_argument
@@ -282,12 +282,8 @@ async def run_chain_lines(
         async with aclosing(stream):
             async for outcome in stream:
                 outcomes.append(outcome)
-                line = json.dumps(_outcome_line(outcome))
-                results.write(line + "\n")
-                results.flush()
-                if as_json:
-                    print(line, flush=True)
-                else:
+                write_record(_outcome_line(outcome), results, as_json=as_json)
+                if not as_json:
                     _show_outcome(outcome, sys.stdout, as_json=False)
     return outcomes
 

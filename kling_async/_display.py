@@ -36,6 +36,7 @@ __all__ = [
     "server_summary",
     "show_task",
     "task_record",
+    "write_record",
 ]
 
 
@@ -243,6 +244,16 @@ _RED = "\x1b[31m"
 
 def _painted(text: str, colour: str, paint: bool) -> str:
     return f"{colour}{text}\x1b[0m" if colour and paint else text
+
+
+def write_record(record: dict[str, Any], results: TextIO | None, *, as_json: bool) -> None:
+    """One outcome's JSON line: into the results file, and on stdout for scripts."""
+    line = json.dumps(record)
+    if results is not None:
+        results.write(line + "\n")
+        results.flush()
+    if as_json:
+        print(line, flush=True)
 
 
 def outcome_record(outcome: BatchOutcome) -> dict[str, Any]:

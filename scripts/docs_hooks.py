@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-from kling_async.cli import _parser
+from kling_async._arguments import command_parser
 
 MARKER = "<!-- cli-reference -->"
 WIDTH = "88"  # argparse wraps help to the terminal's width; the page has one of its own
@@ -39,7 +39,7 @@ def help_text(parser: argparse.ArgumentParser) -> str:
 
 def reference() -> str:
     """Markdown for the command and each of its commands: a heading and its help."""
-    parser = _parser()
+    parser = command_parser()
     sections = [f"```text\n{help_text(parser)}```"]
     for name, command in commands(parser).items():
         sections.append(f"### `kling-async {name}`\n\n```text\n{help_text(command)}```")

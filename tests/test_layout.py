@@ -42,6 +42,9 @@ ORDER = [
     "_display",
     "_flags",
     "_chain_cli",
+    "_batch_files",  # the batch command's input, read and checked, and its results file
+    "_commands",  # what each command does
+    "_arguments",  # the command's arguments and help
     "cli",
 ]
 INDEPENDENT = {"models", "errors", "policies"}
