@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kling_async import PollPolicy, RetryBudget, RetryPolicy
-from kling_async.policies import CompletionTimes, plan_polls
+from kling_async.policies import CompletionTimes, PollPlan, _Smoothed, plan_polls
 
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
@@ -402,3 +402,142 @@ def test_completion_times_window_is_checked_and_slides() -> None:
     assert len(CompletionTimes(window=1)) == 0
     default = _learned(*range(1100))
     assert len(default) == 1024 and default.quantile(0) == 76  # the last 1024 by default
+
+
+class _Reference:
+    """The expected cost (reads + price x detection delay) of a poll plan over a grid of
+    ages, and the least of it from each age, by the plain recursion over every choice."""
+
+    def __init__(
+        self, durations: list[float], ages: tuple[float, ...], price: float, floor: float
+    ) -> None:
+        ended = _Smoothed(durations)
+        self.ages, self.price, self.floor = ages, price, floor
+        self.share = [ended(age) for age in ages]
+        self.area = [0.0]  # under the share ended, trapezoid by trapezoid, up to each age
+        for k in range(1, len(ages)):
+            trapezoid = (ages[k] - ages[k - 1]) * (self.share[k - 1] + self.share[k]) / 2
+            self.area.append(self.area[k - 1] + trapezoid)
+
+    def move(self, i: int, j: int) -> float:
+        """From a poll at age i to the next at age j: the read at j, paid while the task
+        still runs at i, and the delay of the tasks that end in between."""
+        waited = self.ages[j] - self.ages[i]
+        delay = self.area[j] - self.area[i] - self.share[i] * waited
+        return (1.0 - self.share[i]) + self.price * delay
+
+    def least(self, ceiling: float) -> list[float]:
+        """The least cost on from each age, every wait within [floor, ceiling] (the last
+        age may come sooner; where no age fits, the first past the ceiling)."""
+        ages, last = self.ages, len(self.ages) - 1
+        cost = [0.0] * len(ages)
+        for i in reversed(range(last)):
+            later = range(i + 1, len(ages))
+            fits = [
+                j
+                for j in later
+                if ages[j] - ages[i] <= ceiling and (ages[j] - ages[i] >= self.floor or j == last)
+            ]
+            choices = fits or [next(j for j in later if ages[j] - ages[i] > ceiling)]
+            cost[i] = min(self.move(i, j) + cost[j] for j in choices)
+        return cost
+
+
+_MIXES = {
+    "failures and successes": [3 + i * 0.4 for i in range(30)] + [100 + i * 1.5 for i in range(30)],
+    "one hump": [60 * math.exp(0.3 * (k - 20) / 20) for k in range(41)],
+    "long and spread": [50 * 1.1**k for k in range(25)],
+}
+
+
+@pytest.mark.parametrize("mix", sorted(_MIXES))
+@pytest.mark.parametrize(
+    ("price", "floor", "ceiling"),
+    [(0.05, 2.0, 30.0), (0.5, 2.0, 30.0), (10.0, 2.0, 30.0), (0.5, 5.0, 60.0), (5.0, 2.0, 2.5)],
+)
+def test_every_planned_poll_is_the_best_one(
+    mix: str, price: float, floor: float, ceiling: float
+) -> None:
+    """At each age of its grid the plan's next poll costs what the best allowed next poll
+    costs, as a plain recursion over every choice finds it (even where the grid's steps
+    outgrow the window between floor and ceiling)."""
+    durations = sorted(_MIXES[mix])
+    plan = plan_polls(durations, price, floor, ceiling)
+    reference = _Reference(durations, plan.ages, price, floor)
+    best = reference.least(ceiling)
+    for i, age in enumerate(plan.ages[:-1]):
+        j = plan.ages.index(plan.following[i])
+        chosen = reference.move(i, j) + best[j]
+        assert chosen == pytest.approx(best[i], rel=1e-9, abs=1e-9), (i, age, j)
+
+
+def test_a_point_mass_is_polled_once_where_it_ends() -> None:
+    """Tasks that all end at 1 s, within the floor: one poll, at 1 s, not a grid step later."""
+    plan = plan_polls([1.0] * 5, price=1.0, floor=2.0, ceiling=30.0)
+    assert plan.next_poll(0.0) == 1.0
+    assert plan.next_poll(1.0) is None
+
+
+def test_a_wait_of_exactly_the_floor_is_allowed() -> None:
+    """Where every second of delay is dear, the plan polls every floor, starting at the floor."""
+    plan = plan_polls([float(s) for s in range(1, 41)], price=1000.0, floor=2.0, ceiling=30.0)
+    assert [plan.next_poll(float(age)) for age in (0, 2, 4)] == [2.0, 4.0, 6.0]
+
+
+def _silverman_end(durations: list[float]) -> float:
+    """The largest duration widened by 2.5 kernel widths: Silverman's rule in log space."""
+    logs = sorted(math.log(d) for d in durations)
+    n = len(logs)
+    quartiles = (logs[3 * n // 4] - logs[n // 4]) / 1.34
+    width = 0.9 * min(statistics.stdev(logs), quartiles) * n**-0.2
+    return max(durations) * math.exp(2.5 * width)
+
+
+@pytest.mark.parametrize(
+    "durations",
+    [
+        pytest.param([0.05 * 1.5**k for k in range(6)], id="under a second, spread decides"),
+        pytest.param([10.0, 40.0], id="two, spread decides"),
+        pytest.param(
+            [10.0, 20.0, *(100 * 1.02**k for k in range(16)), 600.0, 900.0],
+            id="outliers, quartiles decide",
+        ),
+    ],
+)
+def test_the_plan_reaches_past_the_largest_duration_by_the_kernel_width(
+    durations: list[float],
+) -> None:
+    """Learned durations are smoothed in log space by a kernel of Silverman's width (the
+    smaller of the spread and the quartile range, shrinking as count**-0.2): the plan runs
+    to its reach beyond the largest duration, to within one step of its grid."""
+    end = _silverman_end(durations)
+    floor = 0.01
+    plan = plan_polls(sorted(durations), price=1.0, floor=floor, ceiling=30.0)
+    assert end <= plan.ages[-1] <= end + max(floor / 4, end / 100) + 1e-9
+    assert plan.ages[-2] < end
+
+
+def test_the_plan_prices_delay_by_the_median() -> None:
+    """A learned record plans with its price per second of delay divided by the median."""
+    learned = _learned(10, 20, 30, 40, 500)
+    assert learned.plan(300.0, 2.0, 30.0) == plan_polls([10, 20, 30, 40, 500], 10.0, 2.0, 30.0)
+
+
+def test_the_next_poll_follows_the_nearer_planned_age() -> None:
+    """Between two planned ages the nearer one's next poll is taken, the later one's halfway;
+    before the first age (a clock set back), the first's; from the last age on, none."""
+    plan = PollPlan(ages=(0.0, 10.0, 20.0), following=(20.0, 30.0, 40.0))
+    assert [plan.next_poll(age) for age in (4.9, 5.0, 5.1, 15.0, 19.9)] == [20, 30, 30, 40, 40]
+    assert plan.next_poll(-3.0) == 20.0
+    assert plan.next_poll(20.0) is None
+
+
+def test_past_every_learned_duration_the_plan_is_left_for_a_back_off() -> None:
+    """Just past the slowest task seen, still within the smoothed plan, the wait grows from
+    the last one by the multiplier, as the plan knows nothing there."""
+    policy = PollPolicy(min_interval=2, max_interval=30, multiplier=1.5, jitter=False)
+    learned = _learned(100, 110, 120, 130, 140)
+    plan = learned.plan(policy.delay_price, 2.0, 30.0)
+    assert plan.next_poll(140.5) is not None
+    assert policy.next_delay(age=140.5, polls_done=9, learned=learned, previous=4.0) == 6.0
+    assert policy.next_delay(age=140.0, polls_done=9, learned=learned, previous=4.0) == 6.0
