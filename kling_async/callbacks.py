@@ -27,6 +27,7 @@ import anyio
 from aiohttp import web
 
 from ._clock import Clock, SystemClock
+from ._wire import converter
 from .models import TaskStatus
 from .telemetry import log_fields
 
@@ -152,7 +153,7 @@ class CallbackReceiver:
             return "body nested too deeply", 400
         if task is None:
             return "not a task object", 400
-        self._take(str(task["task_id"]), str(task.get("task_status", "")).lower())
+        self._take(str(task["task_id"]), _status_word(task.get("task_status", "")))
         return None
 
     def _signature_problem(
@@ -309,6 +310,12 @@ def _task_object(raw: bytes) -> Mapping[str, Any] | None:
     if isinstance(body, Mapping) and body.get("task_id"):
         return body
     return None
+
+
+def _status_word(spelled: object) -> str:
+    """The status as the client names it, read as a task's is (any spelling of success)."""
+    status: TaskStatus = converter.structure(spelled, TaskStatus)
+    return status.value
 
 
 def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:

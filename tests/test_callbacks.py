@@ -55,6 +55,14 @@ async def test_only_terminal_statuses_wake() -> None:
     assert not receiver.take_hint("t-1")
 
 
+@pytest.mark.parametrize("spelled", ["succeeded", "success", " Succeed ", "FAILED"])
+async def test_every_spelling_of_an_end_wakes_as_a_task_read_does(spelled: str) -> None:
+    """A callback's status is read as a task's is: each spelling of an end is a hint."""
+    receiver = CallbackReceiver()
+    assert await receiver.handle(task_body(status=spelled)) == 200
+    assert receiver.take_hint("t-1")
+
+
 @pytest.mark.parametrize(
     ("body", "status", "reason"),
     [
