@@ -176,12 +176,13 @@ class TransportError(KlingError):
     """The exchange itself failed: no connection, a timeout, a dropped connection, a bad body.
 
     `may_have_been_sent` is False only when the request surely never reached the server
-    (the connection could not be made), which is what makes re-sending a paid create safe.
+    (the connection could not be made), which is what makes re-sending a paid create safe;
+    left out, it is True, the answer that never pays twice.
     """
 
     retryable: ClassVar[bool] = True
 
-    def __init__(self, message: str, *, may_have_been_sent: bool) -> None:
+    def __init__(self, message: str, *, may_have_been_sent: bool = True) -> None:
         self.may_have_been_sent = may_have_been_sent
         super().__init__(message)
 

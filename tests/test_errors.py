@@ -29,6 +29,7 @@ from kling_async import (
     VideoExtendRequest,
     WatchTimeoutError,
 )
+from kling_async._transport import surely_not_created
 from kling_async.errors import MalformedTaskError, NotSentError, error_from_answer, sole_error
 
 # Every business code of the spec: (HTTP status, code, class, retryable).
@@ -296,6 +297,14 @@ def test_a_transport_error_says_its_message_and_whether_it_was_sent() -> None:
     assert error.may_have_been_sent is False and error.retryable
     assert str(error) == "Connection refused."
     assert TransportError("Dropped.", may_have_been_sent=True).may_have_been_sent is True
+
+
+def test_a_transport_error_made_with_a_message_alone_may_have_been_sent() -> None:
+    """Made with a message alone, it errs on the side that never pays twice: the request
+    may have reached the server, so a create is not sent again."""
+    error = TransportError("Dropped.")
+    assert error.may_have_been_sent is True
+    assert not surely_not_created(error)
 
 
 def test_a_request_never_sent_says_so_and_why() -> None:
