@@ -31,6 +31,7 @@ recorded anywhere.
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -159,6 +160,10 @@ class _Off:
     """The hooks of a client without telemetry: each returns at once."""
 
     enabled = False
+    #: Until this moment of `time.monotonic` no request is recorded, so the transport need
+    #: not even ask for a request's trace: never for a client without telemetry, at once
+    #: for one that records, and until its next look for one on the placeholder providers.
+    quiet_until = math.inf
 
     def request(self, method: str, base_url: str, path: str) -> _RequestTrace:
         """A trace for one API request (sent to `base_url` + `path`)."""
@@ -225,7 +230,7 @@ class Telemetry(_Off):
         # sets its own (once per process), and until then nothing is worth recording.
         self._live = tracer_provider is not None or meter_provider is not None
         self._providers = (trace.get_tracer_provider, metrics.get_meter_provider)
-        self._next_look = 0.0
+        self.quiet_until = -math.inf if self._live else 0.0
         self.use_span = trace.use_span
         self._observation = metrics.Observation
         self.client_kind = trace.SpanKind.CLIENT
@@ -281,11 +286,11 @@ class Telemetry(_Off):
         """Whether anything records: a provider was given, or the application has set a
         global one (looked for at most once a second until it has: a look costs more than
         the request it would trace)."""
-        if self._live or time.monotonic() < self._next_look:
+        if self._live or time.monotonic() < self.quiet_until:
             return self._live
         names = {type(get()).__name__ for get in self._providers}
         self._live = not names <= _PLACEHOLDERS
-        self._next_look = time.monotonic() + 1.0
+        self.quiet_until = -math.inf if self._live else time.monotonic() + 1.0
         return self._live
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:

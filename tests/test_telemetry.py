@@ -335,8 +335,33 @@ def test_nothing_is_built_until_the_application_sets_a_provider() -> None:
     recorded = Recorded()
     telemetry._providers = (lambda: recorded.tracer_provider, lambda: recorded.meter_provider)
     assert not telemetry.live  # looked a moment ago: not again before a second has passed
-    telemetry._next_look = 0.0
+    telemetry.quiet_until = 0.0
     assert telemetry.live
+
+
+async def test_a_request_asks_for_its_trace_only_when_something_may_record() -> None:
+    """While the providers are placeholders (looked at less than a second ago) a request
+    does not even ask for a trace; once a look is due, the next one does."""
+    telemetry = Telemetry()
+    asked: list[str] = []
+    real_request = telemetry.request
+
+    def request(method: str, base_url: str, path: str) -> Any:
+        asked.append(path)
+        return real_request(method, base_url, path)
+
+    telemetry.request = request  # type: ignore[method-assign]
+    assert not telemetry.live  # a look: quiet for a second
+    async with (
+        FakeKlingServer(api_key=KEY) as server,
+        KlingClient(api_key=KEY, base_url=server.url, telemetry=telemetry) as client,
+    ):
+        task = await client.extend_video("vid-1", task_id="parent-1")
+        await client.get_task(task.id)
+        assert asked == []
+        telemetry.quiet_until = 0.0  # a second has passed
+        await client.get_task(task.id)
+    assert asked == [f"/v1/videos/video-extend/{task.id}"]
 
 
 async def test_callbacks_are_counted_by_outcome(recorded: Recorded) -> None:
