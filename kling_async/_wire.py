@@ -129,7 +129,22 @@ def _remember(memory: dict[Any, Any], key: Any, value: _V) -> _V:
 
 def _videos(result: Any) -> tuple[Video, ...]:
     videos = result.get("videos") if isinstance(result, dict) else None
-    return tuple(map(_video, videos)) if isinstance(videos, list) else ()
+    if not isinstance(videos, list):
+        return ()
+    made = []
+    for item in videos:
+        # The usual shape (an object of texts, a duration read before) without a call of the
+        # general reader: this runs for the last poll of every watcher.
+        if type(item) is dict:
+            video_id, url, duration = item.get("id"), item.get("url"), item.get("duration")
+            if type(video_id) is str and type(url) is str and video_id and url:
+                seconds = _DURATIONS.get(duration) if type(duration) is str else None
+                if seconds is None and duration is not None:
+                    seconds = _seconds(duration)
+                made.append(assembled_video(video_id, url, seconds))
+                continue
+        made.append(_video(item))
+    return tuple(made)
 
 
 def _video(item: Any) -> Video:

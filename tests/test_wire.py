@@ -128,6 +128,21 @@ def test_malformed_task_object_is_a_transport_error(data: Any) -> None:
         structure_task(data, TaskKind.VIDEO_EXTEND)
 
 
+@pytest.mark.parametrize(
+    ("video", "expected"),
+    [
+        ({"id": "v", "url": "u", "duration": "5.1"}, Video("v", "u", Decimal("5.1"))),
+        ({"id": 42, "url": "u", "duration": 5}, Video("42", "u", Decimal(5))),
+        ({"id": "v", "url": "u"}, Video("v", "u", None)),
+        ({"id": "v", "url": "u", "duration": 10.5}, Video("v", "u", Decimal("10.5"))),
+    ],
+)
+def test_a_result_video_of_any_readable_shape(video: dict[str, Any], expected: Video) -> None:
+    """Texts as sent; a number id read as its text, a number duration as an exact decimal."""
+    data = {"task_id": "t", "task_status": "succeed", "task_result": {"videos": [video]}}
+    assert structure_task(data, TaskKind.VIDEO_EXTEND).videos == (expected,)
+
+
 @pytest.mark.parametrize("duration", ["5.1s", "", None, "NaN", [1], "Infinity"])
 def test_an_odd_duration_is_unknown_not_fatal(duration: object) -> None:
     """One unreadable duration must not hide a finished task: it reads as None."""
