@@ -245,6 +245,8 @@ class KlingClient:
             self._transport.limiter = self.coordination.request_rate(requests_per_second)
         if self.coordination is not None:
             self.coordination.telemetry = self.telemetry  # the account's slot waits
+            # Task durations learned by any process of the account serve them all.
+            self.coordination.completion = self._completion
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:

@@ -170,11 +170,13 @@ def test_coordination_measures_slots_round_trips_and_waits(
     each run reports its slot use, statements per request and waits for a slot."""
     results = run_quick("coordination", tmp_path, "--database-url", postgres_admin_url)
     runs = results["results"]["runs"]
-    assert set(runs) == {"1x3", "2x3"}
+    assert set(runs) == {"1x3#1", "2x3#1"}
     for run in runs.values():
         assert run["created"] == run["tasks"] == 12
         assert run["ok_per_worker"] == [12] * run["workers"]
         assert run["peak_running"] <= run["quota"] and run["over_limit_answers"] == 0
         assert 0 < run["utilisation"] <= 1.001
+        assert 0 < run["utilisation_from_first_create"] <= 1.001
+        assert run["detection_mean_ms"] >= 0 and run["hand_over_mean_ms"] >= 0
         assert run["request_round_trips_per_request"] >= 3  # intent, task, outcome at least
         assert run["wait_p99_ms"] >= run["wait_p50_ms"] >= 0

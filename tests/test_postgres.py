@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import asyncpg
@@ -275,6 +276,30 @@ async def test_a_queued_intent_of_a_dead_process_is_taken_over_as_new(database_u
         await heir.record_intent("k2", REQUEST)
         assert await sql(database_url, "SELECT fence FROM kling_entry WHERE key = 'k2'") == 2
         assert await b.slots_in_use() == 1
+
+
+async def test_a_duration_one_process_saw_is_learned_by_the_others(database_url: str) -> None:
+    """A journals the end of a task that ran 42 s: B, which saw no task end, learns that
+    duration with no statement of its own (a NOTIFY in A's statement); A, whose watcher
+    learned it already, does not count it twice."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        journal = a.journal("ns")
+        await journal.record_intent("k", REQUEST)
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        ended = Task(
+            "t-1", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED,
+            created_at=start, updated_at=start + timedelta(seconds=42),
+        )  # fmt: skip
+        before = (a.round_trips, b.round_trips)
+        await journal.record_outcome("k", ended, None)
+
+        async def heard() -> bool:
+            return TaskKind.VIDEO_EXTEND in b.completion
+
+        await until(heard)
+        assert b.completion[TaskKind.VIDEO_EXTEND].quantile(0.5) == 42.0
+        assert (a.round_trips, b.round_trips) == (before[0] + 1, before[1])
+        assert a.completion == {}
 
 
 async def test_a_key_another_process_took_is_skipped_without_a_statement(

@@ -19,6 +19,8 @@ import anyio
 from .._clock import Clock, SystemClock
 from ..errors import ConfigurationError
 from ..journal import JournalError
+from ..models import TaskKind
+from ..policies import CompletionTimes
 from ..telemetry import NO_TELEMETRY, _Off
 from ._rate import SharedRateLimiter
 from ._schema import SCHEMA_VERSION, prepare
@@ -44,6 +46,7 @@ DEFAULT_LEASE = 30.0
 _HINTS = "kling_hints"
 _TAKEN = "kling_taken"
 _GRANTS = "kling_grants"
+_ENDED = "kling_ended"
 
 
 class Coordination:
@@ -76,6 +79,9 @@ class Coordination:
         self.tick = min(lease / 3, 1.0)
         #: Where the waits for the account's slots are reported (the client's telemetry).
         self.telemetry: _Off = NO_TELEMETRY
+        #: How long tasks take, by kind, as this process learned it (the client's record):
+        #: the durations other processes see end are added to it as they are heard.
+        self.completion: dict[TaskKind, CompletionTimes] = {}
         self.clock = clock or SystemClock()
         #: Statements sent to the database (each one round trip), for benchmarks.
         self.round_trips = 0
@@ -85,7 +91,8 @@ class Coordination:
         self._listener: Any = None
         self._journals: weakref.WeakSet[PostgresJournal] = weakref.WeakSet()
         self._lock = anyio.Lock()
-        self._origin = uuid.uuid4().hex[:16]
+        #: Names this process in what it tells the others (to skip its own news).
+        self.origin = uuid.uuid4().hex[:16]
         self._receivers: list[Any] = []
 
     def __repr__(self) -> str:
@@ -152,7 +159,12 @@ class Coordination:
         return journal
 
     def _channels(self) -> list[tuple[str, Any]]:
-        return [(_HINTS, self._on_hint), (_TAKEN, self._on_taken), (_GRANTS, self._on_grant)]
+        return [
+            (_HINTS, self._on_hint),
+            (_TAKEN, self._on_taken),
+            (_GRANTS, self._on_grant),
+            (_ENDED, self._on_ended),
+        ]
 
     def request_rate(self, rate: float) -> SharedRateLimiter:
         """The account's request rate, `rate` a second in all processes together."""
@@ -174,6 +186,21 @@ class Coordination:
             if journal.owner == owner:
                 journal.granted(key)
 
+    def _on_ended(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        """Another process saw a task end: its duration joins what this one learned, so every
+        process polls near the end of its tasks as soon as any few tasks of the account ended
+        (each learning alone, a process running a W-th of the account's tasks polls blind W
+        times longer)."""
+        origin, _, rest = str(payload).partition(" ")
+        kind, _, seconds = rest.partition(" ")
+        if origin == self.origin:
+            return
+        try:
+            learned = self.completion.setdefault(TaskKind(kind), CompletionTimes())
+            learned.observe(float(seconds))
+        except ValueError:
+            return  # a kind or a number this version does not know
+
     async def slots_in_use(self) -> int:
         """Tasks of this account that hold a slot now."""
         used = await self.fetchval(
@@ -193,12 +220,12 @@ class Coordination:
 
     async def publish_hint(self, task_id: str, status: str) -> None:
         """Tell every other process that a callback said `task_id` ended."""
-        await self.execute("SELECT pg_notify($1, $2)", _HINTS, f"{self._origin} {status} {task_id}")
+        await self.execute("SELECT pg_notify($1, $2)", _HINTS, f"{self.origin} {status} {task_id}")
 
     def _on_hint(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         origin, _, rest = str(payload).partition(" ")
         status, _, task_id = rest.partition(" ")
-        if origin == self._origin or not task_id:
+        if origin == self.origin or not task_id:
             return  # this process's own receiver already took it
         for receiver in self._receivers:
             receiver.hint(task_id, status)

@@ -350,8 +350,12 @@ class PostgresJournal:
             task_snapshot(task) if task is not None else (None, None, None, None)
         )
         error_type, message = error_fields(error)
+        # The task's duration goes to the other processes in the same statement (see
+        # `Coordination._on_ended`); delivered with the transaction's commit.
+        note = self._duration_note(task)
+        told = ", pg_notify('kling_ended', $11)" if note is not None else ""
         updated = await self._co.fetchval(
-            "SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            f"SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10){told}",
             *self._own(key),
             task_id,
             kind,
@@ -360,9 +364,19 @@ class PostgresJournal:
             error_type,
             message,
             self._co.clock.time(),
+            *(() if note is None else (note,)),
         )
         if not updated:
             await self._explain(key, task)
+
+    def _duration_note(self, task: Task | None) -> str | None:
+        """What the other processes learn from `task`'s end: its kind and duration."""
+        if task is None or not task.is_terminal or task.created_at is None:
+            return None
+        if task.updated_at is None:
+            return None
+        seconds = (task.updated_at - task.created_at).total_seconds()
+        return f"{self._co.origin} {task.kind.value} {seconds!r}"
 
     async def reopen(self, key: str) -> None:
         """A finished entry back to INTENT or SUBMITTED; a running task holds a slot again."""
