@@ -624,6 +624,66 @@ async def test_a_key_returns_its_task_to_any_client_and_refuses_another_request(
         assert other.id != first.id and server.record.create_count == 2
 
 
+async def test_a_key_awaited_from_another_client_returns_on_its_holders_notice(
+    database_url: str,
+) -> None:
+    """B asks for a key while A's create for it is in flight: B reads the key, is woken by
+    A's NOTIFY the moment A records the task (its fallback read is an hour away), reads it
+    again and returns A's task."""
+    async with (
+        FakeKlingServer(api_key=KEY, durations=FAST) as server,
+        client_for(server, database_url) as a,
+        client_for(server, database_url) as b,
+    ):
+        assert b.coordination is not None
+        b.coordination.recheck = 3600.0
+        server.faults.push(Fault.delay(2.0), method="POST")  # two ticks of a looking waiter
+        made: list[Task] = []
+
+        async def intent_recorded() -> bool:
+            return bool(await sql(database_url, "SELECT count(*) FROM kling_entry"))
+
+        async def first() -> None:
+            made.append(await a.extend_video("vid-1", task_id="p-1", key="order-5"))
+
+        with anyio.fail_after(30):  # a missed notice would hang for the hour: fail instead
+            async with anyio.create_task_group() as group:
+                group.start_soon(first)
+                await until(intent_recorded)
+                before = b.coordination.round_trips
+                again = await b.extend_video("vid-1", task_id="p-1", key="order-5")
+        assert again.id == made[0].id and server.record.create_count == 1
+        # Its intent, a read of the key, and one more once woken.
+        assert b.coordination.round_trips - before == 3
+
+
+async def test_a_key_awaited_without_a_notice_is_found_by_the_fallback_read(
+    database_url: str,
+) -> None:
+    """The holder's notice is lost (it records the task and says nothing): the waiter reads
+    the key again after `recheck` and returns the task all the same."""
+    async with coordination(database_url) as a, coordination(database_url) as b:
+        b.recheck = 0.05
+        holder, waiter = a.journal("ns"), b.journal("ns")
+        await holder.record_intent("k", REQUEST, slot=False)
+        found: list[object] = []
+
+        async def wait() -> None:
+            found.append(await waiter.settled("k"))
+
+        async def looked_again() -> bool:  # read, waited, heard nothing, read again
+            return b.periodic_round_trips > 0
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await until(looked_again)
+                await holder.record_task("k", task(TaskStatus.SUBMITTED, "t-9"))
+        entry = found[0]
+        assert entry is not None and entry.task is not None  # type: ignore[attr-defined]
+        assert entry.task.id == "t-9"  # type: ignore[attr-defined]
+
+
 async def test_a_key_whose_holder_died_mid_create_is_found_by_its_external_id(
     database_url: str,
 ) -> None:

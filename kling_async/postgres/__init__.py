@@ -47,6 +47,7 @@ _HINTS = "kling_hints"
 _TAKEN = "kling_taken"
 _GRANTS = "kling_grants"
 _ENDED = "kling_ended"
+_SETTLED = "kling_settled"
 
 
 class Coordination:
@@ -77,6 +78,9 @@ class Coordination:
         self.lease = lease
         #: How often leases are renewed and waited-for keys looked at.
         self.tick = min(lease / 3, 1.0)
+        #: How often a wait that a NOTIFY ends reads the database anyway, in case the
+        #: notification was lost.
+        self.recheck = lease / 2
         #: Where the waits for the account's slots are reported (the client's telemetry).
         self.telemetry: _Off = NO_TELEMETRY
         #: How long tasks take, by kind, as this process learned it (the client's record):
@@ -164,6 +168,7 @@ class Coordination:
             (_TAKEN, self._on_taken),
             (_GRANTS, self._on_grant),
             (_ENDED, self._on_ended),
+            (_SETTLED, self._on_settled),
         ]
 
     def request_rate(self, rate: float) -> SharedRateLimiter:
@@ -185,6 +190,13 @@ class Coordination:
         for journal in self._journals:
             if journal.owner == owner:
                 journal.granted(key)
+
+    def _on_settled(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        """A key's holder recorded its task or outcome: its waiters read it now."""
+        _owner, namespace, key = json.loads(str(payload))
+        for journal in self._journals:
+            if journal.namespace == namespace:
+                journal.heard_settled(key)
 
     def _on_ended(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         """Another process saw a task end: its duration joins what this one learned, so every

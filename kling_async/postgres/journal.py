@@ -35,6 +35,7 @@ import attrs
 from ..journal import (
     ClaimedElsewhereError,
     JournalEntry,
+    JournalError,
     check_same_request,
     check_update,
     entry_from_row,
@@ -79,6 +80,7 @@ class PostgresJournal:
         self.where = f"{coordination.where} (namespace {namespace!r})"
         self._fences: dict[str, int] = {}
         self._waiting: dict[str, _Awaited] = {}
+        self._settling: dict[str, set[anyio.Event]] = {}  # the waits of `settled`, by key
         # Keys other processes took, heard as they took them; and this journal's queued keys.
         self._taken: set[str] = set()
         self._queued: dict[str, anyio.Event] = {}
@@ -210,19 +212,56 @@ class PostgresJournal:
 
     async def settled(self, key: str) -> JournalEntry | None:
         """Wait until `key`'s entry knows its task, is finished, or its holder's lease ran
-        out (or it is gone: None)."""
+        out (or it is gone: None).
+
+        Woken by the holder's `announce`; the entry is read again anyway every
+        `Coordination.recheck` seconds (a notification can be lost: a connection dropped, a
+        holder that died between its write and its NOTIFY) and when the holder's lease
+        runs out."""
         while True:
-            row = await self._co.fetchrow(
-                f"SELECT {_COLUMNS}, (owner IS NULL OR lease_until < clock_timestamp()) AS free "
-                "FROM kling_entry WHERE namespace = $1 AND key = $2",
-                self.namespace,
-                key,
+            heard = anyio.Event()
+            self._settling.setdefault(key, set()).add(heard)
+            try:
+                row = await self._co.fetchrow(
+                    f"SELECT {_COLUMNS}, (owner IS NULL OR lease_until < clock_timestamp()) "
+                    "AS free, extract(epoch FROM lease_until - clock_timestamp())::float8 "
+                    "AS lease_left FROM kling_entry WHERE namespace = $1 AND key = $2",
+                    self.namespace,
+                    key,
+                )
+                if row is None:
+                    return None
+                if row["free"] or row["task_raw"] is not None or row["state"] == "finished":
+                    return self._entry(row)
+                lease_left = max(0.0, row["lease_left"] or 0.0)
+                with anyio.move_on_after(min(self._co.recheck, lease_left + 0.05)):
+                    await heard.wait()
+                if not heard.is_set():
+                    self._co.periodic_round_trips += 1  # the next read is the fallback's
+            finally:
+                self._settling[key].discard(heard)
+                if not self._settling[key]:
+                    del self._settling[key]
+
+    def heard_settled(self, key: str) -> None:
+        """`key`'s holder recorded its task or outcome, or forgot it (heard by NOTIFY)."""
+        for heard in self._settling.get(key, ()):
+            heard.set()
+
+    async def announce(self, key: str) -> None:
+        """Tell the processes waiting in `settled` for `key` to read it now. A notice that
+        cannot be sent is let go: they read it at their next look anyway."""
+        try:
+            await self._co.execute(
+                "SELECT kling_notify('kling_settled', $1, $2, $3)", self.owner, self.namespace, key
             )
-            if row is None:
-                return None
-            if row["free"] or row["task_raw"] is not None or row["state"] == "finished":
-                return self._entry(row)
-            await self._co.clock.sleep(self._co.tick)
+        except JournalError as exc:
+            log.info(
+                "could not tell other processes that key %r is settled (%s); they will look",
+                key,
+                exc,
+                extra=log_fields(request_key=key),
+            )
 
     def _elsewhere(self, key: str) -> ClaimedElsewhereError:
         self._fences.pop(key, None)

@@ -2,7 +2,8 @@
 
 A web request retried onto another replica carries the same key; the replica that finds the
 key journaled returns the task recorded there instead of paying again. The key is claimed by
-its intent (one process at a time); the others wait until the task is recorded, and adopt
+its intent (one process at a time); the others wait until the task is recorded (woken by a
+NOTIFY from the holder, with a slow read as a fallback), and adopt
 the key if its holder died before it could record one: the create is then looked up by its
 external id (official API), and sent again only when it surely made nothing.
 """
@@ -71,6 +72,7 @@ async def _adopt(
 
 
 async def _send(journal: PostgresJournal, key: str, request: CreateRequest, submit: Submit) -> Task:
+    """Create the task, journal it, and tell the processes waiting for the key."""
     try:
         task = await submit(request)
     except Exception as exc:
@@ -78,6 +80,7 @@ async def _send(journal: PostgresJournal, key: str, request: CreateRequest, subm
             await journal.forget(key)  # nothing was made: the next try sends it anew
         else:
             await journal.record_outcome(key, None, exc)
+        await journal.announce(key)
         raise
     try:
         await journal.record_task(key, task)
@@ -86,4 +89,5 @@ async def _send(journal: PostgresJournal, key: str, request: CreateRequest, subm
             f"Task {task.id} was created for key {key!r} but could not be journaled ({exc}); "
             "note its id."
         ) from exc
+    await journal.announce(key)
     return task
