@@ -360,6 +360,34 @@ async def test_an_old_failure_replayed_does_not_trigger_fail_fast(tmp_path: Path
     assert sorted(o.ok for o in outcomes) == [False, True, True, True]
 
 
+async def test_1303_refusals_with_a_journal_never_leave_a_request_waiting_for_its_own_slot(
+    tmp_path: Path,
+) -> None:
+    """Another client holds the account's only slot, so every create of the batch is refused
+    with 1303 at first: a refused request gives its slot of the window back and takes it
+    again while the batch's other requests hold, wait for or retake the rest, and nothing it
+    waits for waits for it. Every request is created once and ends (a deadlock would hit
+    the bound instead)."""
+    async with FakeKlingServer(api_key=KEY, durations=FAST, max_concurrent=1) as server:
+        async with client_for(server) as outsider:
+            await outsider.extend_video("vid-x", task_id="p-x")  # the account is now full
+        items = requests(12)
+        with anyio.fail_after(60):
+            async with (
+                client_for(server) as client,
+                client.extend_many(items, concurrency=4, journal=tmp_path / "j") as batch,
+            ):
+                outcomes = [o async for o in batch]
+                window = batch.window
+        refused = [r for r in server.record.requests if r.status == 429]
+        assert refused and server.record.peak_concurrent == 1
+        assert server.record.create_count == 13
+    assert sorted(o.request.key or "" for o in outcomes if o.ok) == sorted(
+        i.key or "" for i in items
+    )
+    assert window.in_use == 0
+
+
 async def test_a_request_stopped_before_sending_is_sent_on_the_next_run(tmp_path: Path) -> None:
     """Refused, then held back by a stop: no journal entry stays, so a re-run sends it."""
     journal = tmp_path / "j"
