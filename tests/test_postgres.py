@@ -325,14 +325,58 @@ async def test_a_key_another_process_took_is_skipped_without_a_statement(
 
 async def test_an_older_schema_is_brought_up_to_date(database_url: str) -> None:
     """A database of schema 1 (no queued intents) is upgraded on first use."""
-    async with coordination(database_url):
-        pass
-    await sql(database_url, "ALTER TABLE kling_entry DROP COLUMN queued")
-    await sql(database_url, "UPDATE kling_meta SET version = 1")
+    await schema_1(database_url)
     async with coordination(database_url, parallel_tasks=1) as a:
         await a.journal("ns").record_intent("k", REQUEST)
     assert await sql(database_url, "SELECT version FROM kling_meta") == SCHEMA_VERSION
     assert await sql(database_url, "SELECT holds_slot AND NOT queued FROM kling_entry") is True
+
+
+async def schema_1(url: str) -> None:
+    """The database as schema 1 left it (no queued intents)."""
+    async with coordination(url):
+        pass
+    await sql(url, "ALTER TABLE kling_entry DROP COLUMN queued")
+    await sql(url, "UPDATE kling_meta SET version = 1")
+
+
+async def test_processes_starting_together_upgrade_an_older_schema_once(
+    database_url: str,
+) -> None:
+    """Four new processes open a schema 1 database at once: the upgrade runs under an
+    advisory lock, so one makes it and the others find it made (two at once would add the
+    same column twice, and the second would fail)."""
+    await schema_1(database_url)
+
+    async def open_one() -> None:
+        async with coordination(database_url):
+            pass
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(open_one)
+    assert await sql(database_url, "SELECT version FROM kling_meta") == SCHEMA_VERSION
+
+
+async def test_an_upgrade_waits_until_no_older_process_works_there(database_url: str) -> None:
+    """An older process holds a key under a live lease: a newer one refuses to upgrade the
+    schema under it, saying why and what to do; once no lease lives, it upgrades."""
+    await schema_1(database_url)
+    await sql(
+        database_url,
+        "INSERT INTO kling_entry (namespace, key, account, request, state, updated_at, owner, "
+        "lease_until) VALUES ('ns', 'k', 'acct', '{}', 'intent', 0, 'old/1', "
+        "clock_timestamp() + interval '1 hour')",
+    )
+    with pytest.raises(JournalError, match="1 key is held under a live lease") as info:
+        async with coordination(database_url):
+            pass
+    assert "Stop the processes of the older version" in str(info.value)
+    assert await sql(database_url, "SELECT version FROM kling_meta") == 1
+    await expire_leases(database_url)
+    async with coordination(database_url):
+        pass
+    assert await sql(database_url, "SELECT version FROM kling_meta") == SCHEMA_VERSION
 
 
 async def test_a_slot_outlives_its_lease_and_is_freed_only_by_an_outcome(

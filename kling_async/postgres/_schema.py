@@ -80,6 +80,7 @@ async def prepare(connection: Any, where: str) -> None:
             await connection.execute(_TABLES)
         version = await connection.fetchval("SELECT max(version) FROM kling_meta")
         if version is not None and 1 <= version < SCHEMA_VERSION:
+            await _refuse_under_older_processes(connection, where, version)
             for step in range(version, SCHEMA_VERSION):
                 await connection.execute(_UPGRADES[step])
             await connection.execute(_FUNCTIONS)
@@ -98,6 +99,27 @@ async def prepare(connection: Any, where: str) -> None:
             f"{version}; this version reads up to {SCHEMA_VERSION}); upgrade kling_async on "
             "this host to join the others.",
         )
+
+
+async def _refuse_under_older_processes(connection: Any, where: str, version: int) -> None:
+    """Raise while processes of the older version work in the database: the upgrade would
+    change the statements they send under them. A process that holds keys renews their
+    leases; one that died lets them run out within a lease."""
+    working = await connection.fetchval(
+        "SELECT count(*) FROM kling_entry WHERE owner IS NOT NULL "
+        "AND lease_until > clock_timestamp()"
+    )
+    if not working:
+        return
+    keys = "1 key is" if working == 1 else f"{working} keys are"
+    raise JournalError(
+        where,
+        f"The database {where} has coordination schema {version} and this version of "
+        f"kling_async needs {SCHEMA_VERSION}, but {keys} held under a live lease there by "
+        "processes of the older version. Stop the processes of the older version (the "
+        "claims of one that died run out within its lease), then start this one again; "
+        "it upgrades the schema on its first connection.",
+    )
 
 
 # The account's slots. A slot is taken with the intent, in one transaction (`kling_intent`,
