@@ -31,6 +31,7 @@ ORDER = [
     "_listed",
     "batch",
     "callbacks",
+    "_fetch",  # one download's exchange with a file server: redirects, ranges, retries
     "download",
     "chain",
     "_downloader",  # the client's downloads: the session they take, an expired link refreshed
