@@ -151,11 +151,20 @@ class _Progress:
             print(json.dumps(record), file=self.stream, flush=True)
             return
         name = f"{event.request.key}: " if event.request.key else ""
-        what = "source" if event.step == 0 else f"step {event.step}/{event.steps or '?'}"
+        what = "source" if event.step == 0 else f"step {event.step}/{_steps(event)}"
         verb = "started" if event.kind is BatchEventKind.SUBMITTED else "ended"
         length = f"{event.chain.duration} s so far" if event.chain.duration else "no video yet"
         eta = f"ETA {human_duration(event.eta)}" if event.eta is not None else "ETA unknown"
         print(f"  {name}{what} {verb} · {length} · {eta}", file=self.stream, flush=True)
+
+
+def _steps(event: ChainEvent) -> str:
+    """The steps planned, marked `~` while they are estimated from the lengths seen (a chain
+    grown `until` a length), since the estimate can change as steps end."""
+    if event.steps is None:
+        return "?"
+    fixed = event.request.steps is not None or event.request.prompts is not None
+    return str(event.steps) if fixed else f"~{event.steps}"
 
 
 def _record(chain: Chain, path: Path | None) -> dict[str, Any]:

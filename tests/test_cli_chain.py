@@ -87,10 +87,19 @@ def test_chain_downloads_the_final_video(gateway: ThreadedServer, tmp_path: Path
     )
     finished = run(command, env, tmp_path)
     assert finished.returncode == 0, finished.stderr
-    assert "step 1/" in finished.stderr and "ETA" in finished.stderr
+    assert "step 1/~" in finished.stderr and "ETA" in finished.stderr  # an estimate, marked
     files = list((tmp_path / "out").iterdir())
     assert len(files) == 1 and files[0].stat().st_size > 0
     assert "saved" in finished.stdout
+
+
+def test_a_fixed_number_of_steps_is_shown_as_such(gateway: ThreadedServer, tmp_path: Path) -> None:
+    """With --steps the count is known: "step 1/2", not the "~" of an estimate."""
+    command, env = chain_command(gateway, "vid-1", "--task-id", "t-1", "--steps", "2")
+    finished = run(command, env, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "step 1/2 " in finished.stderr and "step 2/2 " in finished.stderr
+    assert "/~" not in finished.stderr
 
 
 def test_the_demo_grows_chains_beside_the_extensions(tmp_path: Path) -> None:
