@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ._clock import Clock
-from .errors import KlingError
+from .errors import APIError, KlingError
 from .models import Task, TaskKind
 from .policies import RetryPolicy
 from .telemetry import log_fields
@@ -83,6 +83,7 @@ class ListedReads:
         self._created: dict[str, datetime] = {}
         self._round: asyncio.Event | None = None  # set when the running round ends
         self._last_round = float("-inf")
+        self._refused = False  # the list endpoint refused for good: no round is run again
 
     async def get_task(
         self,
@@ -154,7 +155,9 @@ class ListedReads:
         if self._round is not None:
             await self._until(self._round.wait(), JOIN_SPACINGS * self.spacing)
             return True
-        if not self._resting or self._clock.monotonic() - self._last_round < self.spacing:
+        if self._refused or not self._resting:
+            return False
+        if self._clock.monotonic() - self._last_round < self.spacing:
             return False
         self._round = asyncio.Event()
         self._last_round = self._clock.monotonic()
@@ -163,7 +166,16 @@ class ListedReads:
             await self._read_pages(kind, {task_id, *self._resting})
         except KlingError as exc:
             fields = log_fields(request_id=getattr(exc, "request_id", None))
-            log.info("a list read failed; watchers read their tasks alone: %s", exc, extra=fields)
+            # A refusal in the API's own words (no such endpoint here, no permission) will be
+            # given again: asking each round would only add a request to every poll.
+            self._refused = isinstance(exc, APIError) and not exc.retryable
+            later = "from now on" if self._refused else "this round"
+            log.info(
+                "a list read failed; watchers read their tasks alone %s: %s",
+                later,
+                exc,
+                extra=fields,
+            )
         finally:
             self._round.set()
             self._round = None

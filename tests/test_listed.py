@@ -14,7 +14,7 @@ from kling_async import KlingClient, PollPolicy, RetryPolicy, Task, TaskKind, Ta
 from kling_async._clock import SystemClock
 from kling_async._listed import ListedReads
 from kling_async._ratelimit import RateLimiter
-from kling_async.errors import ServerError, WatchTimeoutError
+from kling_async.errors import InvalidRequestError, ServerError, WatchTimeoutError
 from kling_async.testing import FakeKlingServer
 
 pytestmark = pytest.mark.anyio
@@ -155,6 +155,32 @@ async def test_a_failing_list_page_falls_back_to_single_reads() -> None:
         group.cancel_scope.cancel()
     assert account.pages == [1]
     assert account.singles == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "pages"),
+    [
+        (InvalidRequestError("no list here", code=1202, http_status=404), [1]),
+        (ServerError("the list is down", code=5000, http_status=500), [1, 1, 1]),
+    ],
+)
+async def test_a_list_endpoint_that_refuses_for_good_is_not_asked_again(
+    fault: Exception, pages: list[int]
+) -> None:
+    """A list read the API refuses in its own words (no such endpoint, no permission) is
+    not tried again: from then on watchers read alone, without a page request each round.
+    A failure that may pass (a server error) is tried again at the next round."""
+    account = Account(_task("a", RUNNING, 100), _task("b", RUNNING, 101))
+    account.page_fault = fault
+    reads = ListedReads(account.read_one, account.read_page, clock=SystemClock(), spacing=0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(reads.rest, "b", LONG)
+        await anyio.wait_all_tasks_blocked()
+        for _ in range(3):
+            assert (await reads.get_task("a")).id == "a"
+        group.cancel_scope.cancel()
+    assert account.pages == pages
+    assert account.singles == ["a"] * 3
 
 
 async def test_a_hanging_list_page_holds_no_other_watcher() -> None:
