@@ -6,6 +6,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,13 @@ import pytest
 from helpers import client_of
 
 from kling_async import (
+    BatchEvent,
     BatchEventKind,
+    BatchOutcome,
+    Chain,
     ChainError,
     ChainEvent,
+    ChainOutcome,
     ChainRequest,
     ContentPolicyError,
     ImageToVideoRequest,
@@ -26,9 +31,16 @@ from kling_async import (
     InvalidRequestError,
     KlingClient,
     Task,
+    TaskKind,
+    TaskStatus,
     TextToVideoRequest,
+    Video,
+    VideoExtendRequest,
 )
 from kling_async._clock import SystemClock
+from kling_async.chain import StepLengths, _ChainRun
+from kling_async.models import CreateRequest
+from kling_async.telemetry import NO_TELEMETRY
 from kling_async.testing import FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -313,3 +325,176 @@ async def test_on_the_official_api_a_step_names_only_the_video(tmp_path: Path) -
     assert [set(body) - {"external_task_id"} for body in bodies[1:]] == [{"video_id"}] * 2
     assert bodies[2]["video_id"] == chain.tasks[0].videos[0].id
     assert chain.source is not None and chain.source.videos[0].duration == 10
+
+
+def finished_task(task_id: str, seconds: int | None, *, status: str = "succeed") -> Task:
+    videos = () if seconds is None else (Video(f"vid-{task_id}", "u", Decimal(seconds)),)
+    return Task(task_id, TaskKind.VIDEO_EXTEND, TaskStatus(status), videos=videos)
+
+
+def test_a_chain_error_says_which_step_failed_why_and_where_to_go_on() -> None:
+    """The message names the step (the source as such), the reason, and the longest video
+    kept with its task, to start a new chain from; without a video, nothing about one."""
+    kept = Chain((finished_task("t1", 10), finished_task("t2", 15)))
+    assert str(ChainError(3, kept, "task 42 failed")) == (
+        "Step 3 of the chain failed: task 42 failed. The longest video so far is vid-t2 "
+        "(15 s, task t2): a new chain from it goes on from there."
+    )
+    assert str(ChainError(0, Chain())) == "Making the source video failed."
+    assert str(ChainError(1, Chain(), "")) == "Step 1 of the chain failed."
+    no_video = Chain((finished_task("t1", None),))
+    assert str(ChainError(2, no_video, "gone")) == "Step 2 of the chain failed: gone."
+
+
+def test_step_lengths_are_the_mean_of_what_steps_added() -> None:
+    """Each step that made a video longer adds its gain; a step that did not, or of unknown
+    length, teaches nothing; with nothing learned a step is taken to add 4.5 s."""
+    lengths = StepLengths(window=3)
+    assert lengths.estimate() == Decimal("4.5")
+    lengths.observe(Decimal(5), Decimal(9))
+    lengths.observe(Decimal(9), Decimal(9))
+    lengths.observe(None, Decimal(20))
+    lengths.observe(Decimal(9), None)
+    assert lengths.estimate() == Decimal(4)
+    for before, after in [(9, 14), (14, 20), (20, 27)]:
+        lengths.observe(Decimal(before), Decimal(after))
+    assert lengths.estimate() == Decimal(6)  # the last three: 5, 6 and 7
+
+
+class Backend:
+    """What a chain run asks of the client, with a fixed expected task and a fixed time."""
+
+    needs_parent_task = True
+    telemetry = NO_TELEMETRY
+
+    def __init__(self, expected: float | None = 60.0, now: float = 1000.0) -> None:
+        self.expected, self.time = expected, now
+
+    def expected_seconds(self) -> float | None:
+        return self.expected
+
+    def now(self) -> float:
+        return self.time
+
+
+def chain_run(request: ChainRequest, backend: Backend | None = None) -> _ChainRun:
+    events: list[ChainEvent] = []
+    run = _ChainRun(
+        backend or Backend(),  # type: ignore[arg-type]
+        [request],
+        lengths=StepLengths(),
+        concurrency=1,
+        journal=None,
+        on_event=events.append,
+    )
+    run.events = events  # type: ignore[attr-defined]
+    for state in run.states.values():
+        state.first_request()  # the chain's first request is sent
+    return run
+
+
+def step_event(run: _ChainRun, step: int, task: Task | None) -> ChainEvent:
+    """The chain event of a batch event (a step's task running or ended) of `run`'s chain."""
+    (state,) = run.states.values()
+    request = VideoExtendRequest("v", key=state.step_key(step))
+    outcome = None if task is None or not task.is_terminal else BatchOutcome(request, task)
+    kind = BatchEventKind.SUBMITTED if outcome is None else BatchEventKind.FINISHED
+    run._on_batch_event(BatchEvent(kind, request, task=task, outcome=outcome))
+    return run.events[-1]  # type: ignore[attr-defined,no-any-return]
+
+
+def running(task_id: str, age: float, now: float = 1000.0) -> Task:
+    made = datetime.fromtimestamp(now - age, UTC)
+    return Task(task_id, TaskKind.VIDEO_EXTEND, TaskStatus.PROCESSING, created_at=made)
+
+
+def test_the_eta_is_the_tasks_left_less_the_age_of_the_running_one() -> None:
+    """Steps not ended times the expected task, less what the running task has done (at
+    most one task's worth), never below zero; the source, while not made, counts as one."""
+    run = chain_run(ChainRequest("v0", task_id="t0", steps=4, key="c"))
+    (state,) = run.states.values()
+    assert step_event(run, 1, running("t1", 10)).eta == 4 * 60 - 10
+    assert step_event(run, 1, running("t1", 100)).eta == 3 * 60
+    assert step_event(run, 1, None).eta == 4 * 60
+    done = step_event(run, 1, finished_task("t1", 10))
+    assert (done.eta, done.steps, len(done.chain.tasks)) == (3 * 60, 4, 1)
+    state.chain, state.step = Chain(tuple(finished_task(f"t{n}", 10 + n) for n in range(4))), 5
+    assert step_event(run, 5, running("t5", 10)).eta == 0.0
+    made = chain_run(ChainRequest(source=TextToVideoRequest("a fox"), steps=2, key="s"))
+    assert step_event(made, 0, running("s0", 0)).eta == 3 * 60
+    unknown = chain_run(ChainRequest("v0", task_id="t0", steps=4, key="u"), Backend(None))
+    assert step_event(unknown, 1, running("t1", 10)).eta is None
+
+
+def test_a_chain_grown_until_a_length_plans_its_steps_from_what_steps_add() -> None:
+    """Until its first step ends the count is unknown; then it is the steps done and as many
+    as the length still missing needs, at what a step adds; none once the length is reached."""
+    run = chain_run(ChainRequest("v0", task_id="t0", until=20, key="c"))
+    assert step_event(run, 1, running("t1", 10)).steps is None
+    assert step_event(run, 1, finished_task("t1", 10)).steps == 1 + 3  # 10 s to go at 4.5 s
+    (state,) = run.states.values()
+    state.chain, state.step = Chain((finished_task("t1", 10), finished_task("t2", 20))), 3
+    assert step_event(run, 3, running("t3", 10)).steps == 2
+
+
+def advance(
+    run: _ChainRun, task: Task | None, error: Exception | None = None
+) -> tuple[ChainOutcome | None, CreateRequest | None]:
+    """`run`'s chain takes its current step's outcome: its own outcome if it ended, and
+    the request it sent next, if any."""
+    (state,) = run.states.values()
+    request = VideoExtendRequest("v", key=state.step_key(state.step))
+    send, receive = anyio.create_memory_object_stream[CreateRequest](10)
+    with send, receive:
+        ended = run._advance(state, BatchOutcome(request, task, error), send)
+        sent = receive.receive_nowait() if receive.statistics().current_buffer_used else None
+    return ended, sent
+
+
+def test_each_step_extends_the_last_video_and_teaches_what_a_step_adds() -> None:
+    """After the source, each step extends the video just made, naming its task, under the
+    chain's key and the step's number; what each step added (not the source) is learned."""
+    run = chain_run(
+        ChainRequest(source=TextToVideoRequest("a fox", duration=5), steps=3, key="a/b")
+    )
+    (state,) = run.states.values()
+    assert state.first_request().key == "a/b/0"
+    ended, sent = advance(run, finished_task("s0", 5))
+    assert ended is None and run.lengths.estimate() == Decimal("4.5")
+    assert sent == VideoExtendRequest("vid-s0", task_id="s0", key="a/b/1")
+    ended, sent = advance(run, finished_task("s1", 9))
+    assert ended is None and run.lengths.estimate() == Decimal(4)
+    assert sent == VideoExtendRequest("vid-s1", task_id="s1", key="a/b/2")
+    assert run._state_of(sent) is state
+
+
+def test_a_chain_grown_until_a_length_ends_once_it_is_reached() -> None:
+    """A video exactly as long as asked ends the chain; one a step short goes on."""
+    run = chain_run(ChainRequest("v0", task_id="t0", until=14, key="c"))
+    assert advance(run, finished_task("t1", 13))[0] is None
+    ended, sent = advance(run, finished_task("t2", 14))
+    assert ended is not None and ended.ok and sent is None
+    assert ended.chain.duration == 14
+
+
+def test_a_step_that_did_not_succeed_ends_its_chain_with_the_reason() -> None:
+    """A failed step's error is the chain error's cause and its reason (one final full
+    stop); a step with neither task nor error, or a task without a video, says so."""
+    failure = RuntimeError("the task failed.")
+    failed = finished_task("t1", None, status="failed")
+    ended, sent = advance(
+        chain_run(ChainRequest("v0", task_id="t0", steps=3, key="c")), failed, failure
+    )
+    assert ended is not None and ended.error is not None and sent is None
+    assert (ended.error.step, ended.error.__cause__) == (1, failure)
+    assert str(ended.error) == "Step 1 of the chain failed: the task failed."
+    ended, _ = advance(chain_run(ChainRequest("v0", task_id="t0", steps=3, key="c")), None)
+    assert ended is not None and str(ended.error) == (
+        "Step 1 of the chain failed: the task did not succeed."
+    )
+    ended, _ = advance(
+        chain_run(ChainRequest("v0", task_id="t0", steps=3, key="c")), finished_task("t1", None)
+    )
+    assert ended is not None and str(ended.error) == (
+        "Step 1 of the chain failed: task t1 returned no video."
+    )
