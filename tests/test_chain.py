@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,8 @@ from kling_async import (
     VideoExtendRequest,
 )
 from kling_async._clock import SystemClock
-from kling_async.chain import StepLengths, _ChainRun
+from kling_async.chain import StepLengths, _ChainRun, chain_key
+from kling_async.journal import Journal
 from kling_async.models import CreateRequest
 from kling_async.telemetry import NO_TELEMETRY
 from kling_async.testing import FakeKlingServer, Fault
@@ -498,3 +499,101 @@ def test_a_step_that_did_not_succeed_ends_its_chain_with_the_reason() -> None:
     assert ended is not None and str(ended.error) == (
         "Step 1 of the chain failed: task t1 returned no video."
     )
+
+
+def test_two_chains_of_one_key_are_refused_before_sending() -> None:
+    """Each chain needs its own key in the journal: two of one key are refused up front."""
+    twins = [ChainRequest("v0", task_id="t0", steps=1, key="k")] * 2
+    with pytest.raises(InvalidArgumentError) as caught:
+        _ChainRun(
+            Backend(), twins, lengths=StepLengths(), concurrency=1, journal=None, on_event=None
+        )  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "Two chains share the key 'k'; give each its own key. Nothing was sent."
+    )
+
+
+def test_a_chain_event_tells_the_chain_its_step_and_the_batch_event() -> None:
+    """A step's batch event comes back with the chain's request, the step's number (read
+    from the key, whatever the chain's key holds) and the batch event itself."""
+    request = ChainRequest("v0", task_id="t0", steps=2, key="team/one")
+    run = chain_run(request)
+    event = step_event(run, 2, running("t2", 1))
+    assert (event.request, event.step, event.steps) == (request, 2, 2)
+    assert event.event.task == running("t2", 1) and event.chain == Chain()
+
+
+def test_a_source_is_too_old_after_thirty_days_to_the_second() -> None:
+    """A source made exactly 30 days ago can still be extended; a second more, it cannot."""
+    run = chain_run(ChainRequest("v0", task_id="t0", steps=2, key="c"))
+    month = datetime.fromtimestamp(1000.0 - 30 * 86400, UTC)
+    assert run._expired("c/2", "t1", month) is None
+    assert run._expired("c/2", "t1", month - timedelta(seconds=1)) is not None
+    assert run._expired("c/2", "t1", None) is None
+
+
+class Dated(Backend):
+    """A backend whose every source task was made at `made`."""
+
+    def __init__(self, made: datetime, *, gateway: bool = True) -> None:
+        super().__init__()
+        self.made, self.needs_parent_task = made, gateway
+
+    async def made_at(self, task_id: str) -> datetime | None:
+        return self.made
+
+
+async def test_only_a_new_chain_on_a_gateway_has_its_source_dated() -> None:
+    """The source's age is read when the gateway names its task and the journal holds no
+    step of the chain; a chain already begun goes on; the official API reads none."""
+    old = datetime.fromtimestamp(1000.0 - 31 * 86400, UTC)
+    request = ChainRequest("v0", task_id="t0", steps=2, key="c")
+    stale = await chain_run(request, Dated(old))._stale_sources(None)
+    assert stale["c"].error is not None and stale["c"].error.step == 1
+    begun = chain_run(request, Dated(old))
+    begun.begun = {"c/1"}
+    assert await begun._stale_sources(None) == {}
+    assert await chain_run(request, Dated(old, gateway=False))._stale_sources(None) == {}
+
+
+async def test_chains_of_different_lengths_all_run_to_their_end(gateway: FakeKlingServer) -> None:
+    """A short chain ending early does not cut the longer ones short."""
+    chains = [
+        ChainRequest("v0", task_id="t0", steps=1, key="short"),
+        ChainRequest("v1", task_id="t1", steps=3, key="long"),
+    ]
+    async with client_of(gateway) as client:
+        outcomes = {o.request.key: o async for o in client.chain_many(chains, concurrency=2)}
+    assert [len(outcomes[key].chain.tasks) for key in ("short", "long")] == [1, 3]
+    assert all(outcome.ok for outcome in outcomes.values())
+
+
+async def test_a_chain_with_an_old_source_among_new_ones_ends_alone() -> None:
+    """A chain stopped for its old source is one outcome; the others run to their end."""
+    then = time.time() - 31 * 86400
+    server = FakeKlingServer(api_key=KEY, wall_clock=lambda: then)
+    async with server, client_of(server) as client:
+        source = await made_long_ago(server, client)
+        chains = [
+            ChainRequest(source.videos[0].id, task_id=source.id, steps=2, key="old"),
+            ChainRequest("v1", task_id="t1", steps=1, key="new"),
+        ]
+        outcomes = {o.request.key: o async for o in client.chain_many(chains)}
+    assert outcomes["old"].error is not None and outcomes["old"].error.step == 1
+    assert outcomes["new"].ok and len(outcomes["new"].chain.tasks) == 1
+
+
+async def test_a_journal_the_caller_opened_is_left_open(
+    gateway: FakeKlingServer, tmp_path: Path
+) -> None:
+    """A journal given open is the caller's to close: the chain leaves it open."""
+    journal = Journal(tmp_path / "chain.journal")
+    await journal.open()
+    try:
+        async with client_of(gateway) as client:
+            await client.extend_chain("v0", task_id="t0", steps=1, journal=journal)
+        assert [entry.key for entry in await journal.entries()] == [
+            f"{chain_key(ChainRequest('v0', task_id='t0', steps=1))}/1"
+        ]
+    finally:
+        await journal.close()
