@@ -1025,3 +1025,9 @@ async def test_the_journal_serves_whichever_worker_thread_is_free(tmp_path: Path
             assert [entry.key for entry in await journal.entries()] == ["k"]
         finally:
             release.set()
+
+
+async def test_a_file_journal_shares_no_window(tmp_path: Path) -> None:
+    """A 1303 under a file journal narrows only its batch's own window: nothing is shared."""
+    async with Journal(tmp_path / "j.db") as journal:
+        assert await journal.narrow("k") is False
