@@ -290,6 +290,7 @@ def main() -> None:
         "workers": list(size.workers),
         "quotas": list(size.quotas),
         "tasks_per_run": f"{size.rounds} x quota",
+        "runs_per_case": repeat,
         "task_wall_seconds": size.task_seconds,
         "poll_policy": policy(size.task_seconds),
         "dialect": "gateway",
