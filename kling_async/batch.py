@@ -40,6 +40,7 @@ from .errors import (
     InvalidArgumentError,
     KlingError,
     NotSentError,
+    PermissionDeniedError,
     RateLimitError,
     TaskFailedError,
     TransportError,
@@ -77,6 +78,9 @@ _ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 #: Errors about the account, not the request: the batch stops taking requests after one.
 _ACCOUNT_ERRORS = (AuthenticationError, InsufficientBalanceError)
+#: Refusals of the whole account among the permission errors: 1100 (the account is
+#: abnormal) and 1304 (this machine is outside the account's IP allow-list).
+_ACCOUNT_CODES = frozenset({1100, 1304})
 
 
 @attrs.frozen
@@ -561,7 +565,7 @@ class _Run:
     def _stop_after(self, outcome: BatchOutcome) -> None:
         """Send nothing more after an account error (each next request would fail alike),
         or after any failure with fail_fast."""
-        account = isinstance(outcome.error, _ACCOUNT_ERRORS)
+        account = _is_account_error(outcome.error)
         if self.stopping or not (account or (self.fail_fast and not outcome.ok)):
             return
         if account:
@@ -856,3 +860,11 @@ async def _as_async(
     else:
         for request in requests:
             yield request
+
+
+def _is_account_error(error: BaseException | None) -> bool:
+    """Whether `error` refuses the account itself, so that every next create would fail
+    alike (credentials, balance, an abnormal account, an IP allow-list)."""
+    if isinstance(error, _ACCOUNT_ERRORS):
+        return True
+    return isinstance(error, PermissionDeniedError) and error.code in _ACCOUNT_CODES

@@ -710,12 +710,12 @@ class KlingClient:
         Returns a `Batch`: ``async for outcome in client.extend_many(requests)`` yields one
         `BatchOutcome` per request in completion order. A failure does not stop the others
         unless `fail_fast` (then no further request is taken; tasks already created are
-        still watched to their end and reported). An authentication or balance error stops
-        the sending, since every next create would fail alike: each request not sent yet
-        still gets its outcome, with `NotSentError`. `on_event` receives `BatchEvent`s
-        (submitted, status, retried, finished) for progress displays. With `download_to` (a
-        folder), each result video is downloaded as its task succeeds (`BatchOutcome.files`;
-        a failed download is the outcome's `error`).
+        still watched to their end and reported). An authentication, balance or account
+        error (1100, 1304) stops the sending, since every next create would fail alike:
+        each request not sent yet still gets its outcome, with `NotSentError`. `on_event`
+        receives `BatchEvent`s (submitted, status, retried, finished) for progress displays.
+        With `download_to` (a folder), each result video is downloaded as its task succeeds
+        (`BatchOutcome.files`; a failed download is the outcome's `error`).
 
         Requests are told apart by `key`: two requests with one key (or, with a journal, two
         identical requests without keys) raise `InvalidArgumentError` here, before anything

@@ -29,6 +29,7 @@ from kling_async import (
     KlingClient,
     KlingError,
     NotSentError,
+    PermissionDeniedError,
     PollPolicy,
     RateLimitError,
     RetryPolicy,
@@ -610,6 +611,35 @@ async def test_an_account_error_stops_the_batch(server: FakeKlingServer) -> None
     assert 1 <= len(refused) <= 3
     assert len(refused) + len(unsent) == 40
     assert len([r for r in server.record.requests if r.method == "POST"]) == len(refused)
+
+
+@pytest.mark.parametrize(("status", "code"), [(429, 1100), (403, 1304)])
+async def test_a_refusal_of_the_whole_account_stops_the_batch(
+    server: FakeKlingServer, status: int, code: int
+) -> None:
+    """An abnormal account (1100) or an address outside its IP allow-list (1304) refuses
+    every create alike: the batch sends no more, as after a refused key."""
+    server.faults.rate(Fault.http_error(status, code, "refused"), 1.0, method="POST")
+    items = requests(5)
+    outcomes = await run_batch(server, items, concurrency=1)
+    assert_one_outcome_each(items, outcomes)
+    refused = [o for o in outcomes if isinstance(o.error, PermissionDeniedError)]
+    assert len(refused) == 1 and refused[0].error.code == code  # type: ignore[union-attr]
+    assert all(isinstance(o.error, NotSentError) for o in outcomes if o not in refused)
+    assert len([r for r in server.record.requests if r.method == "POST"]) == 1
+
+
+async def test_a_refused_model_does_not_stop_the_batch(server: FakeKlingServer) -> None:
+    """No permission for a model (1103) is about the request, not the account: the other
+    requests are still sent."""
+    server.faults.push(Fault.http_error(403, 1103, "no access to this model"), method="POST")
+    items = requests(3)
+    outcomes = await run_batch(server, items, concurrency=1)
+    assert sorted(type(o.error).__name__ for o in outcomes) == [
+        "NoneType",
+        "NoneType",
+        "PermissionDeniedError",
+    ]
 
 
 async def test_an_account_stop_is_logged_once_with_its_request(
