@@ -647,8 +647,9 @@ class _Run:
         delay = self.retry.delay(
             refusals, self.rng.random(), retry_after=None, rate_limited=limited
         )
-        if retry_after is not None:  # the server's word, but never beyond the policy's patience
-            return min(retry_after, self.retry.max_retry_after)
+        if retry_after is not None:  # the server's word, within the policy's patience and floor
+            floor = self.retry.rate_limit_floor if limited else 0.0
+            return max(min(retry_after, self.retry.max_retry_after), floor)
         return delay if delay is not None else self.retry.max_delay
 
     def _retry_hook(self, request: CreateRequest) -> RetryHook:

@@ -61,7 +61,9 @@ class RetryPolicy:
     Capped exponential backoff with full jitter: before retry ``n`` (1-based) the client waits
     a uniform random time in ``[0, min(max_delay, base_delay * 2 ** (n - 1))]``. A
     ``Retry-After`` from the server replaces that draw (it knows best), and a rate-limit answer
-    without one waits at least `rate_limit_floor` seconds, as the API asks. A ``Retry-After``
+    waits at least `rate_limit_floor` seconds, as the API asks, whatever its ``Retry-After``
+    says (one of 0, negative or in the past would have a refused request sent again at once,
+    and a batch waiting out 1303 send thousands a second). A ``Retry-After``
     longer than `max_retry_after` is not waited out inside a request: the error is raised with
     its ``retry_after`` so the caller can plan. After a create whose answer was lost, the
     client looks the task up by its external id, and once more `lookup_grace` seconds later
@@ -101,9 +103,9 @@ class RetryPolicy:
         self, retry: int, draw: float, *, retry_after: float | None, rate_limited: bool
     ) -> float | None:
         """Seconds to wait before retry `retry`, or None when the wait is too long to take."""
-        if retry_after is not None:
-            return retry_after if retry_after <= self.max_retry_after else None
-        wait = self.backoff(retry, draw)
+        if retry_after is not None and retry_after > self.max_retry_after:
+            return None
+        wait = self.backoff(retry, draw) if retry_after is None else retry_after
         return max(wait, self.rate_limit_floor) if rate_limited else wait
 
 

@@ -804,10 +804,29 @@ async def test_over_the_parallel_limit_a_batch_waits_as_long_as_it_takes(
 ) -> None:
     """1303 refusals do not use up max_attempts: the account is busy, the request is fine."""
     server.faults.push(Fault.rate_limited(retry_after=0.01, code=1303), method="POST", times=5)
-    async with client_for(server, retry=RetryPolicy(max_attempts=2, base_delay=0.01)) as client:
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01, rate_limit_floor=0.01)
+    async with client_for(server, retry=retry) as client:
         outcomes = [o async for o in client.extend_many(requests(1))]
     assert [o.ok for o in outcomes] == [True]
     assert len([r for r in server.record.requests if r.method == "POST"]) == 6
+
+
+@pytest.mark.parametrize("retry_after", [0, -5, "Thu, 01 Jan 1970 00:00:00 GMT"])
+async def test_a_1303_storm_with_retry_after_zero_is_waited_out_at_the_floor(
+    server: FakeKlingServer, retry_after: float | str
+) -> None:
+    """1303 refusals are retried for as long as it takes; a Retry-After of 0, negative or in
+    the past must not make that a loop sending creates as fast as the server answers."""
+    server.faults.push(
+        Fault.rate_limited(retry_after=retry_after, code=1303), method="POST", times=6
+    )
+    clock = FakeClock()
+    retry = RetryPolicy(rate_limit_floor=1.0)
+    async with client_for(server, clock=clock, retry=retry) as client:
+        outcomes = [o async for o in client.extend_many(requests(1))]
+    assert [o.ok for o in outcomes] == [True]
+    assert len([r for r in server.record.requests if r.method == "POST"]) == 7
+    assert clock.sleeps[:6] == [1.0] * 6
 
 
 @pytest.mark.parametrize(("retry_after", "waited"), [(4, 4.0), (600, 60.0)])

@@ -312,10 +312,21 @@ def test_jitter_spreads_retries_over_the_whole_step() -> None:
 def test_retry_after_is_taken_up_to_and_including_the_cap(
     retry_after: float, waited: float | None
 ) -> None:
-    """Retry-After 0 means at once; one equal to max_retry_after is still waited."""
-    policy = RetryPolicy(max_retry_after=30)
+    """Retry-After 0 means at once (past the floor of a rate limit); one equal to
+    max_retry_after is still waited."""
+    policy = RetryPolicy(max_retry_after=30, rate_limit_floor=0.0)
     for limited in (True, False):
         assert policy.delay(1, 0.9, retry_after=retry_after, rate_limited=limited) == waited
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 0.2])
+def test_a_rate_limit_waits_the_floor_whatever_its_retry_after(retry_after: float) -> None:
+    """The API asks for at least a second after 1302: a Retry-After of 0 (or a negative one or
+    a date past, both read as 0) does not make a refused request go again at once."""
+    policy = RetryPolicy(rate_limit_floor=1.0)
+    assert policy.delay(1, 0.9, retry_after=retry_after, rate_limited=True) == 1.0
+    assert policy.delay(1, 0.9, retry_after=retry_after, rate_limited=False) == retry_after
+    assert policy.delay(1, 0.9, retry_after=2.5, rate_limited=True) == 2.5
 
 
 def test_the_rate_limit_floor_only_raises_short_waits() -> None:
