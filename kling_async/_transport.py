@@ -28,6 +28,7 @@ import anyio
 import attrs
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ._clock import Clock
 from ._ratelimit import RequestRate
@@ -264,6 +265,10 @@ class Transport:
             if self.auth.authorization() == self._authorization
             else self._new_headers(),
             timeout=self._client_timeout,
+            # The API does not redirect. Followed, a redirect would turn a create into a GET
+            # whose answer passes for the create's, or carry the body (and the callback URL's
+            # token) to another host: it is an answer of its own (see `_interpret`).
+            allow_redirects=False,
         )
 
     def _new_headers(self) -> CIMultiDictProxy[str]:
@@ -344,6 +349,8 @@ class Transport:
         text = self._redact(raw.decode("utf-8", "replace"))
         del raw, body
         said = decode_json(text.encode())
+        if 300 <= status < 400:
+            raise _redirected(status, self._redact(headers.get(hdrs.LOCATION, "")), self.base_url)
         if 200 <= status < 300 and code is None and not _is_error_object(said):
             raise TransportError(
                 f"The server answered HTTP {status} with a body that is not a Kling envelope: "
@@ -436,6 +443,28 @@ def _too_large(response: aiohttp.ClientResponse, detail: str) -> TransportError:
         f"{MAX_ANSWER_BYTES // 2**20} MiB any Kling answer fits in ({detail}), so it was not "
         "read. Check that the base URL points at the Kling API.",
         may_have_been_sent=True,
+    )
+
+
+#: Redirects that say the request was not acted on here (a 303 may follow a request done).
+_MOVED = frozenset({301, 302, 307, 308})
+
+
+def _redirected(status: int, location: str | None, base_url: str) -> APIError:
+    """A redirect answered to an API request, which is not followed: the base URL is likely
+    out of date. For a create it is the server's refusal (it made nothing), but a 303."""
+    try:
+        target = URL(base_url).join(URL(location)) if location else None
+        where = str(target.with_user(None).with_query(None)) if target is not None else None
+    except ValueError:
+        where = None
+    to = f" to {where[:160]}" if where else ""
+    return APIError(
+        f"The server answered HTTP {status}, a redirect{to}, which is not followed: the API "
+        "does not redirect, so the base URL is likely not its address (any more); check "
+        f"{SETTING_NAMES.get().base_url}",
+        http_status=status,
+        definitive=status in _MOVED,
     )
 
 

@@ -147,6 +147,50 @@ class NeverConnects(aiohttp.BaseConnector):
         raise self.error
 
 
+@contextlib.asynccontextmanager
+async def moved_to_another_host(status: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """A server that answers every request with a redirect `status` to a second server, which
+    answers any request as a created task; yields the first's URL and what the second saw."""
+    reached: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        reached.append(f"{request.method} {request.path} {request.headers.get('Authorization')}")
+        return web.json_response({"code": 0, "data": {"task_id": "t-elsewhere"}})
+
+    async with serve({"/{path:.*}": elsewhere}) as other:
+
+        async def moved(request: web.Request) -> web.Response:
+            location = f"{other}{request.path}?signature=s3cr3t"
+            return web.Response(status=status, headers={"Location": location})
+
+        async with serve({"/{path:.*}": moved}) as url:
+            yield url, reached
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirected_create_is_not_followed_and_made_nothing(status: int) -> None:
+    """A redirect is not followed: a 301/302 would turn the create into a GET whose answer
+    passes for a created task, a 307/308 would carry its body (the callback URL's token with
+    it) to another host. The server refused it in its own way, so it is not ambiguous."""
+    async with moved_to_another_host(status) as (url, reached), client_for(url) as client:
+        with pytest.raises(APIError, match=f"HTTP {status}, a redirect to http") as caught:
+            await client.extend_video("vid-1", task_id="p-1")
+        assert caught.value.http_status == status
+        assert "not followed" in str(caught.value) and "s3cr3t" not in str(caught.value)
+        assert not isinstance(caught.value, AmbiguousSubmissionError)
+        with pytest.raises(APIError, match=f"HTTP {status}"):
+            await client.get_task("t-1")
+    assert reached == []
+
+
+async def test_a_create_answered_see_other_may_have_made_a_task() -> None:
+    """A 303 may answer a request that was acted on: the create is ambiguous, not re-sent."""
+    async with moved_to_another_host(303) as (url, reached), client_for(url) as client:
+        with pytest.raises(AmbiguousSubmissionError, match="HTTP 303"):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert reached == []
+
+
 # --- How errors are told apart ---------------------------------------------------------------
 
 
