@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .errors import APIError, ConfigurationError
-from .models import Task, TaskKind
+from .models import Task, TaskKind, TaskStatus
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -225,7 +225,14 @@ class Telemetry(_Off):
 
         from . import __version__
 
-        self._bases: dict[str, _Address] = {}
+        self._bases: dict[str, _Base] = {}
+        # The attributes of the metrics of watches, one dict per bounded set, made once.
+        self.kinds = {kind: {"kling.task.kind": kind.value} for kind in TaskKind}
+        self.finished = {
+            (kind, status): {**attributes, "kling.task.status": status.value}
+            for kind, attributes in self.kinds.items()
+            for status in TaskStatus
+        }
         # Given providers are live; the global ones are placeholders until the application
         # sets its own (once per process), and until then nothing is worth recording.
         self._live = tracer_provider is not None or meter_provider is not None
@@ -312,14 +319,12 @@ class Telemetry(_Off):
             yield self._observation(count, {"kling.outcome": outcome, "kling.reason": reason})
 
     def request(self, method: str, base_url: str, path: str) -> _RequestTrace:
-        return _Request(self, method, base_url, path) if self.live else _NO_REQUEST
-
-    def base(self, url: str) -> _Address:
-        """The parsed base URL of a client's requests (parsed once)."""
-        address = self._bases.get(url)
-        if address is None:
-            address = self._bases[url] = _Address(url)
-        return address
+        if not self.live:
+            return _NO_REQUEST
+        base = self._bases.get(base_url)
+        if base is None:
+            base = self._bases[base_url] = _Base(base_url)
+        return _Request(self, base, method, path)
 
     def watch(self, task_id: str, kind: TaskKind) -> _WatchTrace:
         return _Watch(self, task_id, kind) if self.live else _NO_WATCH
@@ -400,6 +405,55 @@ class _Address:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
 
 
+class _Route:
+    """What every request to one endpoint under one base URL shares, made once: the span's
+    name, the attributes known before the answer (but the URL), and the bounded endpoint
+    name with the requests counter's key for a success."""
+
+    __slots__ = ("endpoint", "host", "method", "name", "ok", "port")
+
+    def __init__(self, method: str, base: _Address, endpoint: str, route: str) -> None:
+        self.method = method
+        self.name = f"{method} {base.path}{route}"
+        self.host = base.host
+        self.port = base.port
+        self.endpoint = endpoint
+        self.ok = (endpoint, "ok")
+
+
+class _Base(_Address):
+    """A client's base URL, with the routes of the API's endpoints under it, made once: the
+    reads by their folder (the path before the task id), the creates and lists by method
+    and path."""
+
+    __slots__ = ("reads", "routes")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reads = {
+            path: _Route("GET", self, *_endpoint("GET", f"{path}/-")[:2]) for path in _KINDS
+        }
+        self.routes = {
+            (method, path): _Route(method, self, *_endpoint(method, path)[:2])
+            for method in ("POST", "GET")
+            for path in _KINDS
+        }
+
+    def route(self, method: str, path: str) -> tuple[_Route, str | None]:
+        """The route of a request to `path` (without a query) and the task id in it. Reads
+        first: they are most requests (no kind's path is the folder of another's)."""
+        if method == "GET":
+            folder, _, task_id = path.rpartition("/")
+            route = self.reads.get(folder)
+            if route is not None and task_id:
+                return route, task_id
+        route = self.routes.get((method, path))
+        if route is not None:
+            return route, None
+        endpoint, name, task_id_in_path = _endpoint(method, path)
+        return _Route(method, self, endpoint, name), task_id_in_path
+
+
 def _endpoint(method: str, path: str) -> tuple[str, str, str | None]:
     """The bounded name of the endpoint of `path` (under the base URL), its route and the
     task id in it, if any: dictionary look-ups only, as this runs for every request."""
@@ -419,26 +473,32 @@ class _Request(_RequestTrace):
     The span is made when first needed: at a retry (its event needs it), else at the end,
     with every attribute at once and the start time kept from the beginning. One pass of
     the SDK's attribute checks instead of two, and nothing built for a request whose span
-    is never recorded beyond what its start needs."""
+    is never recorded beyond what its start needs. What every request to the same endpoint
+    shares (the span's name, the server's attributes, the counter's key) is made once."""
 
-    __slots__ = ("_attributes", "_endpoint", "_name", "_owner", "_span", "_started")
+    __slots__ = ("_owner", "_route", "_span", "_started", "_task_id", "_url")
 
-    def __init__(self, owner: Telemetry, method: str, base_url: str, path: str) -> None:
+    def __init__(self, owner: Telemetry, base: _Base, method: str, path: str) -> None:
         self._owner = owner
-        base = owner.base(base_url)
-        endpoint, route, task_id = _endpoint(method, path)
-        self._endpoint = endpoint
-        self._name = f"{method} {base.path}{route}"
-        self._attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "url.full": base.url + path.partition("?")[0],
-            "server.address": base.host,
-            "server.port": base.port,
-        }
-        if task_id is not None:
-            self._attributes["kling.task_id"] = task_id
+        if "?" in path:  # a query may hold a credential: never recorded
+            path = path.partition("?")[0]
+        self._route, self._task_id = base.route(method, path)
+        self._url = base.url + path
         self._started = time.time_ns()
         self._span: Span | None = None
+
+    def _attributes(self) -> dict[str, str | int]:
+        """The attributes known before the answer."""
+        route = self._route
+        attributes: dict[str, str | int] = {
+            "http.request.method": route.method,
+            "url.full": self._url,
+            "server.address": route.host,
+            "server.port": route.port,
+        }
+        if self._task_id is not None:
+            attributes["kling.task_id"] = self._task_id
+        return attributes
 
     def _begun(self) -> Span:
         """The span, started when the request was (made now if it was not yet)."""
@@ -446,33 +506,53 @@ class _Request(_RequestTrace):
         if span is None:
             owner = self._owner
             span = self._span = owner.tracer.start_span(
-                self._name,
+                self._route.name,
                 kind=owner.client_kind,
-                attributes=self._attributes,
+                attributes=self._attributes(),
                 start_time=self._started,
             )
         return span
 
-    def _ended(self, attributes: dict[str, str | int]) -> Span:
-        """The span with `attributes` added, ready to end."""
-        if self._span is None:
-            self._attributes.update(attributes)
-            return self._begun()
+    def _ended(self, attributes: dict[str, str | int], error: BaseException | None) -> None:
+        """End the span with all its `attributes` (made now with them if it was not yet),
+        in error if `error` is not None."""
         span = self._span
-        if span.is_recording():
+        if span is None:
+            owner = self._owner
+            span = owner.tracer.start_span(
+                self._route.name,
+                kind=owner.client_kind,
+                attributes=attributes,
+                start_time=self._started,
+            )
+        elif span.is_recording():
             span.set_attributes(attributes)
-        return span
+        if error is not None:
+            span.set_status(self._owner.error_status, type(error).__name__)
+        span.end()
 
     def answered(self, status: int, body: Mapping[str, Any]) -> None:
-        answer: dict[str, str | int] = {"http.response.status_code": status, "kling.code": 0}
+        # One dict, built here in one go: this runs for every successful request.
+        route = self._route
+        attributes: dict[str, str | int] = {
+            "http.request.method": route.method,
+            "url.full": self._url,
+            "server.address": route.host,
+            "server.port": route.port,
+            "http.response.status_code": status,
+            "kling.code": 0,
+        }
         request_id = body.get("request_id")
         if isinstance(request_id, str):
-            answer["kling.request_id"] = request_id
+            attributes["kling.request_id"] = request_id
         data = body.get("data")
-        if isinstance(data, dict) and isinstance(data.get("task_id"), str):
-            answer["kling.task_id"] = data["task_id"]
-        self._ended(answer).end()
-        self._owner.requests[self._endpoint, "ok"] += 1
+        task_id = data.get("task_id") if isinstance(data, dict) else None
+        if not isinstance(task_id, str):  # a create's answer names its new task
+            task_id = self._task_id
+        if task_id is not None:
+            attributes["kling.task_id"] = task_id
+        self._ended(attributes, None)
+        self._owner.requests[route.ok] += 1
 
     def retried(self, error: Exception, attempt: int, wait: float) -> None:
         reason = _reason(error)
@@ -480,13 +560,12 @@ class _Request(_RequestTrace):
             "retry",
             {"kling.attempt": attempt, "kling.retry.wait": wait, **_error_attributes(error)},
         )
-        self._owner.retries.add(1, {"kling.endpoint": self._endpoint, "kling.reason": reason})
+        attributes = {"kling.endpoint": self._route.endpoint, "kling.reason": reason}
+        self._owner.retries.add(1, attributes)
 
     def failed(self, error: BaseException) -> None:
-        span = self._ended(_error_attributes(error))
-        span.set_status(self._owner.error_status, type(error).__name__)
-        span.end()
-        self._owner.requests[self._endpoint, type(error).__name__] += 1
+        self._ended({**self._attributes(), **_error_attributes(error)}, error)
+        self._owner.requests[self._route.endpoint, type(error).__name__] += 1
 
 
 def _reason(error: BaseException) -> str:
@@ -519,25 +598,25 @@ class _Watch(_WatchTrace):
         self._started = time.monotonic()
         attributes = {"kling.task_id": task_id, "kling.task.kind": kind.value}
         self._span = owner.tracer.start_span("kling.watch", attributes=attributes)
-        owner.in_flight.add(1, {"kling.task.kind": kind.value})
+        owner.in_flight.add(1, owner.kinds[kind])
 
     def step(self) -> AbstractContextManager[object]:
         return self._owner.use_span(self._span, end_on_exit=False)
 
     def ended(self, task: Task | None, polls: int, error: BaseException | None = None) -> None:
         owner, span = self._owner, self._span
-        kind = {"kling.task.kind": self._kind.value}
-        owner.in_flight.add(-1, kind)
-        span.set_attribute("kling.reads", polls)
+        owner.in_flight.add(-1, owner.kinds[self._kind])
+        attributes: dict[str, str | int] = {"kling.reads": polls}
         if task is not None:
-            span.set_attribute("kling.task.status", task.status_text)
+            attributes["kling.task.status"] = task.status_text
         if isinstance(error, Exception):  # not a cancellation, nor a loop left early
-            span.set_attributes(_error_attributes(error))
+            attributes.update(_error_attributes(error))
             span.set_status(owner.error_status, type(error).__name__)
         elif task is not None and task.is_terminal:
-            finished = {**kind, "kling.task.status": task.status.value}
+            finished = owner.finished[self._kind, task.status]
             owner.reads.record(polls, finished)
             owner.durations.record(_duration(task, self._started), finished)
+        span.set_attributes(attributes)
         span.end()
 
 

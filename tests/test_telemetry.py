@@ -324,6 +324,53 @@ def test_no_metric_attribute_is_unbounded() -> None:
     assert Counter(_endpoint("GET", f"/x/{n}")[0] for n in range(3)) == Counter(other=3)
 
 
+def test_each_request_is_named_by_its_path_with_routes_made_once() -> None:
+    """The routes a base URL keeps name every request as its path does: the create, list
+    and read of every kind, a POST to a task's path, an unknown path; a query is never
+    recorded."""
+    from kling_async.models import TaskKind
+    from kling_async.telemetry import _Base, _endpoint
+
+    base = _Base("https://gw.example:8443/kling?sig=s")
+    assert (base.url, base.host, base.port) == ("https://gw.example:8443/kling", "gw.example", 8443)
+    for kind in TaskKind:
+        folder = f"/v1/{kind.value}"
+        for method, path in [
+            ("POST", folder),
+            ("GET", folder),
+            ("GET", f"{folder}/874"),
+            ("POST", f"{folder}/874"),
+            ("GET", f"{folder}/"),
+        ]:
+            route, task_id = base.route(method, path)
+            endpoint, name, in_path = _endpoint(method, path)
+            assert (route.endpoint, route.name, route.ok, task_id) == (
+                endpoint,
+                f"{method} /kling{name}",
+                (endpoint, "ok"),
+                in_path,
+            )
+    assert base.route("GET", "/v2/x/1")[0].name == "GET /kling/v2/x/1"
+
+    recorded = Recorded()
+    telemetry = Telemetry(tracer_provider=recorded.tracer_provider)
+    request = telemetry.request("GET", "https://gw.example", "/v1/videos/effects/874?sig=s")
+    request.answered(200, {"code": 0, "request_id": "r-1", "data": {"task_id": "874"}})
+    (span,) = recorded.spans()
+    assert span.name == "GET /v1/videos/effects/{task_id}"
+    assert dict(span.attributes or {}) == {
+        "http.request.method": "GET",
+        "url.full": "https://gw.example/v1/videos/effects/874",
+        "server.address": "gw.example",
+        "server.port": 443,
+        "http.response.status_code": 200,
+        "kling.code": 0,
+        "kling.request_id": "r-1",
+        "kling.task_id": "874",
+    }
+    assert telemetry.requests == Counter({("videos/effects read", "ok"): 1})
+
+
 def test_nothing_is_built_until_the_application_sets_a_provider() -> None:
     """On the global placeholder providers (no SDK configured) a request's hooks are the
     no-ops; once the application has set its own, the next look finds them."""
