@@ -162,6 +162,20 @@ def test_tracing_pairs_off_and_on_against_no_telemetry(tmp_path: Path) -> None:
         assert all(positive(ratios[name]["paired_median"]) for name in clients[1:])
 
 
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind)")
+def test_tracing_instructions_splits_the_cost_into_its_layers(tmp_path: Path) -> None:
+    """The tracing count covers each layer (the client's hooks, the SDK's span, its export,
+    sampling) and a metric point of each instrument, SDK and no-op."""
+    results = run_quick("tracing_instructions", tmp_path)["results"]
+    counts = results["instructions_per_request"]
+    assert set(counts) == {"without", "hooks", "span", "on", "sampled"}
+    assert all(count > 10_000 for count in counts.values())  # a request, not a no-op
+    assert counts["without"] < counts["hooks"] < counts["span"]  # each layer costs something
+    points = results["instructions_per_metric_point"]
+    assert set(points) == {"counter add", "up-down counter add", "histogram record"}
+    assert all(p["noop"] < p["sdk"] for p in points.values())
+
+
 def test_coordination_measures_slots_round_trips_and_waits(
     tmp_path: Path, postgres_admin_url: str
 ) -> None:
