@@ -606,7 +606,7 @@ def _step_problems(request: ChainRequest, backend: ChainBackend) -> list[str]:
         try:
             backend.prepare(probe)
         except InvalidArgumentError as exc:
-            problems.append(str(exc).removeprefix("Cannot ").removesuffix(" Nothing was sent."))
+            problems.append(str(exc).removeprefix("Cannot ").removesuffix(". Nothing was sent."))
     return problems
 
 

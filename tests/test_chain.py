@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 from helpers import client_of
 
@@ -38,7 +39,7 @@ from kling_async import (
     VideoExtendRequest,
 )
 from kling_async._clock import SystemClock
-from kling_async.chain import StepLengths, _ChainRun, chain_key
+from kling_async.chain import StepLengths, _ChainRun, chain_key, check_chain
 from kling_async.journal import Journal
 from kling_async.models import CreateRequest
 from kling_async.telemetry import NO_TELEMETRY
@@ -597,3 +598,128 @@ async def test_a_journal_the_caller_opened_is_left_open(
         ]
     finally:
         await journal.close()
+
+
+def test_a_chain_without_a_key_is_journaled_under_a_digest_that_never_changes() -> None:
+    """The journal key of a chain without one is a digest of its fields, the same in every
+    version (a chain journaled by one resumes under another); a given key is used as is."""
+    request = ChainRequest("v0", task_id="t0", steps=3, prompt="on")
+    assert chain_key(request) == "chain:1f1cde720f40902c9aee8f9009e0ef8a"
+    assert chain_key(attrs.evolve(request, key="mine")) == "mine"
+
+
+class Checks(Backend):
+    """A backend that checks requests as the client does: it finds nothing wrong."""
+
+    def prepare(self, request: CreateRequest) -> CreateRequest:
+        return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "fits"),
+    [
+        (ChainRequest("v0", task_id="t0", steps=35), True),  # 5 s + 35 x 5 s = 180 s
+        (ChainRequest("v0", task_id="t0", steps=36), False),
+        (ChainRequest(source=TextToVideoRequest("a fox", duration=10), steps=34), True),
+        (ChainRequest(source=TextToVideoRequest("a fox", duration=10), steps=35), False),
+        (ChainRequest("v0", task_id="t0", until=180), True),
+        (ChainRequest("v0", task_id="t0", until=Decimal("180.5")), False),
+    ],
+)
+def test_a_chain_may_reach_three_minutes_exactly(request_: ChainRequest, fits: bool) -> None:
+    """From the source's length (5 s when unknown) and what a step adds, a chain that
+    reaches 180 s exactly is taken; a step more is refused."""
+    lengths = StepLengths()
+    lengths.observe(Decimal(0), Decimal(5))
+    if fits:
+        assert check_chain(request_, Checks(), lengths) is request_  # type: ignore[arg-type]
+    else:
+        with pytest.raises(InvalidArgumentError, match="3 minutes"):
+            check_chain(request_, Checks(), lengths)  # type: ignore[arg-type]
+
+
+EITHER = "give either video_id (a video to extend) or source (a new video)"
+
+
+@pytest.mark.parametrize(
+    ("request_", "problems"),
+    [
+        (ChainRequest(steps=2), EITHER),
+        (ChainRequest("v0", source=TextToVideoRequest("a"), steps=2), EITHER),
+        (
+            ChainRequest(source="a fox", steps=2),  # type: ignore[arg-type]
+            "source must be a TextToVideoRequest or an ImageToVideoRequest",
+        ),
+        (ChainRequest("v0", prompts="one"), "prompts must be a sequence of strings, one per step"),
+        (
+            ChainRequest("v0", prompts=["a", 3]),  # type: ignore[list-item]
+            "prompts must be a sequence of strings, one per step",
+        ),
+        (ChainRequest("v0"), "say how far: steps, until (seconds) or prompts (one per step)"),
+        (ChainRequest("v0", steps=2, until=20), "give steps or until, not both"),
+        (
+            ChainRequest("v0", prompts=["a"], until=20),
+            "prompts sets the number of steps; it cannot go with until",
+        ),
+        (ChainRequest("v0", steps=0), "steps must be a whole number from 1, not 0"),
+        (ChainRequest("v0", steps=True), "steps must be a whole number from 1, not True"),
+        (ChainRequest("v0", steps=2.0), "steps must be a whole number from 1, not 2.0"),  # type: ignore[arg-type]
+        (ChainRequest("v0", steps=2, prompts=["a"]), "1 prompts were given for 2 steps"),
+        (ChainRequest("v0", prompts=[]), "prompts must hold one prompt per step (at least one)"),
+        (ChainRequest("v0", until=0), "until must be a positive number of seconds, not 0"),
+        (ChainRequest("v0", until="NaN"), "until must be a positive number of seconds, not NaN"),
+        (ChainRequest(steps=0), f"{EITHER}; steps must be a whole number from 1, not 0"),
+    ],
+)
+def test_a_chain_said_wrong_is_refused_with_every_problem_named(
+    request_: ChainRequest, problems: str
+) -> None:
+    """Each mistake in a chain's shape gets its own sentence, all of them in one refusal."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_chain(request_, Checks(), StepLengths())  # type: ignore[arg-type]
+    assert str(caught.value) == f"Cannot run this chain: {problems}. Nothing was sent."
+
+
+@pytest.mark.parametrize("until", ["1", 0.5, 1, Decimal(180)])
+def test_any_positive_length_up_to_three_minutes_is_a_goal(until: object) -> None:
+    """`until` takes any positive number of seconds up to 180, however it is written."""
+    request = ChainRequest("v0", task_id="t0", until=until)  # type: ignore[arg-type]
+    assert check_chain(request, Checks(), StepLengths()) is request  # type: ignore[arg-type]
+    assert request.until == Decimal(str(until))
+
+
+@pytest.mark.parametrize("until", [True, [1]])
+def test_until_must_be_a_number(until: object) -> None:
+    """A length given as anything but a number is refused as such."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        ChainRequest("v0", until=until)  # type: ignore[arg-type]
+    assert str(caught.value) == f"until must be a number of seconds, not {until!r}"
+
+
+class Refuses(Checks):
+    """A backend that refuses a source of one model and a step of one prompt, as the client
+    words a refusal."""
+
+    def prepare(self, request: CreateRequest) -> CreateRequest:
+        prompt = getattr(request, "prompt", None)
+        if isinstance(request, TextToVideoRequest) and request.prompt == "bad source":
+            raise InvalidArgumentError("Cannot send this source: it is bad. Nothing was sent.")
+        if isinstance(request, VideoExtendRequest) and prompt == "bad step":
+            raise InvalidArgumentError(
+                f"Cannot extend video {request.video_id!r}: it is bad. Nothing was sent."
+            )
+        return request
+
+
+def test_the_source_and_each_distinct_step_are_checked_as_the_client_checks_them() -> None:
+    """The source and one extension per distinct prompt are checked before anything is
+    sent; each refusal is named in the chain's, without its own frame or full stop."""
+    request = ChainRequest(
+        source=TextToVideoRequest("bad source"), prompts=["fine", "bad step", "bad step"]
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_chain(request, Refuses(), StepLengths())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "Cannot run this chain: send this source: it is bad; extend video 'the source video': "
+        "it is bad. Nothing was sent."
+    )
