@@ -76,8 +76,19 @@ MODULES: dict[str, tuple[str, ...]] = {
         *("--deselect", "tests/test_batch.py::test_500_extensions_at_concurrency_20"),
         *("--deselect", "tests/test_batch.py::test_1303_storm_is_survived"),
         *("--deselect", "tests/test_batch.py::test_faults_lose_nothing"),
+        # The batch's span and its slots' waits, and a window shared over a database.
+        "tests/test_telemetry.py::test_a_faulty_batch_traced_and_counted",
+        "tests/test_telemetry.py::test_slots_of_the_batch_cap_are_counted_held_and_waited_for",
+        "tests/test_telemetry.py::test_waits_for_the_accounts_slots_are_recorded",
+        "tests/test_postgres.py::test_a_1303_halves_the_window_of_every_process_once_and_successes_widen_it",
+        "tests/test_postgres.py::test_a_batch_of_two_processes_narrows_the_shared_window_on_1303",
     ),
-    "chain": ("tests/test_chain.py",),
+    "chain": (
+        "tests/test_chain.py",
+        # A chain's span: its steps, its length and its failure.
+        "tests/test_telemetry.py::test_a_chain_is_a_span_holding_its_steps",
+        "tests/test_telemetry.py::test_a_failed_chain_span_names_its_steps_failure",
+    ),
     # Against the local server (each test makes and drops its own schema); the quota's own
     # arithmetic is SQL (postgres/_schema.py), which mutmut does not mutate. Left out: a
     # fresh interpreter without asyncpg (seconds, and no coordination rule in it).
@@ -164,6 +175,13 @@ def _run(module: str, workers: int) -> None:
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis")
     shutil.copytree(ROOT / "kling_async", place / "kling_async", ignore=ignore)
     shutil.copytree(ROOT / "tests", place / "tests", ignore=ignore)
+    _configure(place, module)
+    seconds = _mutmut(place, module, workers, [])
+    _write_run(place, {"seconds": seconds, "again": 0})
+
+
+def _configure(place: Path, module: str) -> None:
+    """Tell mutmut in `place` which file to mutate and which tests are the module's own."""
     examples = f"tests/test_doctests.py::test_docstring_examples_hold[kling_async.{module}]"
     tests = ", ".join(json.dumps(test) for test in (*MODULES[module], examples))
     (place / "pyproject.toml").write_text(
@@ -176,8 +194,6 @@ def _run(module: str, workers: int) -> None:
         # own limit (processor time) never ends: a test still running after a minute fails.
         + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "--timeout=60"]\n'
     )
-    seconds = _mutmut(place, module, workers, [])
-    _write_run(place, {"seconds": seconds, "again": 0})
 
 
 def _run_again(module: str, workers: int) -> None:
@@ -192,6 +208,7 @@ def _run_again(module: str, workers: int) -> None:
     for folder in ("kling_async", "tests"):
         shutil.rmtree(place / folder)
         shutil.copytree(ROOT / folder, place / folder, ignore=ignore)
+    _configure(place, module)  # the module's own tests as `MODULES` names them now
     # Which tests reach which function is learnt again: an edited test may reach more.
     (place / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     codes = _exit_codes(module)

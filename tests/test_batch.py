@@ -942,3 +942,14 @@ async def test_a_slot_taken_again_brings_news_of_the_new_window() -> None:
     assert window.size == 4.0
     window.shrink(resent)  # refused again after it was sent anew: a new piece of news
     assert window.size == 2.0
+
+
+async def test_a_1303_without_a_journal_narrows_the_batchs_own_window(
+    server: FakeKlingServer,
+) -> None:
+    """With no shared journal to narrow, a 1303 halves the batch's own window."""
+    server.faults.push(Fault.rate_limited(retry_after=0.01, code=1303), method="POST")
+    async with client_for(server) as client:
+        batch = client.extend_many(requests(1), concurrency=8)
+        assert [o.ok async for o in batch] == [True]
+    assert batch.window.size < 8
