@@ -225,14 +225,24 @@ def _check_result(task: Task) -> None:
 
 
 def _with_shared_keys(value: Any) -> Any:
-    """`value` rebuilt with interned dictionary keys (equal, and smaller when kept)."""
-    if isinstance(value, dict):
+    """`value` rebuilt with interned dictionary keys (equal, and smaller when kept).
+
+    `value` is decoded JSON, so its keys are texts and its containers plain dicts and lists.
+    Only containers are visited by a call (this runs for every poll of every watcher)."""
+    if type(value) is dict:
         return {
-            sys.intern(k) if type(k) is str else k: _with_shared_keys(v) for k, v in value.items()
+            _intern(k): v if type(v) is not dict and type(v) is not list else _with_shared_keys(v)
+            for k, v in value.items()
         }
-    if isinstance(value, list):
-        return [_with_shared_keys(item) for item in value]
+    if type(value) is list:
+        return [
+            v if type(v) is not dict and type(v) is not list else _with_shared_keys(v)
+            for v in value
+        ]
     return value
+
+
+_intern = sys.intern
 
 
 def structure_tasks(data: Any, kind: TaskKind) -> list[Task]:
