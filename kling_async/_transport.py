@@ -417,10 +417,13 @@ def _scrub(text: str, secret: str) -> str:
 def _known_to_fit(response: aiohttp.ClientResponse) -> bool:
     """True when the body is plainly within `MAX_ANSWER_BYTES` (a Content-Length that says so,
     no compression); raises when Content-Length alone says it is too large."""
-    length = response.content_length
-    if length is not None and length > MAX_ANSWER_BYTES:
-        raise _too_large(response, f"it announced {length} bytes")
-    return length is not None and hdrs.CONTENT_ENCODING not in response.headers
+    headers = response.headers  # read once, here rather than through `content_length`
+    announced = headers.get(hdrs.CONTENT_LENGTH)
+    if announced is None:
+        return False
+    if int(announced) > MAX_ANSWER_BYTES:
+        raise _too_large(response, f"it announced {int(announced)} bytes")
+    return hdrs.CONTENT_ENCODING not in headers
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
