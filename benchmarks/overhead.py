@@ -49,7 +49,7 @@ from _common import (
 
 from kling_async import KlingClient, RetryPolicy, TaskStatus
 
-TARGET_RATIO = 0.85
+TARGET_RATIO = 0.95
 CONCURRENCIES = (1, 16, 256)
 Fetch = Callable[[], Awaitable[Any]]
 
