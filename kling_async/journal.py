@@ -15,36 +15,41 @@ error class and message: never a credential (none of these hold one).
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import json
 import os
 import sqlite3
-import tempfile
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 import anyio.to_thread
-import attrs
-import cattrs
 
 from ._clock import Clock, SystemClock
-from ._wire import converter, structure_task
-from .errors import KlingError, TransportError
-from .models import (
-    CreateRequest,
-    ImageToVideoRequest,
-    Task,
-    TaskKind,
-    TextToVideoRequest,
-    Video,
-    VideoExtendRequest,
-    kind_of,
+from ._journal_entry import (
+    MOVE_AWAY,
+    ClaimedElsewhereError,
+    EntryState,
+    JournalEntry,
+    JournalError,
+    Row,
 )
+
+# The shared journal on a database stores entries as this one does: it reads these from here.
+from ._journal_entry import check_same_request as check_same_request
+from ._journal_entry import check_update as check_update
+from ._journal_entry import entry_from_row as entry_from_row
+from ._journal_entry import error_fields as error_fields
+from ._journal_entry import still_running as still_running
+from ._journal_entry import stored_request as stored_request
+from ._journal_entry import task_snapshot as task_snapshot
+
+# The marks of the journal's file format, which its checks read from here.
+from ._journal_file import APPLICATION_ID as APPLICATION_ID
+from ._journal_file import SCHEMA_VERSION as SCHEMA_VERSION
+from ._journal_file import connect, explain
+from ._journal_key import request_key
+from .models import CreateRequest, Task
 
 __all__ = [
     "ClaimedElsewhereError",
@@ -56,97 +61,13 @@ __all__ = [
     "request_key",
 ]
 
-#: "KLNG", written into the SQLite header: tells a journal from any other SQLite file.
-APPLICATION_ID = 0x4B4C4E47
-#: Raised on any change of `_SCHEMA`; a journal from a newer version is refused, not guessed at.
-SCHEMA_VERSION = 1
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-# Only another process can hold the lock (see `_prepare`), and it holds it for a whole run:
-# waiting longer than a moment would not help.
-_BUSY_TIMEOUT = 1.0
-# The client assigns `external_task_id` itself, so it must not change the request's identity;
-# `key` is the identity when given.
-_NOT_IDENTITY = frozenset({"key", "external_task_id"})
-
-_SCHEMA = f"""
-PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {SCHEMA_VERSION};
-CREATE TABLE entry (
-    seq INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    request TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('intent', 'submitted', 'finished')),
-    task_id TEXT,
-    task_kind TEXT,
-    task_status TEXT,
-    task_raw TEXT,
-    error_type TEXT,
-    error_message TEXT,
-    updated_at REAL NOT NULL
-) STRICT;
-"""
 _SELECT = (
     "SELECT key, request, state, task_raw, task_kind, error_type, error_message, updated_at "
     "FROM entry"
 )
-_MOVE_AWAY = "move it away or pass another --journal"
 
 T = TypeVar("T")
-Row = tuple[Any, ...]
-
-
-class JournalError(KlingError):
-    """The journal cannot be used, or was asked something that would lose track of a task.
-
-    `path` is the journal file; the message names it and says what to do.
-
-    >>> str(JournalError(Path("b.db"), "b.db is not a kling_async journal."))
-    'b.db is not a kling_async journal.'
-    """
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = path
-        super().__init__(message)
-
-
-class ClaimedElsewhereError(JournalError):
-    """Another live process holds this request's key (a shared journal): leave it to that
-    process, and adopt it only once its lease has run out."""
-
-
-class EntryState(enum.Enum):
-    """How far a journaled request got: intent -> submitted -> finished.
-
-    >>> EntryState("submitted") is EntryState.SUBMITTED
-    True
-    """
-
-    INTENT = "intent"
-    SUBMITTED = "submitted"
-    FINISHED = "finished"
-
-
-@attrs.frozen
-class JournalEntry:
-    """What the journal knows of one request.
-
-    `request` is exactly as journaled (with the `external_task_id` the client assigned);
-    `task` is the latest snapshot recorded, None while the task id is unknown; `error_type`
-    and `error_message` describe a final outcome that was an error.
-
-    >>> request = VideoExtendRequest("v1")
-    >>> JournalEntry("a", request, EntryState.INTENT, None, None, None, 0.0).state.value
-    'intent'
-    """
-
-    key: str
-    request: CreateRequest
-    state: EntryState
-    task: Task | None
-    error_type: str | None
-    error_message: str | None
-    updated_at: float
 
 
 class JournalStore(Protocol):
@@ -198,24 +119,6 @@ class JournalStore(Protocol):
     async def forget(self, key: str) -> None: ...
 
 
-def request_key(request: CreateRequest) -> str:
-    """The name a request is journaled under: `request.key`, else a digest of its API fields.
-
-    The digest is ``sha256:`` + the hex SHA-256 of the canonical JSON of the fields that are
-    set (sorted keys, numbers as floats), leaving out `key` and `external_task_id`. It is part
-    of the journal's format: changing it would orphan every existing journal.
-
-    >>> request_key(VideoExtendRequest("v1", key="clip-7"))
-    'clip-7'
-    >>> request_key(VideoExtendRequest("v1", prompt="hi"))[:7]
-    'sha256:'
-    """
-    if request.key is not None:
-        return request.key
-    digest = hashlib.sha256(_canonical_json(request).encode()).hexdigest()
-    return f"sha256:{digest}"
-
-
 class Journal:
     """Durable record of a batch (SQLite in WAL mode by default).
 
@@ -241,14 +144,14 @@ class Journal:
         async with self._lock:
             if self._db is None:
                 try:
-                    self._db = await anyio.to_thread.run_sync(_connect, self.path)
+                    self._db = await anyio.to_thread.run_sync(connect, self.path)
                 except sqlite3.Error as exc:
-                    raise _explain(self.path, exc, "opened") from exc
+                    raise explain(self.path, exc, "opened") from exc
                 except OSError as exc:
                     raise JournalError(
                         self.path,
                         f"The journal {self.path} could not be opened "
-                        f"({exc.strerror or exc}); {_MOVE_AWAY}.",
+                        f"({exc.strerror or exc}); {MOVE_AWAY}.",
                     ) from exc
         return self
 
@@ -361,169 +264,10 @@ class Journal:
             try:
                 return await anyio.to_thread.run_sync(operation, self._db, *args)
             except sqlite3.Error as exc:
-                raise _explain(self.path, exc, "read or written") from exc
+                raise explain(self.path, exc, "read or written") from exc
 
     def _entry(self, row: Row) -> JournalEntry:
         return entry_from_row(self.path, row)
-
-
-# --- What is stored (shared by every journal store) ------------------------------------------
-
-
-def entry_from_row(where: Path | str, row: Row) -> JournalEntry:
-    """An entry from its stored columns: key, request, state, task object, task kind, error
-    type, error message, updated_at."""
-    key, request, state, raw, kind, error_type, error_message, updated_at = row
-    try:
-        task = None if raw is None else structure_task(json.loads(raw), TaskKind(kind), stored=True)
-        return JournalEntry(
-            key,
-            _structure_request(where, request),
-            EntryState(state),
-            task,
-            error_type,
-            error_message,
-            updated_at,
-        )
-    except (ValueError, TransportError) as exc:
-        raise _not_a_journal(where, f"its entry {key!r} cannot be read: {exc}") from exc
-
-
-def stored_request(request: CreateRequest) -> str:
-    """The request as a journal stores it."""
-    return json.dumps(_stored_fields(request))
-
-
-def check_same_request(where: Path | str, key: str, stored: str, request: CreateRequest) -> None:
-    """Refuse `request` under `key` when the request `stored` there has other API fields."""
-    earlier = _structure_request(where, stored)
-    if _canonical_json(earlier) != _canonical_json(request):
-        raise JournalError(
-            where,
-            f"Key {key!r} was journaled for a different request in {where} "
-            f"(different {', '.join(_differing_fields(earlier, request))}); give each "
-            "request its own key, or start a new journal.",
-        )
-
-
-def check_update(where: Path | str, key: str, found: Row | None, task: Task | None) -> None:
-    """Explain an update that changed no row (`found` holds the entry's task id, or is empty
-    when there is no entry; None when the update was stored)."""
-    if found is None:
-        return
-    if not found:
-        raise JournalError(
-            where,
-            f"Key {key!r} has no intent in the journal {where}; record_intent must come first.",
-        )
-    (task_id,) = found
-    if task is not None and task_id is not None and task_id != task.id:
-        raise JournalError(
-            where,
-            f"Key {key!r} is journaled with task {task_id} in {where}, not {task.id}: "
-            "two tasks for one request. Check both tasks before running again.",
-        )
-    # What is left is a late snapshot of a FINISHED entry: its outcome already stands.
-
-
-def still_running(where: Path | str, key: str, task_id: str) -> JournalError:
-    """The refusal to forget a key whose task runs."""
-    return JournalError(
-        where,
-        f"Key {key!r} has a running task {task_id} in the journal {where}; "
-        "record its outcome before forgetting it.",
-    )
-
-
-def error_fields(error: BaseException | None) -> tuple[str | None, str | None]:
-    """An outcome's error as stored: its class name and message."""
-    return (type(error).__name__, str(error)) if error is not None else (None, None)
-
-
-# A request of another kind than video-extend carries its kind under this name, so an
-# extension's stored form (and digest) stays what it was before other kinds existed.
-_KIND_FIELD = "task_kind"
-_REQUEST_CLASSES: Mapping[TaskKind, type[CreateRequest]] = {
-    TaskKind.VIDEO_EXTEND: VideoExtendRequest,
-    TaskKind.TEXT_TO_VIDEO: TextToVideoRequest,
-    TaskKind.IMAGE_TO_VIDEO: ImageToVideoRequest,
-}
-
-
-def _stored_fields(request: CreateRequest) -> dict[str, Any]:
-    fields: dict[str, Any] = converter.unstructure(request)
-    kind = kind_of(request)
-    return fields if kind is TaskKind.VIDEO_EXTEND else {**fields, _KIND_FIELD: kind.value}
-
-
-def _api_fields(request: CreateRequest) -> dict[str, Any]:
-    fields = _stored_fields(request)
-    return {
-        name: _canonical_value(value)
-        for name, value in fields.items()
-        if value is not None and name not in _NOT_IDENTITY
-    }
-
-
-def _canonical_value(value: Any) -> Any:
-    # cfg_scale=1 and cfg_scale=1.0 are the same request to the API.
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _canonical_json(request: CreateRequest) -> str:
-    # ASCII escapes (json's default) make any text encodable, even a lone surrogate that a
-    # JSONL file's "\ud800" decodes to.
-    return json.dumps(_api_fields(request), sort_keys=True, separators=(",", ":"))
-
-
-def _differing_fields(one: CreateRequest, other: CreateRequest) -> list[str]:
-    a, b = _api_fields(one), _api_fields(other)
-    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-
-
-def _structure_request(path: Path | str, stored: str) -> CreateRequest:
-    try:
-        fields = json.loads(stored)
-        kind = TaskKind(fields.pop(_KIND_FIELD, TaskKind.VIDEO_EXTEND.value))
-        return converter.structure(fields, _REQUEST_CLASSES[kind])
-    except (ValueError, KeyError, AttributeError, cattrs.BaseValidationError) as exc:
-        raise _not_a_journal(path, f"a request cannot be read: {exc}") from exc
-
-
-def task_snapshot(task: Task) -> tuple[str, str, str, str]:
-    """The task's id, kind, status and object, as stored."""
-    raw = json.dumps(_task_object(task), default=str)
-    return task.id, task.kind.value, task.status.value, raw
-
-
-def _task_object(task: Task) -> dict[str, Any]:
-    """`task.raw` as received, completed from the model where it lacks a field.
-
-    A task made by hand (a test's, a fake's) has an empty `raw`; filling in what
-    `structure_task` reads makes it come back equal all the same.
-    """
-    modelled = {
-        "task_id": task.id,
-        "task_status": task.status.value,
-        "task_status_msg": task.status_message,
-        "created_at": _millis(task.created_at),
-        "updated_at": _millis(task.updated_at),
-        "task_result": {"videos": [_video(v) for v in task.videos]} if task.videos else None,
-        "task_info": {"external_task_id": task.external_task_id} if task.external_task_id else None,
-    }
-    missing = {k: v for k, v in modelled.items() if v is not None and k not in task.raw}
-    return {**task.raw, **missing}
-
-
-def _millis(moment: datetime | None) -> int | None:
-    return None if moment is None else round(moment.timestamp() * 1000)
-
-
-def _video(video: Video) -> dict[str, str]:
-    fields = {"id": video.id, "url": video.url}
-    return fields if video.duration is None else {**fields, "duration": str(video.duration)}
 
 
 # --- Statements (run on a worker thread, one at a time) -------------------------------------
@@ -605,139 +349,5 @@ def _delete(db: sqlite3.Connection, key: str) -> str | None:
     deleted = db.execute("DELETE FROM entry WHERE key = ? AND state != 'submitted'", (key,))
     if deleted.rowcount:
         return None
-    row = db.execute("SELECT task_id FROM entry WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-# --- Opening ---------------------------------------------------------------------------------
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.parent.is_dir():
-        raise JournalError(
-            path,
-            f"The journal {path} cannot be created: its directory {path.parent} does not "
-            "exist; create it or pass another --journal.",
-        )
-    if not path.exists():
-        _create(path)
-    _check_header(path)
-    db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-    try:
-        _prepare(db, path)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _create(path: Path) -> None:
-    """Build a new journal beside `path`, then link it into place.
-
-    A journal file is then complete or absent, never half made, so an empty or schema-less
-    file at `path` is always damage (a truncated journal, another program's file) and is
-    refused rather than silently started afresh, which would submit everything again.
-    """
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists():
-        # SQLite would replay it into the new file: it belongs to a journal that was removed.
-        raise JournalError(
-            path,
-            f"{wal} is left from a journal that is gone and may hold recorded tasks; "
-            f"restore {path.name} beside it, or move it away.",
-        )
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    os.close(fd)
-    try:
-        db = sqlite3.connect(temporary, isolation_level=None)
-        try:
-            db.executescript(_SCHEMA)
-            db.execute("PRAGMA journal_mode = WAL")  # persistent: kept in the file's header
-        finally:
-            db.close()
-        try:
-            os.link(temporary, path)  # unlike a rename, never replaces a journal made meanwhile
-        except FileExistsError:
-            pass  # another run created it first: open that one
-        except OSError:
-            os.replace(temporary, path)  # a filesystem without hard links
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-def _check_header(path: Path) -> None:
-    # SQLite would take an empty file for a new database; and its own word for a foreign
-    # file ("file is not a database") says less than this.
-    with path.open("rb") as file:
-        head = file.read(len(_SQLITE_MAGIC))
-    if not head:
-        raise _not_a_journal(path, "the file is empty")
-    if head != _SQLITE_MAGIC:
-        raise _not_a_journal(path, "not an SQLite database")
-
-
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    """Check that `db` is a journal this version can read, then set it up and lock it."""
-    # Exclusive locking keeps the file locked for as long as this connection lives: a second
-    # run over the same journal is refused instead of submitting the same requests again.
-    db.execute("PRAGMA locking_mode = EXCLUSIVE")
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    if application_id != APPLICATION_ID:
-        raise _not_a_journal(path, "an SQLite database of another application")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise JournalError(
-            path,
-            f"The journal {path} was written by a newer kling_async (journal schema "
-            f"{version}; this version reads up to {SCHEMA_VERSION}); upgrade kling_async to "
-            "resume it, or pass another --journal.",
-        )
-    if version < 1:
-        raise _not_a_journal(path, "it has no schema version")
-    # Reads every page (cheap for a batch's journal): a truncated or damaged file is refused
-    # now, not found out halfway through a run.
-    verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-    if verdict != "ok":
-        raise _not_a_journal(path, f"it is damaged: {verdict}")
-    db.execute("PRAGMA journal_mode = WAL")
-    # In WAL mode a commit is an append to the -wal file; NORMAL skips the fsync at each
-    # commit. A committed transaction then survives the process being killed (the data is in
-    # the operating system's hands) but may be lost if the machine itself loses power before
-    # the next checkpoint. That is the failure a batch re-run guards against, at a fraction
-    # of FULL's cost for ~8000 commits per 2000 requests.
-    db.execute("PRAGMA synchronous = NORMAL")
-    # The first write takes the exclusive lock, so a second run fails here, at open.
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("COMMIT")
-
-
-def _not_a_journal(path: Path | str, reason: str) -> JournalError:
-    return JournalError(path, f"{path} is not a kling_async journal ({reason}); {_MOVE_AWAY}.")
-
-
-def _in_use(path: Path, reason: str) -> JournalError:
-    return JournalError(
-        path,
-        f"The journal {path} is in use by another process ({reason}); let that run finish, "
-        "or pass another --journal.",
-    )
-
-
-# SQLite's primary result codes that mean something the user can act on.
-_BY_SQLITE_CODE: Mapping[int, Callable[[Path, str], JournalError]] = {
-    sqlite3.SQLITE_CORRUPT: _not_a_journal,
-    sqlite3.SQLITE_NOTADB: _not_a_journal,
-    sqlite3.SQLITE_BUSY: _in_use,
-    sqlite3.SQLITE_LOCKED: _in_use,
-}
-
-
-def _explain(path: Path, exc: sqlite3.Error, doing: str) -> JournalError:
-    code = exc.sqlite_errorcode & 0xFF  # extended codes carry it in the low byte
-    if code in _BY_SQLITE_CODE:
-        return _BY_SQLITE_CODE[code](path, str(exc))
-    return JournalError(
-        path,
-        f"The journal {path} could not be {doing} ({exc}); check free disk space and that "
-        "the file is readable and writable, then run again.",
-    )
+    found = _found(db, key)
+    return str(found[0]) if found else None

@@ -68,6 +68,9 @@ MODULES: dict[str, tuple[str, ...]] = {
         *("--deselect", "tests/test_telemetry.py::test_the_package_runs_without_opentelemetry"),
     ),
     "journal": ("tests/test_journal.py",),
+    "_journal_key": ("tests/test_journal.py",),
+    "_journal_entry": ("tests/test_journal.py",),
+    "_journal_file": ("tests/test_journal.py",),
     "batch": (
         "tests/test_batch.py",
         "tests/test_batch_journal.py",

@@ -35,7 +35,7 @@ from kling_async import (
     Video,
     VideoExtendRequest,
 )
-from kling_async import journal as journal_module
+from kling_async import _journal_file as journal_file
 from kling_async._clock import FakeClock
 from kling_async._wire import converter, structure_task
 from kling_async.journal import (
@@ -335,7 +335,7 @@ async def test_a_second_run_on_the_same_journal_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While one Journal holds the file, another cannot open it and resubmit its requests."""
-    monkeypatch.setattr(journal_module, "_BUSY_TIMEOUT", 0.0)  # refuse at once, not after 1 s
+    monkeypatch.setattr(journal_file, "_BUSY_TIMEOUT", 0.0)  # refuse at once, not after 1 s
     path = tmp_path / "j.db"
     async with Journal(path):
         with pytest.raises(JournalError, match="in use by another process"):
@@ -713,7 +713,7 @@ def _no_schema(path: Path) -> None:
 
 
 def _newer(path: Path) -> None:
-    journal_module._connect(path).close()
+    journal_file.connect(path).close()
     set_user_version(path, SCHEMA_VERSION + 1)
 
 
@@ -815,7 +815,7 @@ async def test_a_second_run_is_told_the_journal_is_in_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refusal of a second run quotes SQLite's reason and says to let the first finish."""
-    monkeypatch.setattr(journal_module, "_BUSY_TIMEOUT", 0.0)
+    monkeypatch.setattr(journal_file, "_BUSY_TIMEOUT", 0.0)
     path = tmp_path / "j.db"
     async with Journal(path):
         with pytest.raises(JournalError) as caught:
@@ -885,7 +885,7 @@ async def test_a_journal_is_made_where_hard_links_are_not(
     def no_links(source: object, target: object) -> None:
         raise OSError("hard links are not supported here")
 
-    monkeypatch.setattr(journal_module.os, "link", no_links)
+    monkeypatch.setattr(journal_file.os, "link", no_links)
     path = tmp_path / "j.db"
     async with Journal(path) as journal:
         await journal.record_intent("k", REQUEST)
@@ -1001,9 +1001,9 @@ async def test_a_new_journal_is_built_beside_its_place(
 
     elsewhere = tmp_path / "system-temporary"
     elsewhere.mkdir()
-    monkeypatch.setattr(journal_module.tempfile, "tempdir", str(elsewhere))
-    monkeypatch.setattr(journal_module.os, "link", same_folder_only(real_link))
-    monkeypatch.setattr(journal_module.os, "replace", same_folder_only(real_replace))
+    monkeypatch.setattr(journal_file.tempfile, "tempdir", str(elsewhere))
+    monkeypatch.setattr(journal_file.os, "link", same_folder_only(real_link))
+    monkeypatch.setattr(journal_file.os, "replace", same_folder_only(real_replace))
     folder = tmp_path / "runs"
     folder.mkdir()
     async with Journal(folder / "j.db") as journal:

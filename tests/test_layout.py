@@ -24,6 +24,9 @@ ORDER = [
     # Spans and metrics: the transport, watchers and batches call its hooks (no-ops without
     # OpenTelemetry), so it sits above them.
     "telemetry",
+    "_journal_key",  # the name a request is journaled under: its key, or a digest of its fields
+    "_journal_entry",  # what every journal store keeps of a request, and how it refuses
+    "_journal_file",  # the journal's SQLite file: made whole, checked, locked
     "journal",
     "_transport",
     "_addresses",
