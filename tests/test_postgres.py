@@ -3,6 +3,8 @@ batches of several clients sharing one database. Runs against a real server (see
 
 from __future__ import annotations
 
+import asyncio
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -11,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import pytest
 
@@ -29,6 +32,7 @@ from kling_async import (
 from kling_async._clock import FakeClock
 from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError, stored_request
 from kling_async.postgres import SCHEMA_VERSION, Coordination
+from kling_async.postgres.journal import _Turns
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -300,6 +304,53 @@ async def test_a_duration_one_process_saw_is_learned_by_the_others(database_url:
         assert b.completion[TaskKind.VIDEO_EXTEND].quantile(0.5) == 42.0
         assert (a.round_trips, b.round_trips) == (before[0] + 1, before[1])
         assert a.completion == {}
+
+
+async def test_a_batchs_intents_take_turns_one_at_a_time_in_random_order() -> None:
+    """Fifty intents asked at once go one at a time, each once, not in the order asked (so
+    processes that start one batch together do not all ask for the same key first)."""
+    turns, asking, most, order = _Turns(random.Random(7)), [0], [0], []
+
+    async def ask(n: int) -> None:
+        async with turns.turn():
+            asking[0] += 1
+            most[0] = max(most[0], asking[0])
+            await anyio.lowlevel.checkpoint()
+            order.append(n)
+            asking[0] -= 1
+
+    async with anyio.create_task_group() as group:
+        for n in range(50):
+            group.start_soon(ask, n)
+    assert most == [1] and sorted(order) == list(range(50)) and order != list(range(50))
+
+
+class First(random.Random):
+    def randrange(self, *_: object) -> int:  # type: ignore[override]
+        return 0
+
+
+async def test_an_intent_cancelled_as_its_turn_comes_hands_the_turn_on() -> None:
+    """The turn is handed to an intent whose task is cancelled before it runs (asyncio's own
+    cancellation, as a web framework's): the next waiting intent gets it, none waits forever."""
+    turns, ran = _Turns(First()), []
+
+    async def ask(name: str) -> None:
+        try:
+            async with turns.turn():
+                ran.append(name)
+        except asyncio.CancelledError:
+            ran.append(f"{name} cancelled")
+            raise
+
+    async with turns.turn():
+        b = asyncio.create_task(ask("b"))
+        c = asyncio.create_task(ask("c"))
+        await anyio.wait_all_tasks_blocked()
+    b.cancel()  # "b" was handed the turn as this turn ended, and has not run yet
+    with anyio.fail_after(10):
+        await asyncio.gather(b, c, return_exceptions=True)
+    assert ran == ["b cancelled", "c"]
 
 
 async def test_a_key_another_process_took_is_skipped_without_a_statement(

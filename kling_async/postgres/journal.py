@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import anyio
@@ -65,6 +67,46 @@ class _Awaited:
     entry: JournalEntry | None = None
 
 
+class _Turns:
+    """One at a time, the next taken at random among those waiting.
+
+    The intents of a batch's requests go one at a time; in turn order, processes that start
+    one batch together would ask for its first keys in step, and each key would be asked
+    for by all of them (each answer but one `exists`, a round trip lost before the quota
+    is first full). In random order each process tries a different one of the requests it
+    has started."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._busy = False
+        self._waiting: list[anyio.Event] = []
+        self._rng = rng or random.Random()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._busy:
+            mine = anyio.Event()
+            self._waiting.append(mine)
+            try:
+                await mine.wait()
+            except BaseException:
+                if mine.is_set():
+                    self._next()  # handed the turn as it was cancelled: hand it on
+                else:
+                    self._waiting.remove(mine)
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        if self._waiting:
+            self._waiting.pop(self._rng.randrange(len(self._waiting))).set()  # still busy
+        else:
+            self._busy = False
+
+
 class PostgresJournal:
     """The journal of one namespace, shared by every process that names it.
 
@@ -84,7 +126,7 @@ class PostgresJournal:
         # Keys other processes took, heard as they took them; and this journal's queued keys.
         self._taken: set[str] = set()
         self._queued: dict[str, anyio.Event] = {}
-        self._asking = anyio.Lock()
+        self._asking = _Turns()
         self._epochs: dict[str, int] = {}  # the account window's epoch as each slot was asked
 
     def __repr__(self) -> str:
@@ -310,7 +352,7 @@ class PostgresJournal:
         after it) comes too late for the requests already asked about.
         """
         known = key in self._taken
-        async with self._asking if slot else _NOTHING:
+        async with self._asking.turn() if slot else _NOTHING:
             if key in self._taken and not known:  # heard of while this one waited its turn
                 raise self._elsewhere(key)
             row = await self._ask_intent(key, request, slot)
