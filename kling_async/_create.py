@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import attrs
 
 from ._clock import Clock
@@ -146,7 +148,8 @@ class Creator:
         API keeps external ids unique, so a late first attempt makes that resend fail, and the
         failure adopts its task). Raises `AmbiguousSubmissionError` when it cannot tell."""
         try:
-            task = await (self.find_created(request) if resent else self._settle(request))
+            with self._told_if_cancelled(request, exc):
+                task = await (self.find_created(request) if resent else self._settle(request))
         except AmbiguousSubmissionError:
             raise AmbiguousSubmissionError(request, str(exc)) from exc
         except (APIError, TransportError) as lookup_error:
@@ -183,7 +186,8 @@ class Creator:
         else), and `AmbiguousSubmissionError` when the look-up fails.
         """
         try:
-            task = await self.find_created(request)
+            with self._told_if_cancelled(request, refusal):
+                task = await self.find_created(request)
         except (APIError, TransportError) as lookup_error:
             reason = f"{refusal} Looking the task up by external id failed: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from refusal
@@ -210,6 +214,23 @@ class Creator:
             await self.clock.sleep(self.retry.lookup_grace)
             task = await self.find_created(request)
         return task
+
+    @contextmanager
+    def _told_if_cancelled(self, request: CreateRequest, why: Exception) -> Iterator[None]:
+        """Log a cancellation that cuts short the look-up of a create's task: the task may
+        exist and be paid for, and its external id (made up here) is the way to find it."""
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            log.warning(
+                "the create for %s was cancelled while its task was being looked up by its "
+                "external id %s; it may have made a task (its answer was lost: %s)",
+                subject_of(request),
+                request.external_task_id,
+                str(why).rstrip("."),
+                extra=log_fields(None, request.key, getattr(why, "request_id", None)),
+            )
+            raise
 
     def _orphan_handler(self, kind: TaskKind, request: CreateRequest) -> Abandoned:
         """What to do with the answer of a create whose caller was cancelled meanwhile."""

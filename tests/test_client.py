@@ -438,6 +438,47 @@ async def test_a_create_cancelled_in_flight_hands_its_task_over(
     assert any(created in line and "vid-1" in line for line in warnings)
 
 
+@pytest.mark.parametrize("how", CANCELS)
+async def test_a_create_cancelled_while_its_lost_answer_is_looked_up_is_logged(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A create whose answer was lost made its task; the caller is cancelled while the task
+    is looked up by its external id. The id it was sent under, the one way to find the paid
+    task, is logged, as for a create whose answer was lost while its caller was cancelled."""
+    async with (
+        FakeKlingServer(dialect="official", api_key=KEY) as server,
+        KlingClient(api_key=KEY, base_url=server.url, dialect="official") as client,
+    ):
+        server.faults.push(Fault.drop_after_create(), method="POST")
+        server.faults.push(Fault.hold_answer(), method="GET")
+        scope = anyio.CancelScope()
+
+        async def create() -> None:
+            with scope:
+                await client.extend_video("vid-1")
+
+        with caplog.at_level(logging.WARNING, logger="kling_async"):
+            if how == "anyio cancel scope":
+                async with anyio.create_task_group() as group:
+                    group.start_soon(create)
+                    await server.held()
+                    scope.cancel()
+            else:
+                running = asyncio.get_running_loop().create_task(create())
+                await server.held()
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+            server.release_held()
+    (post,) = [r for r in server.record.requests if r.method == "POST"]
+    assert server.record.create_count == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        post.body["external_task_id"] in line and "vid-1" in line and "cancelled" in line
+        for line in warnings
+    )
+
+
 async def test_a_cancelled_new_video_create_is_handed_over_too(gateway: FakeKlingServer) -> None:
     """Every create takes the one path: a text-to-video task made for a cancelled caller is
     an orphan like an extension."""
