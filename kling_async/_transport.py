@@ -358,6 +358,8 @@ class Transport:
                 may_have_been_sent=True,
             )
         retry_after = parse_retry_after(headers.get("Retry-After"), self.clock.time())
+        if code in (0, "0") and isinstance(said, dict):
+            raise _disagreeing(status, said, text, retry_after)
         raise error_from_answer(status, said, text, retry_after=retry_after)
 
     def _transport_error(self, method: str, path: str, exc: BaseException) -> TransportError:
@@ -447,6 +449,21 @@ def _too_large(response: aiohttp.ClientResponse, detail: str) -> TransportError:
         "read. Check that the base URL points at the Kling API.",
         may_have_been_sent=True,
     )
+
+
+def _disagreeing(
+    status: int, body: dict[str, Any], text: str, retry_after: float | None
+) -> APIError:
+    """An answer whose body says success (code 0) under an error status. That is no refusal
+    in the server's own words, so a create so answered may have made its task: the error is
+    not `definitive`, and names the task the body names."""
+    data = body.get("data")
+    task_id = data.get("task_id") if isinstance(data, dict) else None
+    named = f", naming task {str(task_id)[:80]}," if task_id else ""
+    said = f"the body says success (code 0){named} but the status HTTP {status} says failure"
+    error = error_from_answer(status, {**body, "message": said}, text, retry_after=retry_after)
+    error.definitive = False
+    return error
 
 
 #: Redirects that say the request was not acted on here (a 303 may follow a request done).

@@ -191,6 +191,25 @@ async def test_a_create_answered_see_other_may_have_made_a_task() -> None:
     assert reached == []
 
 
+@pytest.mark.parametrize("status", [429, 400, 503])
+async def test_a_create_answered_success_under_an_error_status_is_not_resent(status: int) -> None:
+    """Code 0 and a task under HTTP 429 (a gateway that sets its own status on the API's
+    answer): the business code and the status disagree, so the create may have made its
+    task, and sending it again could pay twice."""
+    creates: list[str] = []
+
+    async def created(request: web.Request) -> web.Response:
+        creates.append(request.method)
+        answer = {"code": 0, "message": "SUCCEED", "data": {"task_id": f"t-{len(creates)}"}}
+        return web.json_response(answer, status=status)
+
+    async with serve({"/{path:.*}": created}) as url, client_for(url) as client:
+        with pytest.raises(AmbiguousSubmissionError, match=f"HTTP {status}") as caught:
+            await client.extend_video("vid-1", task_id="p-1")
+    assert creates == ["POST"]
+    assert "t-1" in str(caught.value)  # the answer is quoted: the task can be found
+
+
 # --- How errors are told apart ---------------------------------------------------------------
 
 
