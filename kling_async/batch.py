@@ -10,6 +10,7 @@ so the iterator the user holds never has a task group open across a ``yield``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import random
@@ -499,11 +500,20 @@ class _Run:
         self, request: CreateRequest, key: str, slot: _Slot, *, fresh: bool
     ) -> tuple[CreateRequest, Task]:
         """Journal the intent, then create. A fresh create that surely made nothing leaves
-        no entry, so the next run sends it anew."""
+        no entry, so the next run sends it anew: so does one cancelled while it waited to
+        try again (each attempt runs shielded to its end, so every one so far was refused
+        in words that say nothing was made)."""
         await self.journal.record_intent(key, request)
         self.intents.add(key)
         try:
             return request, await self._submit(request, key, slot, resent=not fresh)
+        except anyio.get_cancelled_exc_class():
+            if fresh:
+                # Best effort: an entry that cannot be removed stays, to be reconciled.
+                with anyio.CancelScope(shield=True), contextlib.suppress(JournalError):
+                    await self.journal.forget(key)
+                    self.intents.discard(key)
+            raise
         except Exception as exc:
             if fresh and (isinstance(exc, NotSentError) or surely_not_created(exc)):
                 await self.journal.forget(key)

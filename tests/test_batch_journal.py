@@ -401,6 +401,34 @@ async def test_a_request_stopped_before_sending_is_sent_on_the_next_run(tmp_path
     assert all(o.ok for o in again)
 
 
+async def test_a_request_closed_while_waiting_out_refusals_is_sent_on_the_next_run(
+    server: FakeKlingServer, tmp_path: Path
+) -> None:
+    """Refused (1303, nothing made), then the batch is closed while the request waits to try
+    again (a Ctrl-C while the account is at its parallel limit): no journal entry stays, so
+    the next run sends it, rather than report it ambiguous on a gateway."""
+    journal = tmp_path / "j"
+    server.faults.push(Fault.rate_limited(retry_after=30, code=1303), method="POST")
+    refused = anyio.Event()
+
+    def heard(event: BatchEvent) -> None:
+        if event.kind is BatchEventKind.RETRIED:
+            refused.set()
+
+    async with client_for(server) as client:
+        batch = client.extend_many(requests(1), journal=journal, on_event=heard)
+        await batch.__aenter__()
+        with anyio.fail_after(10):  # a guard against a hang, not a measurement
+            await refused.wait()
+        await anyio.wait_all_tasks_blocked()
+        await batch.aclose()
+    async with Journal(journal) as opened:
+        assert await opened.entries() == []
+    again = await run(server, requests(1), journal)
+    assert [o.ok for o in again] == [True]
+    assert server.record.create_count == 1
+
+
 async def test_an_edited_request_under_an_old_key_is_refused(tmp_path: Path) -> None:
     """Changing a journaled request but keeping its key is reported, not silently ignored."""
     journal = tmp_path / "j"
