@@ -123,6 +123,8 @@ class Fetch:
     chunk_size: int
     max_redirects: int
     addresses: AddressRules | None
+    #: The most bytes the file may have (decoded); past it the download is refused.
+    max_bytes: int | None = None
     received: int = 0
     total: int | None = None
     #: An ETag or Last-Modified, sent back as ``If-Range`` so a changed file restarts.
@@ -210,6 +212,7 @@ class Fetch:
 
     async def _keep(self, piece: bytes) -> None:
         if piece:
+            self._check_size(self.received + len(piece), "more bytes than that arrived")
             await self.part.write(piece)
             self.received += len(piece)
             self._report()
@@ -319,6 +322,7 @@ class Fetch:
         # A compressed answer's length is not the file's, and its ranges count compressed
         # bytes: a cut is resumed from zero.
         self.total = None if encoded else response.content_length
+        self._check_size(self.total, f"the server announced {self.total}")
         self.use_ranges = self.use_ranges and not encoded
         self.validator = _validator(response.headers)
         if self.received:
@@ -351,6 +355,7 @@ class Fetch:
                 206,
                 "Download it again.",
             )
+        self._check_size(size, f"the server announced {size}")
         self.total = size if size is not None else self.total
 
     def _unsatisfiable(self, response: aiohttp.ClientResponse) -> bool:
@@ -376,6 +381,17 @@ class Fetch:
             None,
             _LATER,
         )
+
+    def _check_size(self, size: int | None, how: str) -> None:
+        """Refuse a file past `max_bytes`: a server that never ends its answer (or a small
+        compressed one that inflates without end) must not fill the disk."""
+        if self.max_bytes is not None and size is not None and size > self.max_bytes:
+            raise self._error(
+                f"the file is larger than the {self.max_bytes} bytes a result video may have "
+                f"({how})",
+                None,
+                "Check where the URL came from; pass a larger max_bytes if the file is right.",
+            )
 
     def _report(self) -> None:
         if self.on_progress is not None:

@@ -42,6 +42,7 @@ from .telemetry import log_fields
 
 __all__ = [
     "EXPIRED_LINK_STATUSES",
+    "MAX_VIDEO_BYTES",
     "PUBLIC_ONLY",
     "DownloadError",
     "DownloadProgress",
@@ -58,6 +59,11 @@ EXPIRED_LINK_STATUSES = frozenset({403, 404, 410})
 
 #: The rules for public downloads: no loopback, private, link-local, ... address.
 PUBLIC_ONLY = AddressRules()
+
+#: The most bytes a download takes by default: far above any result video (the API makes
+#: videos of 3 minutes at most), so it only stops a server whose answer never ends, or a
+#: compressed one that inflates without end, before it fills the disk.
+MAX_VIDEO_BYTES = 8 * 1024**3
 
 
 class DownloadError(KlingError):
@@ -148,6 +154,7 @@ async def download_file(
     chunk_size: int = 256 * 1024,
     max_redirects: int = 5,
     addresses: AddressRules | None = PUBLIC_ONLY,
+    max_bytes: int | None = MAX_VIDEO_BYTES,
 ) -> Path:
     """Download `url` to the file `dest` and return `dest`.
 
@@ -160,8 +167,9 @@ async def download_file(
     on `clock`; the download resumes from the last byte received. `max_attempts` counts
     attempts in a row that brought no new byte, so a flaky link that keeps delivering
     finishes. `timeout` bounds connecting and each wait for more bytes, not the whole download
-    (wrap the call in ``anyio.fail_after`` for that). `on_progress` hears of every chunk; keep
-    it quick.
+    (wrap the call in ``anyio.fail_after`` for that); `max_bytes` bounds the file's size (None:
+    no bound), so a server whose answer never ends cannot fill the disk. `on_progress` hears
+    of every chunk; keep it quick.
 
     Raises `DownloadError` for any failure; then, as on cancellation, no file is left behind.
 
@@ -174,7 +182,7 @@ async def download_file(
             )
     """
     dest = Path(dest)
-    _check_numbers(timeout, chunk_size, max_redirects)
+    _check_numbers(timeout, chunk_size, max_redirects, max_bytes)
     start = _checked_url(url, dest)
     safe_url = shown(start)
     await _check_destination(dest, safe_url)
@@ -191,6 +199,7 @@ async def download_file(
         chunk_size=chunk_size,
         max_redirects=max_redirects,
         addresses=addresses,
+        max_bytes=max_bytes,
     )
     try:
         await _fetched(job, dest)
@@ -296,7 +305,11 @@ class _PartFile:
         )
 
 
-def _check_numbers(timeout: float, chunk_size: int, max_redirects: int) -> None:
+def _check_numbers(
+    timeout: float, chunk_size: int, max_redirects: int, max_bytes: int | None
+) -> None:
+    if max_bytes is not None and max_bytes < 0:
+        raise InvalidArgumentError(f"max_bytes cannot be negative, not {max_bytes!r}")
     if not timeout > 0:
         raise InvalidArgumentError(f"timeout must be positive, not {timeout!r}")
     if chunk_size < 1:

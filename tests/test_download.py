@@ -559,6 +559,52 @@ async def test_unknown_encoding_is_refused(
     assert leftovers(tmp_path) == []
 
 
+async def endless(request: web.Request) -> web.StreamResponse:
+    """An answer that never ends: chunks of zeros for as long as the client reads."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    while True:
+        await response.write(bytes(64 * 1024))
+
+
+async def gzip_bomb(request: web.Request) -> web.Response:
+    """A small gzip answer that inflates to 64 MiB."""
+    body = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
+    return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+
+async def announced_too_large(request: web.Request) -> web.StreamResponse:
+    """Content-Length says 64 GiB; a few bytes come, then the answer stalls."""
+    response = web.StreamResponse()
+    response.content_length = 64 * 1024**3
+    await response.prepare(request)
+    await response.write(b"x" * 10)
+    await anyio.sleep(30)
+    return response
+
+
+@pytest.mark.parametrize("handler", [endless, gzip_bomb, announced_too_large])
+async def test_a_file_past_max_bytes_is_refused_before_it_fills_the_disk(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path, handler: Any
+) -> None:
+    """A server whose answer never ends, a compressed answer that inflates without end, or
+    one that announces more than the bound: the download stops at `max_bytes` (or before
+    reading, when announced) with a clear error, and leaves nothing behind."""
+    async with serve({"/v.mp4": handler}) as base:
+        with anyio.fail_after(20), pytest.raises(DownloadError, match="larger than the 1048576"):
+            await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock, max_bytes=2**20)
+    assert leftovers(tmp_path) == []
+    assert clock.sleeps == []  # refused for good: never tried again
+
+
+async def test_a_file_of_exactly_max_bytes_is_kept(
+    server: FakeKlingServer, session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The bound is inclusive: a file of exactly `max_bytes` is the file."""
+    dest = await fetch(session, file_url(server), tmp_path / "v.mp4", clock, max_bytes=SIZE)
+    assert dest.stat().st_size == SIZE
+
+
 # -- addresses ----------------------------------------------------------------------------
 
 #: The rules of a public download, except that 127.0.0.1 counts as public: it stands for a CDN.
