@@ -24,7 +24,7 @@ from ._wire import structure_task
 from .batch import Batch, BatchEvent, RetryHook
 from .chain import JournalArgument
 from .download import target_path
-from .errors import KlingError, NotFoundError
+from .errors import KlingError, NotFoundError, TransportError
 from .journal import JournalStore
 from .models import CreateRequest, Task, TaskKind
 from .policies import PollPolicy, RetryPolicy
@@ -197,7 +197,17 @@ class WatcherReads:
     ) -> Task:
         path = task_path(kind, task_id)
         data = await self.client._transport.request("GET", path, paced=self.paced, retry=retry)
-        return structure_task(data, kind, share_keys=True)
+        task = structure_task(data, kind, share_keys=True)
+        if task.id != task_id and task.external_task_id != task_id:
+            # Another task's state (a gateway's cache gone wrong) is no news of this one: taken,
+            # it would hand over another task's video, or stop a journaled batch as if one
+            # request had made two tasks. A failed read: the watcher reads again later.
+            raise TransportError(
+                f"The server answered a read of task {task_id} with task {task.id[:80]}; "
+                "the answer was ignored.",
+                may_have_been_sent=True,
+            )
+        return task
 
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")

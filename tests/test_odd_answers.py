@@ -1,17 +1,21 @@
 """Answers real gateways get wrong, end to end through the fake server: stale copies from a
-lagging cache, and successes that hold no video."""
+lagging cache, successes that hold no video, and reads answered with another task."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from helpers import serve
 
 from kling_async import (
     KlingClient,
     MalformedTaskError,
     PollPolicy,
+    RetryPolicy,
     TaskStatus,
     VideoExtendRequest,
 )
@@ -92,3 +96,47 @@ async def test_a_success_without_a_video_is_a_failed_outcome(server: FakeKlingSe
     assert not outcomes[0].ok
     assert isinstance(outcomes[0].error, MalformedTaskError)
     assert outcomes[0].task is not None and outcomes[0].task.status is TaskStatus.SUBMITTED
+
+
+class CrossedCache:
+    """A gateway whose first read of each task answers another task, succeeded with its own
+    video (a cache keyed wrongly); later reads answer the task asked for."""
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.read: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            self.created += 1
+            return self.answer(f"t-{self.created}", "submitted")
+        task_id = request.path.rsplit("/", 1)[-1]
+        if task_id not in self.read:
+            self.read.add(task_id)
+            return self.answer("t-someone-else", "succeed")
+        return self.answer(task_id, "succeed")
+
+    @staticmethod
+    def answer(task_id: str, status: str) -> web.Response:
+        video = {"id": f"video-of-{task_id}", "url": f"https://cdn.example/{task_id}.mp4"}
+        result = {"videos": [video]} if status == "succeed" else None
+        data = {"task_id": task_id, "task_status": status, "task_result": result}
+        return web.json_response({"code": 0, "message": "SUCCEED", "data": data})
+
+
+async def test_a_read_answered_with_another_task_is_not_taken_for_it(tmp_path: Path) -> None:
+    """Another task's state is no news of the watched one: a watch never ends with another
+    task's video, and a journaled batch is not stopped as if one request had made two tasks."""
+    cache = CrossedCache()
+    retry = RetryPolicy(max_delay=0.01)
+    async with (
+        serve({"/{path:.*}": cache.handle}) as url,
+        KlingClient(api_key=KEY, base_url=url, dialect="gateway", poll=QUICK, retry=retry) as c,
+    ):
+        task = await c.extend_and_wait("vid-1", task_id="parent-1")
+        requests = [VideoExtendRequest(f"vid-{n}", task_id="p", key=f"k{n}") for n in range(3)]
+        outcomes = [o async for o in c.extend_many(requests, journal=tmp_path / "j")]
+    assert (task.id, task.videos[0].id) == ("t-1", "video-of-t-1")
+    assert sorted((o.ok, o.task.videos[0].id) for o in outcomes if o.task) == [
+        (True, f"video-of-t-{n}") for n in (2, 3, 4)
+    ]
