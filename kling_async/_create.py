@@ -297,9 +297,18 @@ class Creator:
                 f"the {self.dialect} dialect cannot look a task up by an external id",
             )
         try:
-            return await self.read(request.external_task_id, kind_of(request))
+            task = await self.read(request.external_task_id, kind_of(request))
         except NotFoundError:
             return None
+        if task.external_task_id not in (None, request.external_task_id):
+            # Another request's task (a gateway's cache gone wrong): adopting it would hand
+            # over another video, and leave this request's task, if any, for nobody.
+            raise TransportError(
+                f"The look-up of external id {request.external_task_id} was answered with "
+                f"task {task.id}, of external id {task.external_task_id[:80]}.",
+                may_have_been_sent=True,
+            )
+        return task
 
 
 def _remember(memory: OrderedDict[str, None], task_id: str) -> None:

@@ -479,6 +479,31 @@ async def test_a_create_cancelled_while_its_lost_answer_is_looked_up_is_logged(
     )
 
 
+async def test_a_lookup_answered_with_another_requests_task_is_not_adopted() -> None:
+    """A create's answer is lost; the look-up by its external id is answered with a task of
+    another external id. Adopting it would hand over another video and leave this request's
+    task, if any, for nobody: the create is ambiguous, and not sent again."""
+    posts: list[Any] = []
+
+    async def crossed(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            posts.append(await request.json())
+            assert request.transport is not None
+            request.transport.close()  # the answer is lost
+            return web.Response()
+        info = {"external_task_id": "ka-another-request"}
+        data = {"task_id": "t-another", "task_status": "processing", "task_info": info}
+        return web.json_response({"code": 0, "data": data})
+
+    async with (
+        serve({"/{path:.*}": crossed}) as url,
+        KlingClient(api_key=KEY, base_url=url, dialect="official", clock=FakeClock()) as client,
+    ):
+        with pytest.raises(AmbiguousSubmissionError, match="ka-another-request"):
+            await client.extend_video("vid-1")
+    assert len(posts) == 1
+
+
 async def test_a_cancelled_new_video_create_is_handed_over_too(gateway: FakeKlingServer) -> None:
     """Every create takes the one path: a text-to-video task made for a cancelled caller is
     an orphan like an extension."""
