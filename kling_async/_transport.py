@@ -126,6 +126,9 @@ class Transport:
     # The headers of every request and the credential's value they were made for (secret).
     _headers: CIMultiDictProxy[str] = attrs.field(init=False, repr=False, factory=_no_headers)
     _authorization: str = attrs.field(default="", init=False, repr=False)
+    # The secrets as bytes, to find one quoted back in a successful answer (made with the
+    # headers, when the credential's value changes).
+    _quotable: tuple[bytes, ...] = attrs.field(default=(), init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # sock_connect makes a connect-phase timeout distinguishable: nothing was sent then.
@@ -276,6 +279,7 @@ class Transport:
         new token). Kept, not made per request, and immutable: aiohttp then copies them
         without first converting a dictionary (about 5,000 instructions a request)."""
         self._authorization = self.auth.authorization()
+        self._quotable = tuple(secret.encode() for secret in (*self.auth.secrets(), *self.hidden))
         headers = {"Authorization": self._authorization, "Accept": "application/json"}
         self._headers = CIMultiDictProxy(CIMultiDict(headers))
         return self._headers
@@ -341,6 +345,11 @@ class Transport:
         body = decode_json(raw)
         code = body.get("code") if isinstance(body, dict) else None
         if 200 <= status < 300 and code in (0, "0"):
+            if any(secret in raw for secret in self._quotable):
+                # A task quoting a credential back (a failure's message naming the key) would
+                # carry it into exceptions, journals and results files: read it scrubbed.
+                scrubbed = decode_json(self._redact(raw.decode("utf-8", "replace")).encode())
+                body = scrubbed if isinstance(scrubbed, dict) else {"code": 0}
             if trace is not _NO_REQUEST:
                 trace.answered(status, body)
             return body.get("data")

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from kling_async import KlingClient, KlingError, PollPolicy, RetryPolicy
+from kling_async import (
+    KlingClient,
+    KlingError,
+    PollPolicy,
+    RetryPolicy,
+    TaskFailedError,
+    VideoExtendRequest,
+)
 from kling_async._clock import FakeClock
 from kling_async.testing import FakeKlingServer, Fault
 
@@ -160,3 +168,24 @@ async def test_no_secret_in_traceback_locals() -> None:
         assert "Transport" in shown  # the transport's frame was walked
         for secret in (API_KEY, SECRET, *tokens):
             assert secret not in shown, f"{secret[:6]}... in the locals of {failure!r}"
+
+
+async def test_a_task_quoting_the_key_back_never_shows_it(tmp_path: Path) -> None:
+    """A failed task whose message names the key (a careless gateway's "quota of key sk-...
+    used up"): the key is in no exception, task, journal or results file."""
+    poll = PollPolicy(initial_delay=0.01, min_interval=0.01, max_interval=0.02, timeout=5)
+    message = f"quota of key {API_KEY} used up (Authorization: Bearer {API_KEY})"
+    journal = tmp_path / "batch.journal"
+    async with FakeKlingServer(
+        dialect="gateway", api_key=API_KEY, fail_rate=1.0, failure_messages=[message]
+    ) as gateway:
+        client = KlingClient(api_key=API_KEY, base_url=gateway.url, poll=poll)
+        async with client:
+            with pytest.raises(TaskFailedError) as caught:
+                await client.extend_and_wait("v", task_id="p")
+            requests = [VideoExtendRequest("v2", task_id="p")]
+            outcomes = [o async for o in client.extend_many(requests, journal=journal)]
+    texts = [str(caught.value), repr(caught.value.task), str(outcomes[0].error)]
+    assert all("quota of key <hidden> used up" in text for text in texts)
+    kept = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert not any(API_KEY in text for text in texts) and API_KEY.encode() not in kept
