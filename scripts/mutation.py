@@ -51,6 +51,13 @@ _POSTGRES_TESTS = (
     *("--deselect", "tests/test_postgres.py::test_the_package_imports_and_runs_without_asyncpg"),
 )
 
+_CHAIN_TESTS = (
+    "tests/test_chain.py",
+    # A chain's span: its steps, its length and its failure.
+    "tests/test_telemetry.py::test_a_chain_is_a_span_holding_its_steps",
+    "tests/test_telemetry.py::test_a_failed_chain_span_names_its_steps_failure",
+)
+
 #: module of kling_async -> the tests that are its own (its docstring examples are added),
 #: as pytest arguments.
 MODULES: dict[str, tuple[str, ...]] = {
@@ -86,12 +93,9 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_postgres.py::test_a_1303_halves_the_window_of_every_process_once_and_successes_widen_it",
         "tests/test_postgres.py::test_a_batch_of_two_processes_narrows_the_shared_window_on_1303",
     ),
-    "chain": (
-        "tests/test_chain.py",
-        # A chain's span: its steps, its length and its failure.
-        "tests/test_telemetry.py::test_a_chain_is_a_span_holding_its_steps",
-        "tests/test_telemetry.py::test_a_failed_chain_span_names_its_steps_failure",
-    ),
+    "chain": _CHAIN_TESTS,
+    "_chain_plan": _CHAIN_TESTS,
+    "_chain_run": _CHAIN_TESTS,
     # Against the local server (each test makes and drops its own schema); the quota's own
     # arithmetic is SQL (postgres/_schema.py), which mutmut does not mutate. Left out: a
     # fresh interpreter without asyncpg (seconds, and no coordination rule in it).

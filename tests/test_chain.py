@@ -38,8 +38,9 @@ from kling_async import (
     Video,
     VideoExtendRequest,
 )
+from kling_async._chain_run import ChainRun
 from kling_async._clock import SystemClock
-from kling_async.chain import StepLengths, _ChainRun, chain_key, check_chain
+from kling_async.chain import StepLengths, chain_key, check_chain
 from kling_async.journal import Journal
 from kling_async.models import CreateRequest
 from kling_async.telemetry import NO_TELEMETRY
@@ -379,9 +380,9 @@ class Backend:
         return self.time
 
 
-def chain_run(request: ChainRequest, backend: Backend | None = None) -> _ChainRun:
+def chain_run(request: ChainRequest, backend: Backend | None = None) -> ChainRun:
     events: list[ChainEvent] = []
-    run = _ChainRun(
+    run = ChainRun(
         backend or Backend(),  # type: ignore[arg-type]
         [request],
         lengths=StepLengths(),
@@ -395,7 +396,7 @@ def chain_run(request: ChainRequest, backend: Backend | None = None) -> _ChainRu
     return run
 
 
-def step_event(run: _ChainRun, step: int, task: Task | None) -> ChainEvent:
+def step_event(run: ChainRun, step: int, task: Task | None) -> ChainEvent:
     """The chain event of a batch event (a step's task running or ended) of `run`'s chain."""
     (state,) = run.states.values()
     request = VideoExtendRequest("v", key=state.step_key(step))
@@ -440,7 +441,7 @@ def test_a_chain_grown_until_a_length_plans_its_steps_from_what_steps_add() -> N
 
 
 def advance(
-    run: _ChainRun, task: Task | None, error: Exception | None = None
+    run: ChainRun, task: Task | None, error: Exception | None = None
 ) -> tuple[ChainOutcome | None, CreateRequest | None]:
     """`run`'s chain takes its current step's outcome: its own outcome if it ended, and
     the request it sent next, if any."""
@@ -506,7 +507,7 @@ def test_two_chains_of_one_key_are_refused_before_sending() -> None:
     """Each chain needs its own key in the journal: two of one key are refused up front."""
     twins = [ChainRequest("v0", task_id="t0", steps=1, key="k")] * 2
     with pytest.raises(InvalidArgumentError) as caught:
-        _ChainRun(
+        ChainRun(
             Backend(), twins, lengths=StepLengths(), concurrency=1, journal=None, on_event=None
         )  # type: ignore[arg-type]
     assert str(caught.value) == (

@@ -36,6 +36,8 @@ ORDER = [
     "callbacks",
     "_fetch",  # one download's exchange with a file server: redirects, ranges, retries
     "download",
+    "_chain_plan",  # a chain and its plan: its request, what it made, its steps and their lengths
+    "_chain_run",  # the chain engine: each chain's next step fed to one batch as its last ends
     "chain",
     "_downloader",  # the client's downloads: the session they take, an expired link refreshed
     "_create",  # the one path of every create request: sent once, never a task lost
