@@ -362,6 +362,11 @@ def test_step_lengths_are_the_mean_of_what_steps_added() -> None:
     for before, after in [(9, 14), (14, 20), (20, 27)]:
         lengths.observe(Decimal(before), Decimal(after))
     assert lengths.estimate() == Decimal(6)  # the last three: 5, 6 and 7
+    default = StepLengths()
+    default.observe(Decimal(0), Decimal(100))
+    for start in range(64):
+        default.observe(Decimal(start), Decimal(start + 1))
+    assert default.estimate() == Decimal(1)  # the last 64 by default
 
 
 class Backend:
@@ -539,22 +544,24 @@ class Dated(Backend):
 
     def __init__(self, made: datetime, *, gateway: bool = True) -> None:
         super().__init__()
-        self.made, self.needs_parent_task = made, gateway
+        self.made, self.needs_parent_task, self.reads = made, gateway, 0
 
     async def made_at(self, task_id: str) -> datetime | None:
+        self.reads += 1
         return self.made
 
 
 async def test_only_a_new_chain_on_a_gateway_has_its_source_dated() -> None:
-    """The source's age is read when the gateway names its task and the journal holds no
-    step of the chain; a chain already begun goes on; the official API reads none."""
+    """The source's age is read (once) when the gateway names its task and the journal holds
+    no step of the chain; a chain already begun goes on unread; the official API reads none."""
     old = datetime.fromtimestamp(1000.0 - 31 * 86400, UTC)
     request = ChainRequest("v0", task_id="t0", steps=2, key="c")
     stale = await chain_run(request, Dated(old))._stale_sources(None)
     assert stale["c"].error is not None and stale["c"].error.step == 1
     begun = chain_run(request, Dated(old))
-    begun.begun = {"c/1"}
+    begun.begun = {"c/1"}  # stopped in step 1: its source was read then
     assert await begun._stale_sources(None) == {}
+    assert begun.backend.reads == 0  # type: ignore[attr-defined]
     assert await chain_run(request, Dated(old, gateway=False))._stale_sources(None) == {}
 
 
@@ -723,4 +730,17 @@ def test_the_source_and_each_distinct_step_are_checked_as_the_client_checks_them
     assert str(caught.value) == (
         "Cannot run this chain: send this source: it is bad; extend video 'the source video': "
         "it is bad. Nothing was sent."
+    )
+
+
+def test_a_step_whose_source_is_too_old_names_the_task_that_made_it() -> None:
+    """The chain stops before a step whose source, made by the step before, is past 30
+    days; the refusal names that task and its date, and nothing is sent."""
+    run = chain_run(ChainRequest("v0", task_id="t0", steps=3, key="c"))
+    made = datetime.fromtimestamp(1000.0 - 31 * 86400, UTC)
+    old = attrs.evolve(finished_task("t1", 10), created_at=made)
+    ended, sent = advance(run, old)
+    assert ended is not None and ended.error is not None and sent is None
+    assert str(ended.error).startswith(
+        f"Step 2 of the chain failed: its source video (of task t1) was made on {made:%Y-%m-%d}"
     )
