@@ -86,8 +86,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         *("--deselect", "tests/test_batch.py::test_500_extensions_at_concurrency_20"),
         *("--deselect", "tests/test_batch.py::test_1303_storm_is_survived"),
         *("--deselect", "tests/test_batch.py::test_faults_lose_nothing"),
-        # The batch's span and its slots' waits, and a window shared over a database.
+        # The batch's span, a chain's steps within the span the batch is given, its slots'
+        # waits, and a window shared over a database.
         "tests/test_telemetry.py::test_a_faulty_batch_traced_and_counted",
+        "tests/test_telemetry.py::test_a_chain_is_a_span_holding_its_steps",
         "tests/test_telemetry.py::test_slots_of_the_batch_cap_are_counted_held_and_waited_for",
         "tests/test_telemetry.py::test_waits_for_the_accounts_slots_are_recorded",
         "tests/test_postgres.py::test_a_1303_halves_the_window_of_every_process_once_and_successes_widen_it",
