@@ -126,12 +126,23 @@ def _admin(url: str, statement: str) -> None:
     asyncio.run(run())
 
 
+def _schema_url(admin_url: str) -> Iterator[str]:
+    """A database URL whose tables live in a schema of its own, dropped afterwards."""
+    schema = f"kt_{uuid.uuid4().hex[:16]}"
+    _admin(admin_url, f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{admin_url}?search_path={schema}"
+    finally:
+        _admin(admin_url, f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
 def database_url(postgres_admin_url: str) -> Iterator[str]:
     """A database URL whose tables live in a schema of this test's own."""
-    schema = f"kt_{uuid.uuid4().hex[:16]}"
-    _admin(postgres_admin_url, f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{postgres_admin_url}?search_path={schema}"
-    finally:
-        _admin(postgres_admin_url, f"DROP SCHEMA {schema} CASCADE")
+    yield from _schema_url(postgres_admin_url)
+
+
+@pytest.fixture
+def other_database_url(postgres_admin_url: str) -> Iterator[str]:
+    """Another schema of the same database: an independent installation beside the first."""
+    yield from _schema_url(postgres_admin_url)

@@ -892,3 +892,52 @@ async def test_a_hint_published_by_one_process_wakes_the_waiter_in_another(
         with anyio.fail_after(30):
             assert await heard.wait("t-1", 30) is True
         assert heard.take_hint("t-1") is False  # taken once
+
+
+async def test_installations_in_two_schemas_never_hear_each_other(
+    database_url: str, other_database_url: str
+) -> None:
+    """Two installations in two schemas of one database (NOTIFY reaches the whole database):
+    a task's end told in one is heard by its own processes only, and a callback's hint too."""
+
+    def ended(seconds: int) -> Task:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        return Task(
+            f"t-{seconds}", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED,
+            created_at=start, updated_at=start + timedelta(seconds=seconds),
+        )  # fmt: skip
+
+    async with (
+        coordination(database_url) as here,
+        coordination(other_database_url) as there,
+        coordination(other_database_url) as there_too,
+    ):
+        hints: list[tuple[str, str]] = []
+        there.share_hints(_HintSink(hints))
+        await here.publish_hint("task-of-here", "succeed")
+        journal = here.journal("ns")
+        await journal.record_intent("k", REQUEST)
+        await journal.record_outcome("k", ended(42), None)
+        # Told later in the other schema: heard there after anything told before it.
+        journal = there_too.journal("ns")
+        await journal.record_intent("k", REQUEST)
+        await journal.record_outcome("k", ended(7), None)
+        await there_too.publish_hint("task-of-there", "succeed")
+
+        async def heard() -> bool:
+            return TaskKind.VIDEO_EXTEND in there.completion and bool(hints)
+
+        await until(heard)
+        assert there.completion[TaskKind.VIDEO_EXTEND].quantile(0.5) == 7.0
+        assert hints == [("task-of-there", "succeed")]
+
+
+class _HintSink:
+    """A stand-in for a callback receiver: keeps the hints relayed to it."""
+
+    def __init__(self, hints: list[tuple[str, str]]) -> None:
+        self.hints = hints
+        self.relay: object = None
+
+    def hint(self, task_id: str, status: str) -> None:
+        self.hints.append((task_id, status))

@@ -98,6 +98,8 @@ class Coordination:
         #: Names this process in what it tells the others (to skip its own news).
         self.origin = uuid.uuid4().hex[:16]
         self._receivers: list[Any] = []
+        #: The channels' names in this schema (`kling_channel`), known once connected.
+        self._scope = ""
 
     def __repr__(self) -> str:
         return f"<Coordination {self.where} account={self.account!r}>"
@@ -128,6 +130,7 @@ class Coordination:
                     self.account,
                     self.parallel_tasks,
                 )
+                self._scope = await connection.fetchval("SELECT kling_channel('')")
             listener = await pool.acquire()
             for channel, heard in self._channels():
                 await listener.add_listener(channel, heard)
@@ -163,13 +166,19 @@ class Coordination:
         return journal
 
     def _channels(self) -> list[tuple[str, Any]]:
-        return [
+        heard = [
             (_HINTS, self._on_hint),
             (_TAKEN, self._on_taken),
             (_GRANTS, self._on_grant),
             (_ENDED, self._on_ended),
             (_SETTLED, self._on_settled),
         ]
+        return [(self._channel(name), on) for name, on in heard]
+
+    def _channel(self, name: str) -> str:
+        """`name` as this schema's channel: the installations in the database's other schemas
+        (each its own set of tables) never hear what is said in this one."""
+        return name + self._scope
 
     def request_rate(self, rate: float) -> SharedRateLimiter:
         """The account's request rate, `rate` a second in all processes together."""
@@ -232,7 +241,8 @@ class Coordination:
 
     async def publish_hint(self, task_id: str, status: str) -> None:
         """Tell every other process that a callback said `task_id` ended."""
-        await self.execute("SELECT pg_notify($1, $2)", _HINTS, f"{self.origin} {status} {task_id}")
+        channel, payload = self._channel(_HINTS), f"{self.origin} {status} {task_id}"
+        await self.execute("SELECT pg_notify($1, $2)", channel, payload)
 
     def _on_hint(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         origin, _, rest = str(payload).partition(" ")

@@ -13,7 +13,7 @@ from ..journal import JournalError
 __all__ = ["SCHEMA_VERSION", "prepare"]
 
 #: Raised on any change below; a database set up by a newer version is refused, not guessed at.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: "KLNG": the advisory lock that lets one process at a time create the schema.
 _CREATE_LOCK = 0x4B4C4E47
 
@@ -68,6 +68,8 @@ CREATE INDEX kling_entry_queue ON kling_entry (account, seq) WHERE queued;
 """,
     # The account's window is shared (kling_narrow, kling_intent's epoch): functions only.
     2: "SELECT 1",
+    # Channels are named per schema (kling_channel): functions only.
+    3: "SELECT 1",
 }
 
 
@@ -130,8 +132,14 @@ async def _refuse_under_older_processes(connection: Any, where: str, version: in
 # to learn that it may go on. An advisory lock per account serialises everything that counts
 # slots, so the count read is the count acted on; it is always taken before any row lock.
 # Channels: kling_taken (a key was taken: others skip it without asking), kling_grants (a
-# queued intent got its slot); payloads are JSON arrays [owner, namespace, key].
+# queued intent got its slot); payloads are JSON arrays [owner, namespace, key]. Each channel
+# is named per schema (`kling_channel`): NOTIFY reaches the whole database, and the
+# installations in other schemas must not hear these.
 _FUNCTIONS = """
+CREATE OR REPLACE FUNCTION kling_channel(p_name text) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT p_name || '_' || left(md5(current_schema()), 12)
+$$;
+
 CREATE OR REPLACE FUNCTION kling_lock(p_account text) RETURNS void LANGUAGE sql AS $$
     SELECT pg_advisory_xact_lock(hashtext('kling_slots:' || p_account))
 $$;
@@ -144,7 +152,7 @@ DECLARE
 BEGIN
     -- NOTIFY takes at most 8000 bytes; a longer key is learnt the slow way (by asking).
     IF octet_length(payload) < 7900 THEN
-        PERFORM pg_notify(p_channel, payload);
+        PERFORM pg_notify(kling_channel(p_channel), payload);
     END IF;
 END;
 $$;

@@ -434,7 +434,7 @@ class PostgresJournal:
         # The task's duration goes to the other processes in the same statement (see
         # `Coordination._on_ended`); delivered with the transaction's commit.
         note = self._duration_note(task)
-        told = ", pg_notify('kling_ended', $11)" if note is not None else ""
+        told = ", pg_notify(kling_channel('kling_ended'), $11)" if note is not None else ""
         updated = await self._co.fetchval(
             f"SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10){told}",
             *self._own(key),
