@@ -363,7 +363,9 @@ def error_from_answer(
     else:
         excerpt = _excerpt(text)
         message = f"Unexpected answer: {excerpt}" if excerpt else "Unexpected empty answer"
-        fields["definitive"] = False
+        # A 429 refuses the request whoever wrote it (a proxy's rate limit processes nothing);
+        # any other answer out of the API's own words may hide a task made behind it.
+        fields["definitive"] = http_status == 429
     return _class_for(http_status, fields.get("code"))(message, retry_after=retry_after, **fields)
 
 

@@ -67,7 +67,7 @@ def gets(server: FakeKlingServer) -> int:
 # --- What a create may be re-sent after ------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [429, 403, 400])
+@pytest.mark.parametrize("status", [403, 400, 409])
 async def test_a_proxy_page_refusing_a_create_is_not_resent(
     gateway: FakeKlingServer, status: int
 ) -> None:
@@ -77,6 +77,19 @@ async def test_a_proxy_page_refusing_a_create_is_not_resent(
         with pytest.raises(AmbiguousSubmissionError):
             await client.extend_video("vid-1", task_id="p-1")
     assert posts(gateway) == 1
+
+
+async def test_a_429_in_a_proxys_words_refuses_a_create_that_is_then_resent(
+    gateway: FakeKlingServer,
+) -> None:
+    """A 429 is a refusal whoever answers it (a proxy's rate limit sends nothing on): the
+    create is sent again once Retry-After has passed, and one task is made."""
+    clock = FakeClock()
+    gateway.faults.push(Fault.html(429, retry_after=3), method="POST")
+    async with client_for(gateway, clock=clock) as client:
+        task = await client.extend_video("vid-1", task_id="p-1")
+    assert task.id and posts(gateway) == 2
+    assert 3.0 in clock.sleeps  # Retry-After, waited on the fake clock
 
 
 @pytest.mark.parametrize(("status", "code"), [(500, 1302), (500, 1303), (503, 1302)])

@@ -93,7 +93,7 @@ def openai_error(status: int, message: str, error_type: str, code: str | None = 
     return _json_answer(status, {"error": error if code is None else {**error, "code": code}})
 
 
-def html_page(status: int) -> Answer:
+def html_page(status: int, retry_after: float | str | None = None) -> Answer:
     """The error page a reverse proxy (nginx) puts in front of a failing upstream."""
     try:
         reason = HTTPStatus(status).phrase
@@ -104,7 +104,8 @@ def html_page(status: int) -> Answer:
         f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
         f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
     )
-    return Answer(status, page.encode(), content_type="text/html")
+    headers = {} if retry_after is None else {"Retry-After": retry_after_text(retry_after)}
+    return Answer(status, page.encode(), content_type="text/html", headers=headers)
 
 
 def no_such_path(method: str, path: str, request_id: str) -> Answer:
@@ -116,7 +117,7 @@ def no_such_path(method: str, path: str, request_id: str) -> Answer:
 def fault_answer(fault: Fault, request_id: str) -> Answer:
     """The answer an answer-replacing fault gives instead of the real one."""
     if fault.name == "html":
-        return html_page(fault.http_status or 502)
+        return html_page(fault.http_status or 502, fault.retry_after)
     if fault.name == "gateway_error":
         return gateway_error(fault.http_status or 400, str(fault.code), fault.message or "")
     if fault.name == "openai_error":

@@ -84,9 +84,10 @@ class Fault:
         return cls("malformed")
 
     @classmethod
-    def html(cls, status: int = 502) -> Fault:
-        """A reverse proxy's HTML error page; nothing is done."""
-        return cls("html", http_status=status)
+    def html(cls, status: int = 502, retry_after: float | str | None = None) -> Fault:
+        """A reverse proxy's HTML error page (a ``Retry-After`` header when given); nothing
+        is done."""
+        return cls("html", http_status=status, retry_after=retry_after)
 
     @classmethod
     def gateway_error(
