@@ -31,7 +31,7 @@ from kling_async import (
 )
 from kling_async._clock import FakeClock
 from kling_async.journal import ClaimedElsewhereError, EntryState, JournalError, stored_request
-from kling_async.postgres import SCHEMA_VERSION, Coordination
+from kling_async.postgres import SCHEMA_VERSION, Coordination, SharedRateLimiter
 from kling_async.postgres.journal import _Turns
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
@@ -941,3 +941,10 @@ class _HintSink:
 
     def hint(self, task_id: str, status: str) -> None:
         self.hints.append((task_id, status))
+
+
+def test_a_shared_request_rate_must_be_positive() -> None:
+    """A shared rate of zero is refused, naming the setting; a positive one is kept."""
+    with pytest.raises(ValueError, match=r"^requests_per_second must be positive, not 0$"):
+        SharedRateLimiter(None, 0, clock=FakeClock())
+    assert SharedRateLimiter(None, 0.5, clock=FakeClock()).rate == 0.5
