@@ -168,7 +168,7 @@ class ListedReads:
             fields = log_fields(request_id=getattr(exc, "request_id", None))
             # A refusal in the API's own words (no such endpoint here, no permission) will be
             # given again: asking each round would only add a request to every poll.
-            self._refused = isinstance(exc, APIError) and not exc.retryable
+            self._refused = isinstance(exc, APIError) and exc.definitive and not exc.retryable
             later = "from now on" if self._refused else "this round"
             log.info(
                 "a list read failed; watchers read their tasks alone %s: %s",

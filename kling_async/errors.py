@@ -313,6 +313,19 @@ _BY_HTTP: Mapping[int, type[APIError]] = {
 }
 
 
+#: The error types of OpenAI-like gateways that refuse a request and map to no class above
+#: (the class then comes from the HTTP status).
+_REFUSAL_TYPES = frozenset({"invalid_request_error"})
+
+
+def _names_a_refusal(code: object) -> bool:
+    """Whether `code` is an error the API or a gateway is known to answer with: a refusal,
+    or a server error (5000-5002), which its class keeps from being re-sent."""
+    if isinstance(code, int):
+        return code in _BY_CODE
+    return code in _BY_GATEWAY_CODE or code in _REFUSAL_TYPES
+
+
 def _class_for(http_status: int, code: object) -> type[APIError]:
     if isinstance(code, int) and code in _BY_CODE:
         return _BY_CODE[code]
@@ -366,6 +379,10 @@ def error_from_answer(
         # A 429 refuses the request whoever wrote it (a proxy's rate limit processes nothing);
         # any other answer out of the API's own words may hide a task made behind it.
         fields["definitive"] = http_status == 429
+    if 200 <= http_status < 300 and not _names_a_refusal(fields.get("code")):
+        # Under a success status, only a code known to refuse says that nothing was made: an
+        # unknown one may be a gateway wrapping the failure of an upstream that made the task.
+        fields["definitive"] = False
     return _class_for(http_status, fields.get("code"))(message, retry_after=retry_after, **fields)
 
 

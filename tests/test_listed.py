@@ -14,7 +14,7 @@ from kling_async import KlingClient, PollPolicy, RetryPolicy, Task, TaskKind, Ta
 from kling_async._clock import SystemClock
 from kling_async._listed import ListedReads
 from kling_async._ratelimit import RateLimiter
-from kling_async.errors import InvalidRequestError, ServerError, WatchTimeoutError
+from kling_async.errors import APIError, InvalidRequestError, ServerError, WatchTimeoutError
 from kling_async.testing import FakeKlingServer
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +162,7 @@ async def test_a_failing_list_page_falls_back_to_single_reads() -> None:
     [
         (InvalidRequestError("no list here", code=1202, http_status=404), [1]),
         (ServerError("the list is down", code=5000, http_status=500), [1, 1, 1]),
+        (APIError("no idea", code="upstream_error", http_status=200, definitive=False), [1, 1, 1]),
     ],
 )
 async def test_a_list_endpoint_that_refuses_for_good_is_not_asked_again(

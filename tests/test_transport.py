@@ -326,6 +326,25 @@ async def test_a_gateway_error_object_under_a_200_is_its_error(
     assert caught.value.http_status == 200
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.openai_error(200, "upstream timed out", "upstream_error"),
+        Fault.http_error(200, 9999, "something went wrong upstream"),
+    ],
+)
+async def test_an_unknown_error_under_a_200_answering_a_create_is_not_resent(
+    gateway: FakeKlingServer, fault: Fault
+) -> None:
+    """An error the client does not know, under HTTP 200, may be a gateway wrapping an
+    upstream that made the task: the create is ambiguous, never sent again."""
+    gateway.faults.push(fault, method="POST")
+    async with client_for(gateway, retry=RetryPolicy(max_attempts=3)) as client:
+        with pytest.raises(AmbiguousSubmissionError):
+            await client.extend_video("vid-1", task_id="p-1")
+    assert posts(gateway) == 1
+
+
 async def test_an_error_page_in_another_encoding_is_still_read() -> None:
     """Bytes that are not UTF-8 in an error page become replacement marks, not a crash."""
     async with (
