@@ -91,6 +91,7 @@ class JournalEntry:
     `task` is the latest snapshot recorded, None while the task id is unknown; `error_type`
     and `error_message` describe a final outcome that was an error.
 
+    >>> from kling_async import VideoExtendRequest
     >>> request = VideoExtendRequest("v1")
     >>> JournalEntry("a", request, EntryState.INTENT, None, None, None, 0.0).state.value
     'intent'

@@ -61,6 +61,11 @@ __all__ = [
     "request_key",
 ]
 
+# Public here, defined beside the entry's stored form: named as this module's in tracebacks,
+# reprs and the docs, so no one is sent to a private module.
+for _public in (ClaimedElsewhereError, EntryState, JournalEntry, JournalError):
+    _public.__module__ = __name__
+
 
 _SELECT = (
     "SELECT key, request, state, task_raw, task_kind, error_type, error_message, updated_at "

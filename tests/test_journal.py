@@ -136,6 +136,14 @@ def set_user_version(path: Path, version: int) -> None:
     db.close()
 
 
+def test_the_journals_public_names_are_shown_as_its_own() -> None:
+    """Tracebacks, reprs and the docs name `kling_async.journal`, never a private module."""
+    import kling_async.journal as journal
+
+    for name in ("ClaimedElsewhereError", "EntryState", "JournalEntry", "JournalError"):
+        assert getattr(journal, name).__module__ == "kling_async.journal"
+
+
 async def test_new_journal_is_created_empty(tmp_path: Path) -> None:
     """Opening a path that does not exist creates an empty journal there."""
     async with Journal(tmp_path / "j.db") as journal:
