@@ -653,13 +653,12 @@ class _Run:
 
     def _backoff(self, refusals: int, exc: Exception) -> float:
         retry_after = exc.retry_after if isinstance(exc, APIError) else None
+        if retry_after is not None:  # the server's word, within the policy's patience
+            retry_after = min(retry_after, self.retry.max_retry_after)
         limited = isinstance(exc, RateLimitError)
         delay = self.retry.delay(
-            refusals, self.rng.random(), retry_after=None, rate_limited=limited
+            refusals, self.rng.random(), retry_after=retry_after, rate_limited=limited
         )
-        if retry_after is not None:  # the server's word, within the policy's patience and floor
-            floor = self.retry.rate_limit_floor if limited else 0.0
-            return max(min(retry_after, self.retry.max_retry_after), floor)
         return delay if delay is not None else self.retry.max_delay
 
     def _retry_hook(self, request: CreateRequest) -> RetryHook:
