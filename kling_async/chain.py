@@ -153,7 +153,13 @@ def run_chains(
     on_event: Callable[[ChainEvent], object] | None = None,
 ) -> AsyncGenerator[ChainOutcome, None]:
     """Every chain checked (nothing is sent if one is wrong), then all run as one batch."""
-    checked = [check_chain(request, backend, lengths) for request in requests]
+    checked = []
+    for request in requests:
+        try:
+            checked.append(check_chain(request, backend, lengths))
+        except InvalidArgumentError as exc:  # refused before anything was sent: traced too
+            backend.telemetry.chain(request.video_id).ended(0, None, exc)
+            raise
     run = ChainRun(
         backend,
         checked,

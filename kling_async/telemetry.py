@@ -15,9 +15,10 @@ answered, is retried; a watch steps and ends; a batch runs). Without OpenTelemet
 - metrics: ``kling.client.requests`` (by endpoint and outcome), ``kling.client.retries`` (by
   reason), ``kling.tasks.in_flight`` and ``kling.task.reads`` / ``kling.task.duration`` (by
   kind and final status), ``kling.callbacks`` (by outcome and reason),
-  ``kling.download.bytes``, ``kling.slots.held`` (slots of batches' caps held by tasks in
-  flight) and ``kling.slot.wait`` (how long a create waited for a slot of a batch's cap,
-  or of the account's parallel-task quota shared over a database), by ``kling.slot.scope``.
+  ``kling.download.bytes``, ``kling.slots.held`` (slots of batches' caps, and of the
+  account's quota shared over a database, held by this process's tasks in flight) and
+  ``kling.slot.wait`` (how long a create waited for a slot of a batch's cap, or of the
+  account's quota), by ``kling.slot.scope``.
 
 Until a provider is given or the application sets a global one, nothing is built: a client
 on OpenTelemetry's placeholder providers costs what a client without it costs. The module
@@ -130,7 +131,8 @@ class _ChainTrace:
 
     def ended(self, steps: int, duration: float | None, error: BaseException | None) -> None:
         """The chain ended (or was left): after `steps` steps, with a video of `duration`
-        seconds, or with `error` (why its last step failed)."""
+        seconds, or with `error` (why its last step failed, or why it was refused before
+        its first)."""
 
 
 class _SlotTrace:
@@ -139,14 +141,15 @@ class _SlotTrace:
 
     __slots__ = ()
 
-    def taken(self, waited: float) -> None:
-        """A slot was taken, `waited` seconds after it was asked for."""
+    def taken(self, waited: float | None) -> None:
+        """A slot was taken, `waited` seconds after it was asked for (None: found held, as
+        by a task taken over from another process, and not waited for)."""
 
     def given_back(self) -> None:
         """A slot taken before was given back."""
 
     def waited(self, seconds: float) -> None:
-        """A slot was waited for `seconds` (of a scope whose holding is counted elsewhere)."""
+        """A slot already counted held was waited for `seconds` (its intent asked again)."""
 
 
 _NULL = nullcontext()
@@ -649,13 +652,18 @@ class _Chain(_ChainTrace):
 
     def ended(self, steps: int, duration: float | None, error: BaseException | None) -> None:
         span, self._span = self._span, None
-        if span is None:  # no step of it ran in this batch, or it ended already
-            return
+        if span is None:
+            if error is None:  # no step of it ran in this batch, or it ended already
+                return
+            # Refused before its first step (a source too old, a request refused before
+            # anything was sent): a span of its own all the same, ended at once.
+            span = self._owner.tracer.start_span("kling.chain", attributes=self._attributes)
         span.set_attribute("kling.chain.steps", steps)
         if duration is not None:
             span.set_attribute("kling.chain.duration", duration)
         if error is not None:
             span.set_attributes(_error_attributes(error))
+            span.record_exception(error)
             span.set_status(self._owner.error_status, type(error).__name__)
         span.end()
 
@@ -669,9 +677,10 @@ class _Slots(_SlotTrace):
         self._owner = owner
         self._attributes = {"kling.slot.scope": scope}
 
-    def taken(self, waited: float) -> None:
+    def taken(self, waited: float | None) -> None:
         self._owner.held.add(1, self._attributes)
-        self._owner.slot_waits.record(waited, self._attributes)
+        if waited is not None:
+            self._owner.slot_waits.record(waited, self._attributes)
 
     def given_back(self) -> None:
         self._owner.held.add(-1, self._attributes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,17 @@ from kling_async import (
     CallbackReceiver,
     ChainError,
     ChainRequest,
+    InvalidArgumentError,
     KlingClient,
     PollPolicy,
     RetryPolicy,
+    Task,
+    TaskKind,
+    TaskStatus,
     Telemetry,
     VideoExtendRequest,
 )
+from kling_async.postgres import Coordination
 from kling_async.telemetry import NO_TELEMETRY
 from kling_async.testing import Durations, FakeKlingServer, Fault
 
@@ -478,6 +484,58 @@ async def test_a_failed_chain_span_names_its_steps_failure(recorded: Recorded) -
     assert span.status.status_code is StatusCode.ERROR
 
 
+def is_exception_event_of(span: ReadableSpan, error: BaseException) -> bool:
+    """Whether `span`'s only event is the exception event of `error`."""
+    (event,) = span.events
+    attributes = dict(event.attributes or {})
+    kind = f"{type(error).__module__}.{type(error).__qualname__}"
+    return event.name == "exception" and (
+        attributes["exception.type"],
+        attributes["exception.message"],
+    ) == (kind, str(error))
+
+
+async def test_a_chain_whose_source_is_too_old_has_a_span_of_its_refusal(
+    recorded: Recorded,
+) -> None:
+    """A chain stopped before step 1 (its source past 30 days): a span all the same, in
+    error, with the refusal as its exception."""
+    then = time.time() - 31 * 86400
+    server = FakeKlingServer(api_key=KEY, wall_clock=lambda: then)
+    async with server, recorded.client(server) as client:
+        source = await client.watch(await client.text_to_video("a harbour", duration=5))
+        chain = ChainRequest(source.videos[0].id, task_id=source.id, steps=2)
+        (outcome,) = [o async for o in client.chain_many([chain])]
+    assert outcome.error is not None and outcome.error.step == 1
+
+    (span,) = [s for s in recorded.spans() if s.name == "kling.chain"]
+    assert dict(span.attributes or {}) == {
+        "kling.video_id": source.videos[0].id,
+        "kling.chain.steps": 0,
+        "error.type": "ChainError",
+    }
+    assert span.status.status_code is StatusCode.ERROR
+    assert is_exception_event_of(span, outcome.error)
+
+
+async def test_a_chain_refused_before_anything_is_sent_has_a_span(recorded: Recorded) -> None:
+    """A chain refused by the checks made before anything is sent: a span in error."""
+    server = FakeKlingServer(api_key=KEY, durations=FAST_TASKS)
+    async with server, recorded.client(server) as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            client.chain_many([ChainRequest("vid-0", task_id="parent-0")])  # how far: unsaid
+    assert server.record.create_count == 0
+
+    (span,) = [s for s in recorded.spans() if s.name == "kling.chain"]
+    assert dict(span.attributes or {}) == {
+        "kling.video_id": "vid-0",
+        "kling.chain.steps": 0,
+        "error.type": "InvalidArgumentError",
+    }
+    assert span.status.status_code is StatusCode.ERROR
+    assert is_exception_event_of(span, caught.value)
+
+
 async def test_slots_of_the_batch_cap_are_counted_held_and_waited_for(
     recorded: Recorded,
 ) -> None:
@@ -502,20 +560,86 @@ async def test_slots_of_the_batch_cap_are_counted_held_and_waited_for(
     assert waits.count == 4 and waits.min == 0 and waits.max > 0
 
 
-async def test_waits_for_the_accounts_slots_are_recorded(
+async def test_the_accounts_slots_are_counted_held_and_waited_for(
     recorded: Recorded, database_url: str
 ) -> None:
     """With the account's quota shared over a database at one task, the second of two
-    creates waits for the first task's slot: a wait of the account's scope."""
+    creates waits for the first task's slot: a wait of the account's scope. Each task in
+    flight holds the account's one slot, given back when it ends."""
+    held: list[int] = []
+
+    def look(event: BatchEvent) -> None:
+        if event.kind is BatchEventKind.SUBMITTED:
+            held.append(recorded.sums("kling.slots.held", "kling.slot.scope")[("account",)])
+
     items = [VideoExtendRequest(f"vid-{i}", task_id=f"parent-{i}") for i in range(2)]
     async with FakeKlingServer(api_key=KEY, durations=FAST_TASKS) as server:
         client = recorded.client(server, database_url=database_url, parallel_tasks=1)
         async with client:
-            outcomes = [o async for o in client.extend_many(items, concurrency=2)]
+            outcomes = [o async for o in client.extend_many(items, concurrency=2, on_event=look)]
     assert all(o.ok for o in outcomes)
+    assert held == [1, 1]
+    assert recorded.sums("kling.slots.held", "kling.slot.scope") == {
+        ("batch",): 0,
+        ("account",): 0,
+    }
     waits = {
         dict(point.attributes)["kling.slot.scope"]: point
         for point in recorded.points("kling.slot.wait")
     }
     assert waits["account"].count == 2
     assert waits["account"].min == 0 and waits["account"].max > 0
+
+
+async def test_the_account_slot_of_a_create_that_made_nothing_is_given_back(
+    recorded: Recorded, database_url: str
+) -> None:
+    """A create refused in the server's own words made nothing: its entry is forgotten and
+    the account's slot it held is counted free again."""
+    server = FakeKlingServer(api_key=KEY, durations=FAST_TASKS)
+    server.faults.push(Fault.http_error(400, 1201, "bad parameter"), method="POST")
+    async with server:
+        client = recorded.client(server, database_url=database_url, parallel_tasks=1)
+        async with client:
+            item = VideoExtendRequest("vid-0", task_id="parent-0")
+            outcomes = []
+            async for outcome in client.extend_many([item]):
+                outcomes.append(outcome)
+                held = recorded.sums("kling.slots.held", "kling.slot.scope")  # still running
+    assert not outcomes[0].ok and server.record.create_count == 0
+    assert held[("account",)] == 0
+
+
+async def test_a_running_task_taken_over_or_reopened_counts_its_account_slot_held(
+    recorded: Recorded, database_url: str
+) -> None:
+    """A process that takes over another's running task, or reopens a finished entry whose
+    task still runs, holds that task's account slot: counted held, not as a wait, until
+    its outcome frees it."""
+    request = VideoExtendRequest("vid-0", task_id="parent-0")
+    running = Task("t-1", TaskKind.VIDEO_EXTEND, TaskStatus.PROCESSING)
+    done = Task("t-1", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED)
+
+    def held() -> int:
+        return recorded.sums("kling.slots.held", "kling.slot.scope").get(("account",), 0)
+
+    async with (
+        Coordination(database_url, account="acct", parallel_tasks=3) as first,
+        Coordination(database_url, account="acct") as second,
+    ):
+        second.telemetry = Telemetry(meter_provider=recorded.meter_provider)
+        gone, adopter = first.journal("ns"), second.journal("ns")
+        await gone.record_intent("k", request)
+        await gone.record_task("k", running)
+        await gone.close()  # its lease given up: the key is free to take, its task runs on
+        await adopter.claim("k", await adopter.entry("k"))
+        assert held() == 1
+        await adopter.record_outcome("k", running, TimeoutError("watched too long"))
+        assert held() == 0
+        await adopter.claim("k", await adopter.entry("k"))
+        assert held() == 0  # a finished entry holds no slot until reopened
+        await adopter.reopen("k")
+        assert held() == 1
+        await adopter.record_outcome("k", done, None)
+        assert held() == 0
+    assert recorded.points("kling.slot.wait") == []

@@ -47,7 +47,7 @@ from ..journal import (
     task_snapshot,
 )
 from ..models import CreateRequest, Task
-from ..telemetry import log_fields
+from ..telemetry import _SlotTrace, log_fields
 
 __all__ = ["PostgresJournal"]
 
@@ -128,6 +128,8 @@ class PostgresJournal:
         self._queued: dict[str, anyio.Event] = {}
         self._asking = _Turns()
         self._epochs: dict[str, int] = {}  # the account window's epoch as each slot was asked
+        # The keys whose account slot this process took, with where each is counted held.
+        self._holding: dict[str, _SlotTrace] = {}
 
     def __repr__(self) -> str:
         return f"<PostgresJournal {self.where}>"
@@ -146,6 +148,8 @@ class PostgresJournal:
                     self.owner,
                 )
             self._fences.clear()
+            for key in list(self._holding):  # the process that adopts a key holds its slot
+                self._given_back(key)
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -188,7 +192,7 @@ class PostgresJournal:
             f"lease_until = clock_timestamp() + make_interval(secs => $4) "
             f"WHERE namespace = $1 AND key = $2 "
             f"AND (owner IS NULL OR owner = $3 OR lease_until < clock_timestamp()) "
-            f"RETURNING {_COLUMNS}",
+            f"RETURNING {_COLUMNS}, holds_slot",
             self.namespace,
             key,
             self.owner,
@@ -203,6 +207,8 @@ class PostgresJournal:
                 raise self._elsewhere(key)
             return None
         self._fences[key] = row["fence"]
+        if row["holds_slot"]:  # a task still running, taken over with its slot
+            self._taken_slot(key, None)
         return self._entry(row)
 
     async def hold(self) -> None:
@@ -307,6 +313,7 @@ class PostgresJournal:
 
     def _elsewhere(self, key: str) -> ClaimedElsewhereError:
         self._fences.pop(key, None)
+        self._given_back(key)
         return ClaimedElsewhereError(
             self.where,
             f"Key {key!r} of {self.where} is held by another process; it is left to that "
@@ -333,16 +340,33 @@ class PostgresJournal:
                     await granted.wait()
                 queued = not granted.is_set() and await self._intent(key, request, slot)
             if slot:
-                waited = 0.0 if asked is None else time.monotonic() - asked
-                self._co.telemetry.slots("account").waited(waited)
+                self._taken_slot(key, 0.0 if asked is None else time.monotonic() - asked)
         except BaseException:
             if recorded:
                 with anyio.CancelScope(shield=True):
                     await self._co.fetchval("SELECT kling_forget($1, $2, $3)", *self._own(key))
                 self._fences.pop(key, None)
+                self._given_back(key)
             raise
         finally:
             self._queued.pop(key, None)
+
+    def _taken_slot(self, key: str, waited: float | None) -> None:
+        """`key` holds an account slot, got `waited` seconds after it was asked for (None:
+        found held); counted held once, however often its intent is recorded."""
+        trace = self._holding.get(key)
+        if trace is not None:
+            if waited is not None:
+                trace.waited(waited)
+        else:
+            trace = self._holding[key] = self._co.telemetry.slots("account")
+            trace.taken(waited)
+
+    def _given_back(self, key: str) -> None:
+        """`key`'s account slot is no longer this process's: freed, or its key left."""
+        trace = self._holding.pop(key, None)
+        if trace is not None:
+            trace.given_back()
 
     async def _intent(self, key: str, request: CreateRequest, slot: bool) -> bool:
         """One try of `kling_intent`; whether the intent is queued.
@@ -449,6 +473,7 @@ class PostgresJournal:
         )
         if not updated:
             await self._explain(key, task)
+        self._given_back(key)
 
     def _duration_note(self, task: Task | None) -> str | None:
         """What the other processes learn from `task`'s end: its kind and duration."""
@@ -461,23 +486,26 @@ class PostgresJournal:
 
     async def reopen(self, key: str) -> None:
         """A finished entry back to INTENT or SUBMITTED; a running task holds a slot again."""
-        await self._co.execute(
+        holds = await self._co.fetchval(
             "UPDATE kling_entry SET state = CASE WHEN task_id IS NULL THEN 'intent' "
             "ELSE 'submitted' END, error_type = NULL, error_message = NULL, updated_at = $4, "
             "holds_slot = task_id IS NOT NULL AND task_status NOT IN ('succeed', 'failed'), "
             "owner = $5, lease_until = clock_timestamp() + make_interval(secs => $6) "
-            f"WHERE {_OWN} AND state = 'finished'",
+            f"WHERE {_OWN} AND state = 'finished' RETURNING holds_slot",
             *self._own(key),
             self._co.clock.time(),
             self.owner,
             self._co.lease,
         )
+        if holds:
+            self._taken_slot(key, None)
 
     async def forget(self, key: str) -> None:
         """Remove `key`'s entry (a create that surely made nothing), freeing its slot."""
         deleted = await self._co.fetchval("SELECT kling_forget($1, $2, $3)", *self._own(key))
         if deleted:
             self._fences.pop(key, None)
+            self._given_back(key)
             return
         row = await self._co.fetchrow(
             "SELECT task_id, fence, state FROM kling_entry WHERE namespace = $1 AND key = $2",
