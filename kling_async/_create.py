@@ -29,6 +29,7 @@ from .callbacks import CallbackReceiver
 from .errors import (
     AmbiguousSubmissionError,
     APIError,
+    ConfigurationError,
     InvalidArgumentError,
     InvalidRequestError,
     NotFoundError,
@@ -152,7 +153,7 @@ class Creator:
                 task = await (self.find_created(request) if resent else self._settle(request))
         except AmbiguousSubmissionError:
             raise AmbiguousSubmissionError(request, str(exc)) from exc
-        except (APIError, TransportError) as lookup_error:
+        except (APIError, TransportError, ConfigurationError) as lookup_error:
             reason = f"{exc} Looking it up by external id failed too: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from exc
         if task is not None:
@@ -188,7 +189,7 @@ class Creator:
         try:
             with self._told_if_cancelled(request, refusal):
                 task = await self.find_created(request)
-        except (APIError, TransportError) as lookup_error:
+        except (APIError, TransportError, ConfigurationError) as lookup_error:
             reason = f"{refusal} Looking the task up by external id failed: {lookup_error}"
             raise AmbiguousSubmissionError(request, reason) from refusal
         if task is None:

@@ -129,6 +129,8 @@ class Transport:
     # The secrets as bytes, to find one quoted back in a successful answer (made with the
     # headers, when the credential's value changes).
     _quotable: tuple[bytes, ...] = attrs.field(default=(), init=False, repr=False)
+    # Creates sent and not yet answered: closing waits for them (see `close`).
+    _in_flight: set[asyncio.Future[Any]] = attrs.field(factory=set, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # sock_connect makes a connect-phase timeout distinguishable: nothing was sent then.
@@ -148,8 +150,15 @@ class Transport:
         return self._session
 
     async def close(self) -> None:
-        """Close the session if this transport made it; later requests are refused."""
+        """Close the session if this transport made it; later requests are refused.
+
+        Creates already sent run to their answers first (each within the request timeout):
+        closing the session under them would lose the answer of a task that may be paid for.
+        """
         self.closed = True
+        if self._in_flight:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(set(self._in_flight))
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -200,7 +209,7 @@ class Transport:
                 try:
                     if not resend_safe:
                         exchange = self._attempt(method, path, body, params, trace)
-                        data = await _to_the_answer(exchange, on_abandoned)
+                        data = await _to_the_answer(exchange, on_abandoned, self._in_flight)
                     else:
                         # The exchange is written out here rather than in a helper coroutine: this
                         # is the path of every poll, and each coroutine layer costs every
@@ -389,16 +398,23 @@ class Transport:
         return _BEARER.sub(r"\1<hidden>", text)
 
 
-async def _to_the_answer(attempt: Coroutine[Any, Any, Any], on_abandoned: Abandoned | None) -> Any:
+async def _to_the_answer(
+    attempt: Coroutine[Any, Any, Any],
+    on_abandoned: Abandoned | None,
+    in_flight: set[asyncio.Future[Any]],
+) -> Any:
     """Await `attempt` to its end, even when the caller is cancelled meanwhile.
 
     Cut short, a create may still make its (paid) task with nobody to hear of it, so the
     attempt runs in a task of its own that the caller's cancellation does not reach, whether
     it comes from an anyio cancel scope or from ``asyncio.Task.cancel()``. The caller waits
     for it in every case (the request timeout bounds that wait); when it was cancelled
-    meanwhile, the answer goes to `on_abandoned` and the cancellation is raised.
+    meanwhile, the answer goes to `on_abandoned` and the cancellation is raised. The attempt
+    is in `in_flight` until it ends.
     """
     running = asyncio.ensure_future(attempt)
+    in_flight.add(running)
+    running.add_done_callback(in_flight.discard)
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:

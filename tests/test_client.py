@@ -504,6 +504,30 @@ async def test_a_lookup_answered_with_another_requests_task_is_not_adopted() -> 
     assert len(posts) == 1
 
 
+@pytest.mark.parametrize("dialect", ["gateway", "official"])
+async def test_closing_the_client_waits_for_a_create_in_flight(dialect: str) -> None:
+    """The client is closed (an app shutting down) while a create of another task of the
+    app is in flight: its answer still comes, and the task it names is handed over, instead
+    of the connection being closed under it (an ambiguous create, or on the official API a
+    look-up refused because the client is closed)."""
+    loop = asyncio.get_running_loop()
+    arguments = {"task_id": "p-1"} if dialect == "gateway" else {}
+
+    async def release_once_all_wait(server: FakeKlingServer) -> None:
+        await anyio.wait_all_tasks_blocked()  # the client is closing by then
+        server.release_held()
+
+    async with FakeKlingServer(dialect=dialect, api_key=KEY) as server:
+        server.faults.push(Fault.hold_answer(), method="POST")
+        async with KlingClient(api_key=KEY, base_url=server.url, dialect=dialect) as client:
+            creating = loop.create_task(client.extend_video("vid-1", **arguments))
+            await server.held()
+            releasing = loop.create_task(release_once_all_wait(server))
+        task = await creating
+        await releasing
+        assert [task.id] == server.record.created
+
+
 async def test_a_cancelled_new_video_create_is_handed_over_too(gateway: FakeKlingServer) -> None:
     """Every create takes the one path: a text-to-video task made for a cancelled caller is
     an orphan like an extension."""
