@@ -17,7 +17,7 @@ from aiohttp import web
 from helpers import FakeResolver, serve
 from yarl import URL
 
-from kling_async import RetryPolicy
+from kling_async import InvalidArgumentError, RetryPolicy
 from kling_async._addresses import AddressRules
 from kling_async._clock import FakeClock
 from kling_async.download import (
@@ -595,6 +595,14 @@ async def test_a_file_past_max_bytes_is_refused_before_it_fills_the_disk(
             await fetch(session, f"{base}/v.mp4", tmp_path / "v.mp4", clock, max_bytes=2**20)
     assert leftovers(tmp_path) == []
     assert clock.sleeps == []  # refused for good: never tried again
+
+
+async def test_a_negative_max_bytes_is_refused_before_any_request(
+    session: aiohttp.ClientSession, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A negative bound is a mistake in the call, told before anything is fetched."""
+    with pytest.raises(InvalidArgumentError, match="max_bytes cannot be negative, not -1"):
+        await fetch(session, "http://127.0.0.1:9/v.mp4", tmp_path / "v.mp4", clock, max_bytes=-1)
 
 
 async def test_a_file_of_exactly_max_bytes_is_kept(
