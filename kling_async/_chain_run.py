@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from contextlib import AbstractContextManager, aclosing
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol
 
 import anyio
@@ -222,6 +223,9 @@ class ChainRun:
         state.record(outcome.task)
         if state.step > 0:
             self.lengths.observe(before, state.chain.duration)
+            unmeasured = _unmeasured(state.request.until, before, state.chain)
+            if unmeasured is not None:
+                return self._failed(state, unmeasured, None)
         if state.finished():
             return ChainOutcome(state.request, state.chain)
         video = state.chain.video
@@ -287,6 +291,22 @@ class ChainRun:
         if task is not None and task.created_at is not None and not task.is_terminal:
             left -= min(expected, max(0.0, self.backend.now() - task.created_at.timestamp()))
         return max(0.0, left)
+
+
+def _unmeasured(until: Decimal | None, before: Decimal | None, chain: Chain) -> str | None:
+    """Why a chain grown `until` a length cannot tell whether its last step reached it: the
+    video's length is missing, or did not grow (the server reports something else than the
+    whole video's). Going on would pay for step after step until the API refuses at 3
+    minutes; None when the length can be told."""
+    after = chain.duration
+    if until is None or (after is not None and (before is None or after > before)):
+        return None
+    task = chain.tasks[-1]
+    said = "gives no length" if after is None else f"is {after} s long, not longer than {before} s"
+    return (
+        f"the video of task {task.id} {said}, so whether the chain reached {until} s cannot "
+        "be told; it was stopped rather than pay for steps it may not need"
+    )
 
 
 def _seconds(chain: Chain) -> float | None:

@@ -15,7 +15,8 @@ import anyio
 import anyio.lowlevel
 import attrs
 import pytest
-from helpers import client_of
+from aiohttp import web
+from helpers import QUICK, client_of, serve
 
 from kling_async import (
     BatchEvent,
@@ -168,6 +169,45 @@ async def test_a_failed_step_keeps_the_earlier_steps(gateway: FakeKlingServer) -
     assert error.chain.video == error.chain.tasks[1].videos[0]
     assert "Step 3" in str(error) and error.chain.video.id in str(error)
     assert gateway.record.create_count == 2
+
+
+class LengthlessGateway:
+    """A gateway whose result videos give no length (`length` None) or the length of the
+    new segment only (`length` "5.0") instead of the whole video's; tasks succeed at once."""
+
+    def __init__(self, length: str | None) -> None:
+        self.length = length
+        self.creates = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            self.creates += 1
+            data: dict[str, Any] = {"task_id": f"t-{self.creates}", "task_status": "submitted"}
+        else:
+            task_id = request.path.rsplit("/", 1)[-1]
+            video = {"id": f"video-of-{task_id}", "url": f"https://cdn.example/{task_id}.mp4"}
+            if self.length is not None:
+                video["duration"] = self.length
+            result = {"videos": [video]}
+            data = {"task_id": task_id, "task_status": "succeed", "task_result": result}
+        return web.json_response({"code": 0, "message": "SUCCEED", "data": data})
+
+
+@pytest.mark.parametrize(("length", "steps"), [(None, 1), ("5.0", 2)])
+async def test_a_chain_until_a_length_the_server_does_not_tell_stops(
+    length: str | None, steps: int
+) -> None:
+    """A chain grown until 30 s whose videos give no length, or one that does not grow: it
+    cannot tell when it is done, so it stops with a ChainError instead of paying for step
+    after step until the API refuses at 3 minutes."""
+    gateway = LengthlessGateway(length)
+    async with serve({"/{path:.*}": gateway.handle}) as url:
+        client = KlingClient(api_key=KEY, base_url=url, dialect="gateway", poll=QUICK)
+        async with client:
+            with anyio.fail_after(10), pytest.raises(ChainError, match="cannot be told") as caught:
+                await client.extend_chain("v-0", task_id="t-0", until=30)
+    assert gateway.creates == steps
+    assert len(caught.value.chain.tasks) == steps
 
 
 async def test_fifty_chains_never_exceed_the_cap(gateway: FakeKlingServer) -> None:
