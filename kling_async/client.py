@@ -411,7 +411,12 @@ class KlingClient:
             self._keyed = self.coordination.journal(self.namespace)  # type: ignore[union-attr]
             tasks.start_soon(self._keyed.hold)  # its claims live as long as the client
         return await submit_once(
-            self._keyed, key, self.prepare(request), submit=self.submit, find=self.find_created
+            self._keyed,
+            key,
+            self.prepare(request),
+            submit=self.submit,
+            find=self.find_created,
+            orphans=self.orphaned_tasks,
         )
 
     async def text_to_video(

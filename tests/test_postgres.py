@@ -795,6 +795,140 @@ async def test_a_key_whose_holder_died_mid_create_is_found_by_its_external_id(
         assert found.id == made.id and server.record.create_count == 1
 
 
+async def test_a_key_whose_submission_was_cancelled_mid_create_goes_to_the_next_asker(
+    database_url: str,
+) -> None:
+    """A's keyed extension is cancelled while its create is in flight (a web request
+    dropped): the task the create made is journaled under the key all the same, so B, asking
+    for the key while A's client lives on and renews its lease, gets that task at once."""
+    async with (
+        FakeKlingServer(api_key=KEY, durations=FAST) as server,
+        client_for(server, database_url) as a,
+        client_for(server, database_url) as b,
+    ):
+        server.faults.push(Fault.hold_answer(), method="POST")
+        with anyio.fail_after(20):  # B would wait for A's client to close: fail instead
+            async with anyio.create_task_group() as group:
+
+                async def dropped() -> None:
+                    await a.extend_video("vid-1", task_id="p-1", key="order-3")
+
+                group.start_soon(dropped)
+                await server.held()
+                group.cancel_scope.cancel()
+                server.release_held()
+            again = await b.extend_video("vid-1", task_id="p-1", key="order-3")
+        assert [again.id] == server.record.created
+        assert [orphan.task.id for orphan in a.orphaned_tasks] == [again.id]
+
+
+async def test_a_keyed_submission_once_recorded_holds_no_lease(database_url: str) -> None:
+    """Each keyed task, once journaled, is given up by its process: the lease tick of a
+    client that submitted many renews none of them, and no key stays under a live lease (a
+    schema upgrade is not held off by an idle replica)."""
+    async with (
+        FakeKlingServer(api_key=KEY, durations=FAST) as server,
+        client_for(server, database_url) as a,
+    ):
+        assert a.coordination is not None
+        for n in range(5):
+            await a.extend_video("vid-1", task_id="p-1", key=f"order-{n}")
+        live = "SELECT count(*) FROM kling_entry WHERE lease_until > clock_timestamp()"
+        assert await sql(database_url, live) == 0
+        assert (
+            await sql(database_url, "SELECT count(*) FROM kling_entry WHERE owner IS NOT NULL") == 0
+        )
+        again = await a.extend_video("vid-1", task_id="p-1", key="order-0")
+        assert again.id == server.record.created[0] and server.record.create_count == 5
+
+
+async def test_a_key_adopted_from_a_dead_holder_wakes_the_other_waiters(
+    database_url: str,
+) -> None:
+    """The holder died mid-create; B and C ask for its key at once. One of them adopts it
+    (its look-up slow to answer) and records the task it found: the other, waiting for the
+    key under the adopter's live lease, is woken by the adopter's notice and gets the task."""
+    async with FakeKlingServer(dialect="official", api_key=KEY, durations=FAST) as server:
+        async with (
+            client_for(server, database_url) as dead,
+            client_for(server, database_url) as b,
+            client_for(server, database_url) as c,
+        ):
+            request = dead.prepare(VideoExtendRequest("vid-1", key="order-11"))
+            assert dead.coordination is not None
+            await dead.coordination.journal("default").record_intent(
+                "order-11", request, slot=False
+            )
+            made = await dead.submit(request)  # sent; its answer never journaled
+            await expire_leases(database_url)
+            server.faults.push(Fault.delay(1.0), method="GET")  # the adopter's look-up
+            found: list[Task] = []
+
+            async def ask(client: KlingClient) -> None:
+                assert client.coordination is not None
+                client.coordination.recheck = 3600.0
+                found.append(await client.extend_video("vid-1", key="order-11"))
+
+            with anyio.fail_after(20):  # the other waiter would sleep out the lease
+                async with anyio.create_task_group() as group:
+                    group.start_soon(ask, b)
+                    group.start_soon(ask, c)
+        assert [task.id for task in found] == [made.id, made.id]
+        assert server.record.create_count == 1
+
+
+async def test_a_duration_is_learned_only_by_its_accounts_processes_and_only_once_journaled(
+    database_url: str,
+) -> None:
+    """B runs for the account, C for another account in the same schema, and A ends three
+    tasks: one for the other account, one whose write is fenced out (the key was taken over
+    meanwhile: nothing is journaled, so nothing is told), then one of B's account. B learns
+    that last duration alone, C the other account's alone."""
+    async with (
+        coordination(database_url) as a,
+        coordination(database_url, account="other") as other,
+        coordination(database_url) as b,
+        coordination(database_url, account="other") as c,
+    ):
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+
+        def ended(seconds: float) -> Task:
+            return Task(
+                "t-1", TaskKind.VIDEO_EXTEND, TaskStatus.SUCCEED,
+                created_at=start, updated_at=start + timedelta(seconds=seconds),
+            )  # fmt: skip
+
+        elsewhere = other.journal("ns2")
+        await elsewhere.record_intent("k", REQUEST)
+        await elsewhere.record_outcome("k", ended(5.0), None)
+        fenced, heir = a.journal("ns"), b.journal("ns")
+        await fenced.record_intent("k", REQUEST)
+        await expire_leases(database_url)
+        assert await heir.claim("k", await heir.entry("k")) is not None
+        with pytest.raises(ClaimedElsewhereError):
+            await fenced.record_outcome("k", ended(7.0), None)
+        mine = a.journal("ns3")
+        await mine.record_intent("k", REQUEST)
+        await mine.record_outcome("k", ended(42.0), None)
+
+        async def heard() -> bool:
+            return TaskKind.VIDEO_EXTEND in b.completion and TaskKind.VIDEO_EXTEND in c.completion
+
+        await mine.record_intent("k2", REQUEST)  # a later notice, heard after all the others
+        await mine.record_outcome("k2", ended(43.0), None)
+        with anyio.fail_after(30):  # a guard against a hang, not a measure
+            await until(heard)
+            await until(lambda: _learned(b, 43.0))
+        assert len(b.completion[TaskKind.VIDEO_EXTEND]) == 2  # 42 and 43, not the fenced 7
+        assert b.completion[TaskKind.VIDEO_EXTEND].quantile(0.0) == 42.0
+        assert len(c.completion[TaskKind.VIDEO_EXTEND]) == 1
+        assert c.completion[TaskKind.VIDEO_EXTEND].quantile(0.5) == 5.0
+
+
+async def _learned(co: Coordination, longest: float) -> bool:
+    return co.completion[TaskKind.VIDEO_EXTEND].quantile(1.0) == longest
+
+
 # --- callbacks between processes ------------------------------------------------------------
 
 TOKEN = "shared-token-of-the-replicas"

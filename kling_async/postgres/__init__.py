@@ -211,10 +211,10 @@ class Coordination:
         """Another process saw a task end: its duration joins what this one learned, so every
         process polls near the end of its tasks as soon as any few tasks of the account ended
         (each learning alone, a process running a W-th of the account's tasks polls blind W
-        times longer)."""
-        origin, _, rest = str(payload).partition(" ")
-        kind, _, seconds = rest.partition(" ")
-        if origin == self.origin:
+        times longer). Only the durations of this process's account count: other accounts
+        may share the schema, with other plans and loads."""
+        origin, kind, seconds, account = [*str(payload).split(" ", 3), "", "", ""][:4]
+        if origin == self.origin or account != self.account:
             return
         try:
             learned = self.completion.setdefault(TaskKind(kind), CompletionTimes())

@@ -211,6 +211,30 @@ class PostgresJournal:
             self._taken_slot(key, None)
         return self._entry(row)
 
+    async def let_go(self, key: str) -> None:
+        """Give up this process's claim of `key` (its task recorded, or its submission given
+        up): its lease is renewed no more, and another process may take the key over at
+        once. A release that cannot be sent is let go: the lease runs out by itself."""
+        fence = self._fences.pop(key, None)
+        if fence is None:
+            return
+        try:
+            await self._co.execute(
+                "UPDATE kling_entry SET owner = NULL, lease_until = NULL "
+                f"WHERE {_OWN} AND owner = $4",
+                self.namespace,
+                key,
+                fence,
+                self.owner,
+            )
+        except JournalError as exc:
+            log.info(
+                "could not give up key %r (%s); its lease runs out by itself",
+                key,
+                exc,
+                extra=log_fields(request_key=key),
+            )
+
     async def hold(self) -> None:
         """Until cancelled, one statement a tick: renew this journal's leases, learn which of
         its queued keys got a slot (a NOTIFY it may have missed), and find the keys it waits
@@ -456,11 +480,18 @@ class PostgresJournal:
         )
         error_type, message = error_fields(error)
         # The task's duration goes to the other processes in the same statement (see
-        # `Coordination._on_ended`); delivered with the transaction's commit.
+        # `Coordination._on_ended`), only when the entry was finished by it (a write fenced
+        # out tells nothing); delivered with the transaction's commit.
         note = self._duration_note(task)
-        told = ", pg_notify(kling_channel('kling_ended'), $11)" if note is not None else ""
+        told = (
+            ", CASE WHEN f.done THEN pg_notify(kling_channel('kling_ended'), $11) END"
+            if note is not None
+            else ""
+        )
         updated = await self._co.fetchval(
-            f"SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10){told}",
+            "SELECT f.done"
+            f"{told} FROM (SELECT kling_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+            "AS done OFFSET 0) f",
             *self._own(key),
             task_id,
             kind,
@@ -476,13 +507,14 @@ class PostgresJournal:
         self._given_back(key)
 
     def _duration_note(self, task: Task | None) -> str | None:
-        """What the other processes learn from `task`'s end: its kind and duration."""
+        """What the other processes of the account learn from `task`'s end: its kind and
+        duration (the account last: its name may hold spaces)."""
         if task is None or not task.is_terminal or task.created_at is None:
             return None
         if task.updated_at is None:
             return None
         seconds = (task.updated_at - task.created_at).total_seconds()
-        return f"{self._co.origin} {task.kind.value} {seconds!r}"
+        return f"{self._co.origin} {task.kind.value} {seconds!r} {self._co.account}"
 
     async def reopen(self, key: str) -> None:
         """A finished entry back to INTENT or SUBMITTED; a running task holds a slot again."""
