@@ -48,6 +48,11 @@ __all__ = [
 # NewVideo, chain_key and JournalArgument are imported from here too: by the client, its
 # adapters and the command.
 
+# Public here, defined with the chain's plan: named as this module's in tracebacks, reprs and
+# the docs, so no one is sent to a private module.
+for _public in (Chain, ChainError, ChainEvent, ChainOutcome, ChainRequest, StepLengths):
+    _public.__module__ = __name__
+
 
 def check_chain(request: ChainRequest, backend: ChainBackend, lengths: StepLengths) -> ChainRequest:
     """`request` checked before anything is sent; `InvalidArgumentError` (a ValueError)

@@ -350,3 +350,39 @@ def test_errors_about_requests_without_a_video_still_read_well() -> None:
     assert str(unsent).startswith(
         "Not sent: the request was not sent because the batch stopped after: Stopped by X. "
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "definitive"), [(429, True), (403, False), (428, False), (502, False)]
+)
+def test_a_page_out_of_the_apis_words_is_a_refusal_only_under_429(
+    status: int, definitive: bool
+) -> None:
+    """A 429 refuses the request whoever wrote it; any other page may hide a made task."""
+    error = error_from_answer(status, None, "<h1>Too many</h1>")
+    assert error.definitive is definitive
+    assert surely_not_created(error) is definitive
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "definitive"),
+    [
+        (200, {"code": 9999, "message": "upstream trouble"}, False),
+        (299, {"code": 9999, "message": "upstream trouble"}, False),
+        (300, {"code": 9999, "message": "upstream trouble"}, True),
+        (400, {"code": 9999, "message": "refused"}, True),
+        (200, {"code": 1303, "message": "over the limit"}, True),
+        (200, {"code": "upstream_error", "message": "?"}, False),
+        (200, {"error": {"type": "upstream_error", "message": "?"}}, False),
+        (200, {"error": {"code": "insufficient_quota", "message": "spent"}}, True),
+        (200, {"error": {"type": "invalid_request_error", "message": "bad"}}, True),
+        (200, {"error": {"type": "task_not_exist", "message": "none"}}, True),
+    ],
+)
+def test_under_a_success_status_only_a_known_error_is_a_refusal(
+    status: int, body: dict[str, object], definitive: bool
+) -> None:
+    """An error the client does not know under a 2xx may be a gateway wrapping an upstream
+    that made the task; a known code, or any code under an error status, is a refusal."""
+    error = error_from_answer(status, body, "")
+    assert error.definitive is definitive

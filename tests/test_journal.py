@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -136,12 +137,14 @@ def set_user_version(path: Path, version: int) -> None:
     db.close()
 
 
-def test_the_journals_public_names_are_shown_as_its_own() -> None:
-    """Tracebacks, reprs and the docs name `kling_async.journal`, never a private module."""
-    import kling_async.journal as journal
-
-    for name in ("ClaimedElsewhereError", "EntryState", "JournalEntry", "JournalError"):
-        assert getattr(journal, name).__module__ == "kling_async.journal"
+@pytest.mark.parametrize("module", ["kling_async.journal", "kling_async.chain"])
+def test_public_names_are_shown_as_their_public_modules(module: str) -> None:
+    """Tracebacks, reprs and the docs name the public module, never a private one."""
+    public = importlib.import_module(module)
+    for name in public.__all__:
+        value = getattr(public, name)
+        if isinstance(value, type):
+            assert value.__module__ == module, name
 
 
 async def test_new_journal_is_created_empty(tmp_path: Path) -> None:
