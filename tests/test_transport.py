@@ -620,3 +620,113 @@ async def test_a_create_failing_after_its_caller_was_cancelled_hands_over_the_fa
     )
     ((data, error),) = heard
     assert data is None and isinstance(error, ServerError) and error.code == 5000
+
+
+# --- Answers the API never gives: redirects, disagreeing codes, secrets quoted back ----------
+
+
+async def test_a_redirect_names_its_target_cut_and_without_its_query() -> None:
+    """The target is named (resolved against the base URL) to 160 characters, its query (a
+    signature, say) left out, with the setting to check."""
+    long_path = "/" + "p" * 300
+    async with (
+        answering(302, b"", Location=f"{long_path}?signature=s3cr3t") as url,
+        transport_at(url) as transport,
+    ):
+        with pytest.raises(APIError) as caught:
+            await transport.request("GET", "/thing")
+    target = (url.rstrip("/") + long_path)[:160]
+    assert f"a redirect to {target}, which is not followed" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+    assert "the base URL is likely not its address (any more); check " in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [300, 399])
+async def test_a_redirect_without_a_location_says_none(status: int) -> None:
+    """Any 3xx is a redirect, refused as one; without a Location it names no target."""
+    async with answering(status, b'{"code": 0, "data": {}}') as url, transport_at(url) as t:
+        with pytest.raises(APIError) as caught:
+            await t.request("GET", "/thing")
+    assert str(caught.value).startswith(
+        f"The server answered HTTP {status}, a redirect, which is not followed: the API does "
+        "not redirect"
+    )
+    assert caught.value.http_status == status
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"task_id": "t" * 100}, f", naming task {'t' * 80},"),
+        ({"task_status": "submitted"}, ""),
+        ("t-1", ""),
+    ],
+)
+async def test_success_under_an_error_status_names_its_task_and_is_ambiguous(
+    data: object, named: str
+) -> None:
+    """Code 0 (or "0") under a 429 is no refusal: not definitive, the task named (cut to 80
+    characters) when the body gives one, the Retry-After kept."""
+    for code in (0, "0"):
+        body = json.dumps({"code": code, "data": data}).encode()
+        async with (
+            answering(429, body, **{"Retry-After": "7"}) as url,
+            transport_at(url) as transport,
+        ):
+            with pytest.raises(APIError) as caught:
+                await transport.request("POST", "/thing", resend_safe=False)
+        assert str(caught.value).startswith(
+            f"the body says success (code 0){named} but the status HTTP 429 says failure"
+        )
+        assert caught.value.definitive is False
+        assert caught.value.retry_after == 7.0
+
+
+async def test_a_secret_quoted_back_in_a_success_is_scrubbed_and_only_then() -> None:
+    """A successful answer quoting the key is read with the key hidden; one that does not is
+    read as it came."""
+    quoted = {"code": 0, "data": {"task_status_msg": f"bad key {KEY} é"}}
+    answer = json.dumps(quoted, ensure_ascii=False).encode()
+    async with answering(200, answer) as url, transport_at(url) as transport:
+        data = await transport.request("GET", "/thing")
+    assert data == {"task_status_msg": "bad key <hidden> é"}
+    plain = {"code": 0, "data": {"task_status_msg": "sent as Bearer abc-1 é"}}
+    answer = json.dumps(plain, ensure_ascii=False).encode()
+    async with answering(200, answer) as url, transport_at(url) as transport:
+        data = await transport.request("GET", "/thing")
+    assert data == plain["data"]
+
+
+async def test_a_success_that_scrubbing_leaves_no_json_has_no_data() -> None:
+    """A short hidden value is scrubbed as a word; should that break the answer's JSON, the
+    answer is a success with no data rather than a crash or the secret."""
+    async with answering(200, b'{"code": 0, "data": {"n": 70}}') as url:
+        transport = Transport(
+            url, BearerAuth(KEY), FakeClock(), retry=RetryPolicy(max_attempts=1), hidden=("70}",)
+        )
+        try:
+            assert await transport.request("GET", "/thing") is None
+        finally:
+            await transport.close()
+
+
+async def test_closing_under_cancellation_still_waits_for_a_create_and_closes() -> None:
+    """Closing in a cancelled scope still lets a create in flight finish, then closes."""
+    held = Held({"code": 0, "data": {"task_id": "t-1"}})
+    answers: list[Any] = []
+    async with serve({"/thing": held.handle}) as url:
+        transport = Transport(url, BearerAuth(KEY), FakeClock(), retry=RetryPolicy(max_attempts=1))
+        session = transport.session
+
+        async def create() -> None:
+            answers.append(await transport.request("POST", "/thing", resend_safe=False))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(create)
+            await held.arrived.wait()
+            held.release.set()
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await transport.close()
+            assert session.closed
+    assert answers == [{"task_id": "t-1"}]
