@@ -81,28 +81,29 @@ async def _child(name: str, url: str, task_id: str, state: str, size: Size) -> N
 
 def count(name: str, url: str, task_id: str, state: str, size: Size, scratch: Path) -> int:
     """Instructions the child for contender `name` executed while counting."""
+    arguments = [name, url, task_id, state, str(size.requests), str(size.concurrency)]
+    return callgrind_child(__file__, [*arguments, str(size.warmup)], scratch / f"{name}.callgrind")
+
+
+def callgrind_child(script: str, arguments: list[str], out: Path) -> int:
+    """Instructions `script --child *arguments` executed while counting, under callgrind
+    (the child turns counting on and off around what it measures)."""
     command = [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
-        f"--callgrind-out-file={scratch / f'{name}.callgrind'}",
+        f"--callgrind-out-file={out}",
         sys.executable,
-        __file__,
+        script,
         "--child",
-        name,
-        url,
-        task_id,
-        state,
-        str(size.requests),
-        str(size.concurrency),
-        str(size.warmup),
+        *arguments,
     ]
-    done = subprocess.run(  # noqa: S603 - valgrind running this very script
+    done = subprocess.run(  # noqa: S603 - valgrind running a benchmark script
         command, capture_output=True, text=True, check=False, timeout=_TIMEOUT
     )
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
-        raise RuntimeError(f"{name} under callgrind failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{arguments[0]} under callgrind failed:\n{done.stderr[-2000:]}")
     return int(found.group(1))
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import API_KEY, parse_args, print_table, write_results
-from instructions import _COLLECTED, _TIMEOUT, FULL, QUICK, Size, _count_instructions, _requests
+from instructions import FULL, QUICK, Size, _count_instructions, _requests, callgrind_child
 from opentelemetry.metrics import Meter, NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -101,23 +100,7 @@ def _metrics_child(provider: str, instrument: str, points: int) -> None:
 
 def count(arguments: list[str], scratch: Path) -> int:
     """Instructions the child run with `arguments` executed while counting."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        f"--callgrind-out-file={scratch / 'callgrind.out'}",
-        sys.executable,
-        __file__,
-        "--child",
-        *arguments,
-    ]
-    done = subprocess.run(  # noqa: S603 - valgrind running this very script
-        command, capture_output=True, text=True, check=False, timeout=_TIMEOUT
-    )
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"{arguments[0]} under callgrind failed:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind_child(__file__, arguments, scratch / "callgrind.out")
 
 
 def report(per_request: dict[str, float], per_point: dict[str, dict[str, float]]) -> Any:

@@ -503,17 +503,21 @@ class _Request(_RequestTrace):
             attributes["kling.task_id"] = self._task_id
         return attributes
 
+    def _start(self, attributes: dict[str, str | int]) -> Span:
+        """The request's span, made now with `attributes`, started when the request was."""
+        owner = self._owner
+        return owner.tracer.start_span(
+            self._route.name,
+            kind=owner.client_kind,
+            attributes=attributes,
+            start_time=self._started,
+        )
+
     def _begun(self) -> Span:
         """The span, started when the request was (made now if it was not yet)."""
         span = self._span
         if span is None:
-            owner = self._owner
-            span = self._span = owner.tracer.start_span(
-                self._route.name,
-                kind=owner.client_kind,
-                attributes=self._attributes(),
-                start_time=self._started,
-            )
+            span = self._span = self._start(self._attributes())
         return span
 
     def _ended(self, attributes: dict[str, str | int], error: BaseException | None) -> None:
@@ -521,13 +525,7 @@ class _Request(_RequestTrace):
         in error if `error` is not None."""
         span = self._span
         if span is None:
-            owner = self._owner
-            span = owner.tracer.start_span(
-                self._route.name,
-                kind=owner.client_kind,
-                attributes=attributes,
-                start_time=self._started,
-            )
+            span = self._start(attributes)
         elif span.is_recording():
             span.set_attributes(attributes)
         if error is not None:
