@@ -14,6 +14,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._chain_plan import planned_steps
 from ._display import human_duration, write_record
 from ._downloader import download_folder
 from ._flags import COUNT, POSITIVE
@@ -163,7 +164,7 @@ def _steps(event: ChainEvent) -> str:
     grown `until` a length), since the estimate can change as steps end."""
     if event.steps is None:
         return "?"
-    fixed = event.request.steps is not None or event.request.prompts is not None
+    fixed = planned_steps(event.request) is not None
     return str(event.steps) if fixed else f"~{event.steps}"
 
 
