@@ -85,6 +85,13 @@ def count(name: str, url: str, task_id: str, state: str, size: Size, scratch: Pa
     return callgrind_child(__file__, [*arguments, str(size.warmup)], scratch / f"{name}.callgrind")
 
 
+def require_callgrind() -> None:
+    """Exit with a word of why when valgrind's callgrind tool is not installed."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed: this benchmark needs its callgrind tool.")
+        raise SystemExit(2)
+
+
 def callgrind_child(script: str, arguments: list[str], out: Path) -> int:
     """Instructions `script --child *arguments` executed while counting, under callgrind
     (the child turns counting on and off around what it measures)."""
@@ -136,9 +143,7 @@ def main() -> None:
         asyncio.run(_child(name, url, task_id, state, Size(requests, concurrency, warmup)))
         return
     args = parse_args(__doc__.splitlines()[0])
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("valgrind is not installed: this benchmark needs its callgrind tool.")
-        raise SystemExit(2)
+    require_callgrind()
     size = QUICK if args.quick else FULL
     per_state: dict[str, dict[str, float]] = {}
     for state in STATES:

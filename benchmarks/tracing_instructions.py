@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import API_KEY, parse_args, print_table, write_results
-from instructions import FULL, QUICK, Size, _count_instructions, _requests, callgrind_child
+from instructions import (
+    FULL,
+    QUICK,
+    Size,
+    _count_instructions,
+    _requests,
+    callgrind_child,
+    require_callgrind,
+)
 from opentelemetry.metrics import Meter, NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -151,9 +158,7 @@ def main() -> None:
         asyncio.run(_child(name, url, task_id, Size(requests, concurrency, warmup)))
         return
     args = parse_args(__doc__.splitlines()[0])
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("valgrind is not installed: this benchmark needs its callgrind tool.")
-        raise SystemExit(2)
+    require_callgrind()
     size = QUICK if args.quick else FULL
     points = POINTS // 100 if args.quick else POINTS
     numbers = [str(size.requests), str(size.concurrency), str(size.warmup)]
